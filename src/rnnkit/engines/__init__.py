@@ -1,0 +1,96 @@
+"""Engines run a cell over a whole sequence.
+
+- ``reference``: a Python loop over ``cell.step``, autograd does the backward (the oracle);
+- ``bptt``: hand-written backpropagation through time, every cell and option;
+- ``native``: torch's fused kernels, for the cells that are exactly torch's;
+- ``auto``: the fastest of these that supports the configuration.
+
+Every engine takes time-major input (T, B, I); layers transpose at this boundary.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import Params, RecurrentCell, check_choice
+from rnnkit.engines.bptt import bptt_supports, run_bptt
+from rnnkit.engines.native import run_native
+from rnnkit.engines.reference import run_reference
+
+ENGINES = ("auto", "reference", "bptt", "native")
+
+# Cells for which torch's fused CPU kernel beats the bptt engine (benchmarks/bench_layers.py):
+# oneDNN fuses the LSTM; torch has no fused GRU on CPU, so bptt wins there.
+_NATIVE_FASTEST_ON_CPU = ("LSTM", "RNN_TANH", "RNN_RELU")
+
+
+class EngineResult(NamedTuple):
+    """What an engine returns, time-major.
+
+    Attributes:
+        output: (T, B, H_out), zero past each sequence's length.
+        state: the final state, a tuple of (B, n): each sequence's state after its last step.
+        states: one (T, B, n) tensor per state tensor (zero past each length), or ``None`` when
+            not asked for.
+    """
+
+    output: Tensor
+    state: tuple[Tensor, ...]
+    states: tuple[Tensor, ...] | None
+
+
+def supports(engine: str, cell: RecurrentCell, need_states: bool = False) -> bool:
+    """Whether ``engine`` can run ``cell``; ``need_states``: the per-step states are wanted."""
+    if engine == "reference":
+        return True
+    if engine == "bptt":
+        return bptt_supports(cell)
+    if engine == "native":
+        return cell.native_mode is not None and not (need_states and cell.num_states > 1)
+    return True
+
+
+def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
+                   need_states: bool = False) -> str:
+    """The concrete engine for ``engine`` (which may be ``"auto"``) on ``device``."""
+    check_choice("engine", engine, ENGINES)
+    if engine != "auto":
+        if not supports(engine, cell, need_states):
+            raise ValueError(f"engine={engine!r} does not support {cell!r}"
+                             + (" with per-step states" if need_states else ""))
+        return engine
+    native_ok = supports("native", cell, need_states)
+    if native_ok and (device.type != "cpu" or cell.native_mode in _NATIVE_FASTEST_ON_CPU):
+        return "native"
+    if bptt_supports(cell):
+        return "bptt"
+    return "native" if native_ok else "reference"
+
+
+def run(engine: str, cell: RecurrentCell, params: Params, x: Tensor,
+        state: tuple[Tensor, ...], lengths: Tensor | None, need_states: bool = False
+        ) -> EngineResult:
+    """Run ``cell`` over ``x`` (T, B, I) from ``state`` with a concrete engine.
+
+    ``lengths`` (B,) on x's device, or ``None`` when every sequence has all T steps.
+    """
+    if engine == "native":
+        out, final = run_native(cell, params, x, state, lengths)
+        return EngineResult(out, final, (out,) if need_states else None)
+    mask = None
+    if lengths is not None:
+        steps = torch.arange(x.shape[0], device=x.device)
+        mask = (steps[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
+    runner = run_bptt if engine == "bptt" else run_reference
+    seqs = runner(cell, params, x, state, mask)
+    final = tuple(s[-1] for s in seqs)
+    if mask is not None:
+        seqs = tuple(s * mask for s in seqs)
+    out = seqs[0]
+    return EngineResult(out, final, seqs if need_states else None)
+
+
+__all__ = ["ENGINES", "EngineResult", "resolve_engine", "run", "supports"]
