@@ -1,0 +1,304 @@
+"""Composing recurrent layers: ``Bidirectional(fwd, bwd)`` and ``Stacked(layers, connection)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnkit.cells.base import check_choice
+from rnnkit.cells.cells import make_cell
+from rnnkit.layers.recurrent import (
+    Recurrent,
+    RecurrentOutput,
+    RecurrentTrace,
+    _TimeMajor,
+    check_probability,
+    restore_layout,
+    unpack_input,
+    variational_mask,
+)
+
+MERGES = ("concat", "sum", "mean")
+CONNECTIONS = ("none", "residual", "dense", "highway")
+
+
+def map_states(fn: Callable[[Tensor], Tensor], states: object) -> object:
+    """Apply ``fn`` to every tensor of a (nested) state: tuples and lists keep their shape."""
+    if isinstance(states, Tensor):
+        return fn(states)
+    if isinstance(states, (tuple, list)):
+        return type(states)(map_states(fn, s) for s in states)
+    if states is None:
+        return None
+    raise TypeError(f"a state must be a tensor or a tuple or list of them, got "
+                    f"{type(states).__name__}")
+
+
+def detach_states(states: object) -> object:
+    """The state with every tensor detached: between truncated-BPTT windows."""
+    return map_states(Tensor.detach, states)
+
+
+def _finish(res: _TimeMajor, batch_first: bool, packed: PackedSequence | None,
+            return_states: bool) -> RecurrentOutput | RecurrentTrace:
+    out = restore_layout(res.output, batch_first, packed, res.lengths)
+    if not return_states:
+        return RecurrentOutput(out, res.state)
+    states = map_states(lambda s: restore_layout(s, batch_first, packed, res.lengths), res.states)
+    return RecurrentTrace(out, res.state, states)
+
+
+def _cell_states(layer: Recurrent, seqs: tuple[Tensor, ...] | None) -> object:
+    return None if seqs is None else (seqs[0] if layer.cell.num_states == 1 else seqs)
+
+
+class Bidirectional(nn.Module):
+    """Two recurrent layers over the same input, one forward and one reversed.
+
+    Args:
+        fwd: a :class:`Recurrent` with ``reverse=False``.
+        bwd: a :class:`Recurrent` with ``reverse=True`` (it reads each sequence from its own
+            last step).
+        merge: ``"concat"`` (output 2H), ``"sum"`` or ``"mean"`` (output H).
+
+    ``forward(x, state=None, lengths=None)`` returns ``(output, (state_fwd, state_bwd))``;
+    ``state`` is given the same way.
+    """
+
+    def __init__(self, fwd: Recurrent, bwd: Recurrent, merge: str = "concat") -> None:
+        super().__init__()
+        for name, layer, rev in (("fwd", fwd, False), ("bwd", bwd, True)):
+            if not isinstance(layer, Recurrent):
+                raise TypeError(f"{name} must be a Recurrent layer, got {type(layer).__name__}")
+            if layer.reverse != rev:
+                raise ValueError(f"{name} must have reverse={rev}, got reverse={layer.reverse}")
+        if fwd.input_size != bwd.input_size:
+            raise ValueError(f"fwd and bwd must read the same input size, got "
+                             f"{fwd.input_size} and {bwd.input_size}")
+        if fwd.batch_first != bwd.batch_first:
+            raise ValueError("fwd and bwd must agree on batch_first")
+        self.merge = check_choice("merge", merge, MERGES)
+        if merge != "concat" and fwd.output_size != bwd.output_size:
+            raise ValueError(f"merge={merge!r} needs equal output sizes, got "
+                             f"{fwd.output_size} and {bwd.output_size}")
+        self.fwd, self.bwd = fwd, bwd
+
+    @property
+    def batch_first(self) -> bool:
+        return self.fwd.batch_first
+
+    @property
+    def input_size(self) -> int:
+        return self.fwd.input_size
+
+    @property
+    def output_size(self) -> int:
+        if self.merge == "concat":
+            return self.fwd.output_size + self.bwd.output_size
+        return self.fwd.output_size
+
+    def forward(self, x: Tensor | PackedSequence, state: object = None,
+                lengths: Tensor | None = None, *, return_states: bool = False
+                ) -> RecurrentOutput | RecurrentTrace:
+        """Run both directions; shapes as :class:`Recurrent`, output features per ``merge``."""
+        xt, packed_lengths, packed = unpack_input(x, self.batch_first)
+        lengths = packed_lengths if packed is not None else lengths
+        res = self.forward_time_major(xt, state, lengths, return_states)
+        return _finish(res, self.batch_first, packed, return_states)
+
+    def forward_time_major(self, x: Tensor, state: object, lengths: Tensor | None,
+                           need_states: bool = False) -> _TimeMajor:
+        if state is None:
+            state = (None, None)
+        elif not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError("state of a Bidirectional layer must be a pair "
+                            "(state_fwd, state_bwd)")
+        f = self.fwd.forward_time_major(x, state[0], lengths, need_states)
+        b = self.bwd.forward_time_major(x, state[1], lengths, need_states)
+        if self.merge == "concat":
+            out = torch.cat([f.output, b.output], dim=-1)
+        else:
+            out = f.output + b.output
+            if self.merge == "mean":
+                out = out * 0.5
+        states = None
+        if need_states:
+            states = (_cell_states(self.fwd, f.states), _cell_states(self.bwd, b.states))
+        return _TimeMajor(out, (f.state, b.state), states, f.lengths)
+
+    def extra_repr(self) -> str:
+        return f"merge={self.merge!r}"
+
+
+class Stacked(nn.Module):
+    """Recurrent layers stacked in depth, with skip connections between them.
+
+    Args:
+        layers: :class:`Recurrent` or :class:`Bidirectional` layers, all with the same
+            ``batch_first``.
+        connection: how layer l's input ``x_l`` and output ``f(x_l)`` make the next input:
+            - ``"none"``: ``x_{l+1} = f(x_l)``;
+            - ``"residual"``: ``x_{l+1} = f(x_l) + x_l`` (He et al. 2016), where the sizes
+              match (from the second layer on when the first changes the size);
+            - ``"dense"``: ``x_{l+1} = [x_0, f(x_0), ..., f(x_l)]`` concatenated (Huang et al.
+              2017), so layer l must read ``input_size + sum of earlier output sizes``;
+            - ``"highway"``: ``x_{l+1} = T * f(x_l) + (1 - T) * x_l``,
+              ``T = sigmoid(W_T x_l + b_T)`` (Srivastava et al. 2015), ``b_T`` initialised to
+              -1 (carry by default), where the sizes match.
+            The stack's output is the last layer's ``f(x_L)`` combined by the same rule
+            (for ``"dense"``: ``f(x_L)`` alone).
+        dropout: dropout on the input of every layer but the first (torch.nn's ``dropout``).
+        variational: use one dropout mask per sequence for every step (Gal and Ghahramani 2016).
+
+    ``forward(x, states=None, lengths=None)`` returns ``(output, states)`` with ``states`` a
+    list of each layer's final state; output zero past each sequence's length.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], connection: str = "none",
+                 dropout: float = 0.0, variational: bool = False) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("layers must hold at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Recurrent, Bidirectional)):
+                raise TypeError(f"layers[{i}] must be a Recurrent or Bidirectional layer, got "
+                                f"{type(layer).__name__}")
+        if len({layer.batch_first for layer in layers}) != 1:
+            raise ValueError("every layer of a Stacked must have the same batch_first")
+        self.connection = check_choice("connection", connection, CONNECTIONS)
+        self.dropout = check_probability("dropout", dropout)
+        self.variational = bool(variational)
+        self.layers = nn.ModuleList(layers)
+        expected = layers[0].input_size
+        for i, layer in enumerate(layers):
+            if layer.input_size != expected:
+                raise ValueError(f"layers[{i}] must read {expected} features with "
+                                 f"connection={connection!r}, got input_size {layer.input_size}")
+            if connection == "dense":
+                expected = expected + layer.output_size
+            else:
+                expected = layer.output_size
+        gates = [nn.Linear(layer.input_size, layer.output_size)
+                 if connection == "highway" and self._skips(layer) else None
+                 for layer in layers]
+        self.gates = nn.ModuleList([g if g is not None else nn.Identity() for g in gates])
+        for g in gates:
+            if g is not None:
+                nn.init.constant_(g.bias, -1.0)
+
+    @staticmethod
+    def _skips(layer: nn.Module) -> bool:
+        return layer.input_size == layer.output_size
+
+    @property
+    def batch_first(self) -> bool:
+        return self.layers[0].batch_first
+
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
+    def forward(self, x: Tensor | PackedSequence, states: Sequence | None = None,
+                lengths: Tensor | None = None, *, return_states: bool = False
+                ) -> RecurrentOutput | RecurrentTrace:
+        """Run the stack. ``states``: a list with each layer's initial state (or ``None``).
+
+        With ``return_states=True``, ``states`` of the result lists each layer's per-step
+        states (for a Bidirectional layer, a pair)."""
+        xt, packed_lengths, packed = unpack_input(x, self.batch_first)
+        lengths = packed_lengths if packed is not None else lengths
+        res = self.forward_time_major(xt, states, lengths, return_states)
+        return _finish(res, self.batch_first, packed, return_states)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        if not (self.training and self.dropout):
+            return x
+        if self.variational:
+            return x * variational_mask(self.dropout, x.shape[1], x.shape[2], x)
+        return F.dropout(x, self.dropout, training=True)
+
+    def forward_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None,
+                           need_states: bool = False) -> _TimeMajor:
+        n = len(self.layers)
+        if states is None:
+            states = [None] * n
+        elif not isinstance(states, (list, tuple)) or len(states) != n:
+            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"states must be a list with one state per layer ({n}), got {got}")
+        finals, traces = [], []
+        inputs = [x]
+        h = x
+        checked = None
+        mask = None
+        for i, (layer, gate) in enumerate(zip(self.layers, self.gates)):
+            inp = torch.cat(inputs, dim=-1) if self.connection == "dense" and i else h
+            res = layer.forward_time_major(self._drop(inp) if i else inp, states[i],
+                                           lengths, need_states)
+            y = res.output
+            if checked is None and res.lengths is not None:
+                checked = res.lengths
+                steps = torch.arange(x.shape[0], device=x.device)
+                mask = (steps[:, None] < checked[None, :]).unsqueeze(-1).to(y.dtype)
+            if self.connection in ("residual", "highway") and self._skips(layer):
+                if self.connection == "residual":
+                    y = y + inp
+                else:
+                    t = torch.sigmoid(gate(inp))
+                    y = t * y + (1 - t) * inp
+                if mask is not None:
+                    y = y * mask
+            finals.append(res.state)
+            traces.append(_cell_states(layer, res.states) if isinstance(layer, Recurrent)
+                          else res.states)
+            inputs.append(y)
+            h = y
+        return _TimeMajor(h, finals, traces if need_states else None, checked)
+
+    def extra_repr(self) -> str:
+        return f"connection={self.connection!r}, dropout={self.dropout}"
+
+
+def stack(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
+          bidirectional: bool = False, merge: str = "concat", connection: str = "none",
+          dropout: float = 0.0, variational: bool = False, batch_first: bool = True,
+          engine: str = "auto", input_dropout: float = 0.0, output_dropout: float = 0.0,
+          dropconnect: float = 0.0, learn_init: bool = False, **cell_options: object
+          ) -> Stacked:
+    """Build a :class:`Stacked` of ``num_layers`` layers of the named cell.
+
+    ``cell``: ``"rnn"``, ``"rnn-relu"``, ``"lstm"``, ``"peephole"``, ``"gru"``,
+    ``"gru-before"`` or ``"mingru"``; ``cell_options`` go to every cell (``layer_norm=True``,
+    ``forget_bias=1.0``, ...). Layer options as :class:`Recurrent`, stack options as
+    :class:`Stacked`. Input (B, T, input_size); output (B, T, H or 2H when bidirectional and
+    concatenated).
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+    check_choice("connection", connection, CONNECTIONS)
+    layer_opts = dict(batch_first=batch_first, engine=engine, input_dropout=input_dropout,
+                      output_dropout=output_dropout, dropconnect=dropconnect,
+                      learn_init=learn_init)
+    layers: list[nn.Module] = []
+    size = input_size
+    total = input_size
+    for _ in range(num_layers):
+        fwd = Recurrent(make_cell(cell, size, hidden_size, **cell_options), reverse=False,
+                        **layer_opts)
+        if bidirectional:
+            bwd = Recurrent(make_cell(cell, size, hidden_size, **cell_options), reverse=True,
+                            **layer_opts)
+            layer: nn.Module = Bidirectional(fwd, bwd, merge=merge)
+        else:
+            layer = fwd
+        layers.append(layer)
+        total += layer.output_size
+        size = total if connection == "dense" else layer.output_size
+    return Stacked(layers, connection=connection, dropout=dropout, variational=variational)
