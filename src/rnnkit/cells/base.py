@@ -11,12 +11,12 @@ minimal GRU) and a tuple ``(h, c)`` of two ``(B, H)`` tensors for the LSTMs.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-State = Union[Tensor, tuple[Tensor, ...]]
+State = Tensor | tuple[Tensor, ...]
 Params = dict[str, Tensor]
 
 

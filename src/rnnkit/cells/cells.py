@@ -91,7 +91,8 @@ class LSTMCell(RecurrentCell):
     normalised separately over their 4H features before the biases, and so is the cell
     before its output tanh::
 
-        gates = LN(weight_ih x) * ln_ih_weight + bias_ih + LN(weight_hh h_prev) * ln_hh_weight + bias_hh
+        gates = LN(weight_ih x) * ln_ih_weight + bias_ih
+              + LN(weight_hh h_prev) * ln_hh_weight + bias_hh
         h = o * tanh(LN(c) * ln_c_weight + ln_c_bias)
 
     With ``proj_size = P > 0`` (torch.nn.LSTM's projections), ``h = weight_hr (o * tanh(c))``

@@ -25,7 +25,14 @@ from torch import Tensor
 from torch.autograd import Function
 
 from rnnkit.cells.base import Params, RecurrentCell
-from rnnkit.cells.cells import LN_EPS, ElmanCell, GRUCell, LSTMCell, MinimalGRUCell, PeepholeLSTMCell
+from rnnkit.cells.cells import (
+    LN_EPS,
+    ElmanCell,
+    GRUCell,
+    LSTMCell,
+    MinimalGRUCell,
+    PeepholeLSTMCell,
+)
 
 
 def _ln_forward(a: Tensor) -> tuple[Tensor, Tensor]:

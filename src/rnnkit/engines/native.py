@@ -4,7 +4,7 @@ own parameters, for the cells that are exactly torch's (tanh/relu RNN, LSTM, res
 from __future__ import annotations
 
 import torch
-from torch import Tensor, _VF
+from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells.base import Params, RecurrentCell

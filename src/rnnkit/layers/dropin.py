@@ -141,7 +141,7 @@ class _RNNBase(nn.Module):
                 raise ValueError(f"hx ({name}) must have shape {want}, got {got}")
         return hx
 
-    def forward(self, input: Tensor | PackedSequence, hx: object = None):  # noqa: A002
+    def forward(self, input: Tensor | PackedSequence, hx: object = None):
         """As torch.nn: ``input`` (T, B, I), (B, T, I) with batch_first, (T, I) unbatched or
         packed; ``hx`` (L * D, B, H) (a pair ``(h_0, c_0)`` for LSTM).
 

@@ -192,7 +192,7 @@ class Recurrent(nn.Module):
                            need_states: bool = False) -> _TimeMajor:
         """The layer on time-major input (T, B, I); used by the stacking layers."""
         T, B, I = x.shape
-        if I != self.cell.input_size:
+        if self.cell.input_size != I:
             raise ValueError(f"input must have {self.cell.input_size} features (the cell's "
                              f"input_size), got {I}")
         if lengths is not None:

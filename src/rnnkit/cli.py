@@ -1,0 +1,159 @@
+"""The ``rnnkit`` command.
+
+    rnnkit train TASK ...        train a model (TASK: lm, tagger, classifier, seq2seq,
+                                 conditional-lm), writing a run directory
+    rnnkit evaluate DIR ...      metrics of a trained run on a data file
+    rnnkit generate DIR ...      sample from a language model
+    rnnkit predict DIR ...       tags or labels for a file
+    rnnkit encode DIR ...        sentence vectors as .npy
+    rnnkit translate DIR ...     translate a file
+    rnnkit diagnose ...          gradient diagnostics
+    rnnkit claims ...            reproduce the classic claims about RNNs
+    rnnkit export DIR ...        ONNX / TorchScript export
+
+Each task lives in a module ``rnnkit.commands.<name>`` that provides
+``add_train_arguments(parser)`` and ``train(args)``, and for the commands on a run directory
+the functions ``evaluate(args)``, ``generate(args)``, ``predict(args)``, ... it supports.
+A run directory's ``config.json`` names its task, which picks the module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from rnnkit.errors import CheckpointError, RnnkitError
+
+# task name -> module implementing it
+TASKS: dict[str, str] = {
+    "lm": "rnnkit.commands.lm",
+    "tagger": "rnnkit.commands.tagging",
+    "classifier": "rnnkit.commands.classification",
+    "seq2seq": "rnnkit.commands.seq2seq",
+    "conditional-lm": "rnnkit.commands.conditional",
+}
+
+# commands that act on a run directory, with their one-line help
+RUN_COMMANDS: dict[str, str] = {
+    "evaluate": "print the metrics of a trained run on a data file",
+    "generate": "sample text from a trained language model",
+    "predict": "tag or classify every line of a file",
+    "encode": "write one vector per sentence to a .npy file",
+    "translate": "translate a file with a trained seq2seq run",
+    "export": "export a trained run to ONNX or TorchScript",
+}
+
+# commands that stand alone: name -> (module, help)
+TOOLS: dict[str, tuple[str, str]] = {
+    "diagnose": ("rnnkit.commands.diagnose", "gradient flow, Jacobians and gate saturation"),
+    "claims": ("rnnkit.commands.claims", "reproduce the classic claims about RNNs"),
+}
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task named in ``run_dir/config.json``."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a run directory (no such directory)")
+    config = path / "config.json"
+    try:
+        task = json.loads(config.read_text(encoding="utf-8"))["task"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{config}: missing; {path} is not an rnnkit run directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{config}: not a valid rnnkit config ({err})") from None
+    if task not in TASKS:
+        raise CheckpointError(f"{config}: unknown task {task!r}")
+    return task
+
+
+def _dispatch(command: str):
+    def handler(args: argparse.Namespace) -> int:
+        task = run_task(args.run_dir)
+        module = _module(TASKS[task])
+        fn = getattr(module, command, None) if module else None
+        if fn is None:
+            raise RnnkitError(f"'rnnkit {command}' does not apply to a {task} run")
+        return fn(args) or 0
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser("train", help="train a model")
+    tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task, module_name in TASKS.items():
+        module = _module(module_name)
+        if module is None:
+            continue
+        sub = tasks.add_parser(task, help=(module.__doc__ or "").strip().split("\n")[0])
+        module.add_train_arguments(sub)
+        sub.set_defaults(func=module.train)
+
+    for command, help_text in RUN_COMMANDS.items():
+        sub = commands.add_parser(command, help=help_text, add_help=False)
+        sub.add_argument("run_dir", metavar="DIR")
+        sub.set_defaults(func=_dispatch(command), sub_command=command)
+
+    for command, (module_name, help_text) in TOOLS.items():
+        module = _module(module_name)
+        if module is None:
+            continue
+        sub = commands.add_parser(command, help=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.main)
+    return parser
+
+
+def _task_arguments(argv: list[str]) -> argparse.Namespace | None:
+    """Parse a run-directory command with the options its task's module defines."""
+    if len(argv) < 2 or argv[0] not in RUN_COMMANDS or argv[1].startswith("-"):
+        return None
+    command, run_dir = argv[0], argv[1]
+    task = run_task(run_dir)
+    module = _module(TASKS[task])
+    adder = getattr(module, f"add_{command}_arguments", None) if module else None
+    if adder is None:
+        raise RnnkitError(f"'rnnkit {command}' does not apply to a {task} run")
+    parser = argparse.ArgumentParser(prog=f"rnnkit {command} DIR")
+    adder(parser)
+    args = parser.parse_args(argv[2:])
+    args.run_dir = run_dir
+    args.func = getattr(module, command)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rnnkit`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _task_arguments(argv)
+        if args is None:
+            args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except RnnkitError as err:
+        print(f"rnnkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

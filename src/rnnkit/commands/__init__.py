@@ -1,0 +1,1 @@
+"""One module per task or tool of the ``rnnkit`` command; see ``rnnkit.cli``."""
