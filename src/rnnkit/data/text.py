@@ -1,0 +1,177 @@
+"""Plain UTF-8 text files as integer tensors, at the character or the word level.
+
+- :func:`read_text` reads a file with clear :class:`DataError`\\ s: a missing file, a directory,
+  an empty file, bytes that are not UTF-8 (with the byte offset and the line).
+- Character level: every Unicode character is a token (newlines included); no ``<eos>`` is
+  added. Counting and encoding go through numpy arrays of code points, never lists of strings.
+- Word level: tokens are the whitespace-separated words of each line and ``<eos>`` ends every
+  line (the WikiText / Penn Treebank convention). Lines are processed one at a time and the ids
+  gathered in a compact integer array.
+
+::
+
+    text = read_text("input.txt")
+    vocab = build_vocab(text, "char")
+    ids = encode(text, vocab, "char")          # LongTensor (N,)
+    decode(ids[:100], vocab, "char")           # back to a string
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnkit.data.vocab import DEFAULT_SPECIALS, EOS, Vocabulary
+from rnnkit.errors import DataError
+
+LEVELS = ("char", "word")
+
+
+def read_text(path: str | Path, *, allow_empty: bool = False) -> str:
+    """The contents of a UTF-8 text file (a leading byte-order mark is dropped).
+
+    Raises :class:`DataError` naming the file when it does not exist, is a directory, is empty
+    (or only whitespace) unless ``allow_empty``, or is not valid UTF-8 (naming the line and
+    the byte offset of the first bad byte).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory, expected a text file", path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("no such file", path) from None
+    except OSError as err:
+        raise DataError(f"cannot read ({err.strerror or err})", path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        bad = raw[err.start:err.start + 1].hex()
+        raise DataError(f"not valid UTF-8: byte 0x{bad} at byte offset {err.start} "
+                        f"({err.reason}); convert the file to UTF-8", path, line) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not allow_empty and not text.strip():
+        raise DataError("is empty" if not text else "holds only whitespace", path)
+    return text
+
+
+def check_level(level: str) -> str:
+    """``level`` if it is ``"char"`` or ``"word"``, else a ValueError naming it."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be 'char' or 'word', got {level!r}")
+    return level
+
+
+def _codepoints(text: str) -> np.ndarray:
+    """The code points of ``text`` as a uint32 array (N,)."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+def char_counts(text: str) -> Counter:
+    """How often each character occurs, in order of first appearance."""
+    cps = _codepoints(text)
+    uniq, first, counts = np.unique(cps, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return Counter({chr(int(uniq[i])): int(counts[i]) for i in order})
+
+
+def word_counts(text: str, *, eos: bool = True) -> Counter:
+    """How often each word occurs, counting one ``<eos>`` per line when ``eos``."""
+    counts: Counter = Counter()
+    lines = 0
+    for line in text.splitlines():
+        counts.update(line.split())
+        lines += 1
+    if eos and lines:
+        counts[EOS] += lines
+    return counts
+
+
+def build_vocab(text: str, level: str, *, max_size: int | None = None, min_freq: int = 1,
+                specials: tuple[str, ...] = DEFAULT_SPECIALS) -> Vocabulary:
+    """A vocabulary of ``text`` at ``level``, with ``meta={"level": level}``."""
+    check_level(level)
+    counts = char_counts(text) if level == "char" else word_counts(text)
+    return Vocabulary.build(counts, max_size=max_size, min_freq=min_freq, specials=specials,
+                            meta={"level": level})
+
+
+def encode_chars(text: str, vocab: Vocabulary, *, strict: bool = False,
+                 source: str | Path | None = None) -> Tensor:
+    """Character ids of ``text``: LongTensor (len(text),). Unknown characters map to
+    ``<unk>``, or raise a :class:`DataError` naming the first one when ``strict``."""
+    cps = _codepoints(text)
+    if cps.size == 0:
+        return torch.zeros(0, dtype=torch.long)
+    uniq, inverse = np.unique(cps, return_inverse=True)
+    table = np.empty(len(uniq), dtype=np.int64)
+    for j, cp in enumerate(uniq.tolist()):
+        ch = chr(cp)
+        i = vocab.stoi.get(ch)
+        if i is None:
+            if strict or vocab.unk_id is None:
+                pos = int(np.argmax(cps == cp))
+                raise DataError(f"character {ch!r} (U+{cp:04X}) at position {pos} is not in "
+                                f"the character vocabulary", source)
+            i = vocab.unk_id
+        table[j] = i
+    return torch.from_numpy(table[inverse.reshape(-1)])
+
+
+def encode_words(text: str, vocab: Vocabulary, *, eos: bool = True, strict: bool = False,
+                 source: str | Path | None = None) -> Tensor:
+    """Word ids of ``text``, ``<eos>`` after every line when ``eos``: LongTensor (N,).
+    Unknown words map to ``<unk>`` (or raise naming the line when ``strict``)."""
+    stoi, unk = vocab.stoi, vocab.unk_id
+    eos_id = vocab.stoi.get(EOS) if eos else None
+    if eos and eos_id is None:
+        raise ValueError("eos=True needs a vocabulary with <eos>")
+    ids = array("q")
+    for n, line in enumerate(text.splitlines(), 1):
+        for word in line.split():
+            i = stoi.get(word)
+            if i is None:
+                if strict or unk is None:
+                    raise DataError(f"word {word!r} is not in the vocabulary", source, n)
+                i = unk
+            ids.append(i)
+        if eos_id is not None:
+            ids.append(eos_id)
+    return torch.from_numpy(np.frombuffer(ids, dtype=np.int64).copy())
+
+
+def encode(text: str, vocab: Vocabulary, level: str, *, strict: bool = False,
+           source: str | Path | None = None) -> Tensor:
+    """Ids of ``text`` at ``level`` (``"char"`` or ``"word"``): LongTensor (N,)."""
+    if check_level(level) == "char":
+        return encode_chars(text, vocab, strict=strict, source=source)
+    return encode_words(text, vocab, strict=strict, source=source)
+
+
+def decode(ids: Tensor | list[int], vocab: Vocabulary, level: str) -> str:
+    """Text of ``ids``: characters joined as they are; words joined by spaces, with a newline
+    for ``<eos>``."""
+    tokens = vocab.decode(ids)
+    if check_level(level) == "char":
+        return "".join(tokens)
+    out: list[str] = []
+    for tok in tokens:
+        if tok == EOS:
+            out.append("\n")
+        else:
+            if out and out[-1] != "\n":
+                out.append(" ")
+            out.append(tok)
+    return "".join(out)
+
+
+def load_corpus(path: str | Path, vocab: Vocabulary, level: str) -> Tensor:
+    """Read ``path`` and encode it: LongTensor (N,). Errors name the file."""
+    return encode(read_text(path), vocab, level, source=path)
