@@ -56,11 +56,28 @@ def _grad_w(da: Tensor, h: Tensor) -> Tensor:
     return torch.mm(da.reshape(-1, da.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
 
 
+def _mm(base: Tensor | None, a: Tensor, w: Tensor) -> Tensor:
+    """``base + a @ w``, or ``a @ w`` when ``base`` is None, in one call."""
+    return torch.mm(a, w) if base is None else torch.addmm(base, a, w)
+
+
+def _sigmoid_grad(s: Tensor) -> Tensor:
+    """``s * (1 - s)`` in one call: the derivative of a sigmoid whose output is ``s``."""
+    return torch.addcmul(s, s, s, value=-1)
+
+
 class Kernel:
     """One cell's forward and backward step for :class:`_Recurrence`.
 
-    ``sbuf`` holds the state sequences, (T + 1, B, n) each, with the initial state at index 0,
-    filled by the driver. A kernel allocates whatever else it keeps in ``__init__``.
+    ``sbuf`` holds the state sequences, (T + 1, B, n) each, with the initial state at index 0;
+    ``self.S[j][t]`` is the view of state j before step t. ``forward_step(t)`` reads
+    ``S[j][t]`` and writes ``S[j][t + 1]``. Everything is preallocated and every per-step view
+    is made once (``unbind``), so a step costs only its arithmetic: at batch 1 the Python
+    overhead per operation is the cost that matters.
+
+    ``backward_step(t, grads, base)`` receives the gradients of the states after step t and
+    returns those of the states before it; ``base`` (or None) is to be added to the gradient
+    of ``h_{t-1}`` (the GEMM that makes it takes it as its addend).
     """
 
     num_states: ClassVar[int] = 1
@@ -69,11 +86,18 @@ class Kernel:
         self.xp = xp
         self.T, self.B = xp.shape[:2]
         self.sbuf = sbuf
+        self.S = [buf.unbind(0) for buf in sbuf]
+        self.XP = xp.unbind(0)
 
-    def forward_step(self, t: int, states: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    @staticmethod
+    def _steps(buf: Tensor, lo: int | None = None, hi: int | None = None) -> tuple[Tensor, ...]:
+        """Per-step views of ``buf[:, :, lo:hi]``."""
+        return buf[..., lo:hi].unbind(0)
+
+    def forward_step(self, t: int) -> None:
         raise NotImplementedError
 
-    def backward_step(self, t: int, grads: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def backward_step(self, t: int, grads: list[Tensor], base: Tensor | None) -> list[Tensor]:
         raise NotImplementedError
 
     def input_grad(self) -> Tensor:
@@ -93,19 +117,24 @@ class ElmanKernel(Kernel):
         (self.w,) = weights
         self.wt = self.w.t()
         self.da = torch.empty_like(xp)
+        self.DA = self.da.unbind(0)
 
-    def forward_step(self, t, states):
-        a = torch.addmm(self.xp[t], states[0], self.wt)
-        return (a.relu_() if self.relu else a.tanh_(),)
-
-    def backward_step(self, t, grads):
-        h = self.sbuf[0][t + 1]
-        da = self.da[t]
+    def forward_step(self, t):
+        H = self.S[0]
+        a = torch.addmm(self.XP[t], H[t], self.wt, out=H[t + 1])
         if self.relu:
-            torch.mul(grads[0], h > 0, out=da)
+            a.relu_()
         else:
-            torch.mul(grads[0], 1 - h * h, out=da)
-        return (torch.mm(da, self.w),)
+            a.tanh_()
+
+    def backward_step(self, t, grads, base):
+        (dh,) = grads
+        h = self.S[0][t + 1]
+        if self.relu:
+            da = torch.mul(dh, h > 0, out=self.DA[t])
+        else:
+            da = torch.addcmul(dh, dh * h, h, value=-1, out=self.DA[t])
+        return [_mm(base, da, self.w)]
 
     def input_grad(self):
         return self.da
@@ -120,7 +149,11 @@ class ReluKernel(ElmanKernel):
 
 class LSTMKernel(Kernel):
     """LSTM, optionally layer-normalised; weights: (weight_hh, ln_hh_weight, ln_c_weight,
-    ln_c_bias), the last three ``None`` without layer norm."""
+    ln_c_bias), the last three ``None`` without layer norm.
+
+    Kept per step: the gates after their nonlinearities (i, f, g, o), ``tanh`` of the
+    (normalised) cell and ``k = o * (1 - tanh^2)``, the factor by which dh reaches the cell.
+    """
 
     num_states = 2
 
@@ -133,61 +166,69 @@ class LSTMKernel(Kernel):
         H = self.H = G // 4
         self.gates = torch.empty_like(xp)  # (T, B, 4H) i, f, g, o after their nonlinearities
         self.dgates = torch.empty_like(xp)  # (T, B, 4H) d loss / d pre-activation
+        self.tc = xp.new_empty(T, B, H)  # tanh(c), or tanh(LN(c) * g_c + b_c)
+        self.k = xp.new_empty(T, B, H)  # o * (1 - tc^2)
+        self.ones = xp.new_ones(B, H)
+        st = self._steps
+        self.Gt, self.IF = st(self.gates), st(self.gates, 0, 2 * H)
+        self.Gi, self.Gf = st(self.gates, 0, H), st(self.gates, H, 2 * H)
+        self.Gg, self.Go = st(self.gates, 2 * H, 3 * H), st(self.gates, 3 * H)
+        self.DG = st(self.dgates)
+        self.DGi, self.DGf = st(self.dgates, 0, H), st(self.dgates, H, 2 * H)
+        self.DGg, self.DGo = st(self.dgates, 2 * H, 3 * H), st(self.dgates, 3 * H)
+        self.TC, self.K = self.tc.unbind(0), self.k.unbind(0)
         if self.ln:
             self.nh = torch.empty_like(xp)  # (T, B, 4H) normalised W_hh h
             self.rs_h = xp.new_empty(T, B, 1)
             self.nc = xp.new_empty(T, B, H)  # normalised c
             self.rs_c = xp.new_empty(T, B, 1)
-            self.tc = xp.new_empty(T, B, H)  # tanh(LN(c))
             self.dy = xp.new_empty(T, B, H)  # d loss / d (LN(c) * g_c + b_c)
             self.da = torch.empty_like(xp)  # d loss / d (W_hh h)
 
-    def forward_step(self, t, states):
-        h, c = states
-        H = self.H
-        gt = self.gates[t]
+    def forward_step(self, t):
+        H, C = self.S
+        gt = self.Gt[t]
         if self.ln:
-            n, rs = _ln_forward(torch.mm(h, self.wt))
+            n, rs = _ln_forward(torch.mm(H[t], self.wt))
             self.nh[t], self.rs_h[t] = n, rs
-            torch.addcmul(self.xp[t], n, self.g_hh, out=gt)
+            torch.addcmul(self.XP[t], n, self.g_hh, out=gt)
         else:
-            torch.addmm(self.xp[t], h, self.wt, out=gt)
-        gt[:, :2 * H].sigmoid_()
-        gt[:, 2 * H:3 * H].tanh_()
-        gt[:, 3 * H:].sigmoid_()
-        i, f, g, o = gt.chunk(4, 1)
-        c_new = torch.addcmul(f * c, i, g)
+            torch.addmm(self.XP[t], H[t], self.wt, out=gt)
+        self.IF[t].sigmoid_()
+        g = self.Gg[t].tanh_()
+        o = self.Go[t].sigmoid_()
+        c = torch.mul(self.Gf[t], C[t], out=C[t + 1]).addcmul_(self.Gi[t], g)
         if self.ln:
-            nc, rs = _ln_forward(c_new)
+            nc, rs = _ln_forward(c)
             self.nc[t], self.rs_c[t] = nc, rs
-            tc = torch.tanh(torch.addcmul(self.b_c, nc, self.g_c))
-            self.tc[t] = tc
+            tc = torch.tanh(torch.addcmul(self.b_c, nc, self.g_c), out=self.TC[t])
         else:
-            tc = torch.tanh(c_new)
-        return o * tc, c_new
+            tc = torch.tanh(c, out=self.TC[t])
+        h = torch.mul(o, tc, out=H[t + 1])
+        torch.addcmul(o, h, tc, value=-1, out=self.K[t])
 
-    def backward_step(self, t, grads):
+    def backward_step(self, t, grads, base):
         dh, dc = grads
         H = self.H
-        i, f, g, o = self.gates[t].chunk(4, 1)
-        c_prev = self.sbuf[1][t]
-        tc = self.tc[t] if self.ln else torch.tanh(self.sbuf[1][t + 1])
-        dy = dh * o * (1 - tc * tc)
         if self.ln:
-            self.dy[t] = dy
-            dy = _ln_backward(dy * self.g_c, self.nc[t], self.rs_c[t])
-        dct = dc + dy
-        dg = self.dgates[t]
-        torch.mul(dct * g, i * (1 - i), out=dg[:, :H])
-        torch.mul(dct * c_prev, f * (1 - f), out=dg[:, H:2 * H])
-        torch.mul(dct * i, 1 - g * g, out=dg[:, 2 * H:3 * H])
-        torch.mul(dh * tc, o * (1 - o), out=dg[:, 3 * H:])
+            dy = torch.mul(dh, self.K[t], out=self.dy[t])
+            dct = dc + _ln_backward(dy * self.g_c, self.nc[t], self.rs_c[t])
+        else:
+            dct = torch.addcmul(dc, dh, self.K[t])
+        torch.mul(dct, self.Gg[t], out=self.DGi[t])
+        torch.mul(dct, self.S[1][t], out=self.DGf[t])
+        torch.mul(dct, self.Gi[t], out=self.DGg[t])
+        torch.mul(dh, self.TC[t], out=self.DGo[t])
+        d = _sigmoid_grad(self.Gt[t])
+        g = self.Gg[t]
+        torch.addcmul(self.ones, g, g, value=-1, out=d[:, 2 * H:3 * H])
+        dg = self.DG[t].mul_(d)
         if self.ln:
             da = self.da[t]
             da.copy_(_ln_backward(dg * self.g_hh, self.nh[t], self.rs_h[t]))
         else:
             da = dg
-        return torch.mm(da, self.w), dct * f
+        return [_mm(base, da, self.w), dct * self.Gf[t]]
 
     def input_grad(self):
         return self.dgates
@@ -200,53 +241,44 @@ class LSTMKernel(Kernel):
                 _sum_tb(self.dy * self.nc), _sum_tb(self.dy))
 
 
-class PeepholeKernel(Kernel):
-    """Peephole LSTM; weights: (weight_hh, peephole)."""
-
-    num_states = 2
+class PeepholeKernel(LSTMKernel):
+    """Peephole LSTM; weights: (weight_hh, peephole). Buffers as :class:`LSTMKernel`."""
 
     def __init__(self, xp, weights, sbuf):
-        super().__init__(xp, weights, sbuf)
-        self.w, self.p = weights
-        self.wt = self.w.t()
-        self.H = xp.shape[-1] // 4
-        self.gates = torch.empty_like(xp)
-        self.dgates = torch.empty_like(xp)
+        w, self.p = weights
+        super().__init__(xp, (w, None, None, None), sbuf)
+        self.p_i, self.p_f, self.p_o = self.p.unbind(0)
 
-    def forward_step(self, t, states):
-        h, c = states
-        H = self.H
-        p_i, p_f, p_o = self.p
-        gt = self.gates[t]
-        torch.addmm(self.xp[t], h, self.wt, out=gt)
-        a_i, a_f, a_g, a_o = gt.chunk(4, 1)
-        a_i.addcmul_(p_i, c)
-        a_f.addcmul_(p_f, c)
-        gt[:, :2 * H].sigmoid_()
-        a_g.tanh_()
-        i, f, g = a_i, a_f, a_g
-        c_new = torch.addcmul(f * c, i, g)
-        o = a_o.addcmul_(p_o, c_new).sigmoid_()
-        return o * torch.tanh(c_new), c_new
+    def forward_step(self, t):
+        H, C = self.S
+        c_prev = C[t]
+        gt = torch.addmm(self.XP[t], H[t], self.wt, out=self.Gt[t])
+        self.Gi[t].addcmul_(self.p_i, c_prev)
+        self.Gf[t].addcmul_(self.p_f, c_prev)
+        self.IF[t].sigmoid_()
+        g = self.Gg[t].tanh_()
+        c = torch.mul(self.Gf[t], c_prev, out=C[t + 1]).addcmul_(self.Gi[t], g)
+        o = self.Go[t].addcmul_(self.p_o, c).sigmoid_()
+        tc = torch.tanh(c, out=self.TC[t])
+        h = torch.mul(o, tc, out=H[t + 1])
+        torch.addcmul(o, h, tc, value=-1, out=self.K[t])
+        del gt
 
-    def backward_step(self, t, grads):
+    def backward_step(self, t, grads, base):
         dh, dc = grads
         H = self.H
-        p_i, p_f, p_o = self.p
-        i, f, g, o = self.gates[t].chunk(4, 1)
-        c_prev = self.sbuf[1][t]
-        tc = torch.tanh(self.sbuf[1][t + 1])
-        dg = self.dgates[t]
-        do = torch.mul(dh * tc, o * (1 - o), out=dg[:, 3 * H:])
-        dct = dc + dh * o * (1 - tc * tc) + do * p_o
-        di = torch.mul(dct * g, i * (1 - i), out=dg[:, :H])
-        df = torch.mul(dct * c_prev, f * (1 - f), out=dg[:, H:2 * H])
-        torch.mul(dct * i, 1 - g * g, out=dg[:, 2 * H:3 * H])
-        dc_prev = dct * f + di * p_i + df * p_f
-        return torch.mm(dg, self.w), dc_prev
-
-    def input_grad(self):
-        return self.dgates
+        d = _sigmoid_grad(self.Gt[t])
+        g = self.Gg[t]
+        torch.addcmul(self.ones, g, g, value=-1, out=d[:, 2 * H:3 * H])
+        do = torch.mul(dh, self.TC[t], out=self.DGo[t]).mul_(d[:, 3 * H:])
+        dct = torch.addcmul(dc, dh, self.K[t]).addcmul_(do, self.p_o)
+        torch.mul(dct, g, out=self.DGi[t])
+        torch.mul(dct, self.S[1][t], out=self.DGf[t])
+        torch.mul(dct, self.Gi[t], out=self.DGg[t])
+        self.DG[t][:, :3 * H].mul_(d[:, :3 * H])
+        dc_prev = (dct * self.Gf[t]).addcmul_(self.DGi[t], self.p_i).addcmul_(
+            self.DGf[t], self.p_f)
+        return [_mm(base, self.DG[t], self.w), dc_prev]
 
     def weight_grads(self):
         H = self.H
@@ -259,7 +291,9 @@ class PeepholeKernel(Kernel):
 
 class GRUAfterKernel(Kernel):
     """torch.nn.GRU's cell (reset after the product), optionally layer-normalised;
-    ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight)."""
+    ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight).
+
+    Kept per step: r, z, n, the recurrent projection ``gh`` (3H) and ``h_prev - n``."""
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -267,56 +301,69 @@ class GRUAfterKernel(Kernel):
         self.ln = self.g_hh is not None
         self.wt = self.w.t()
         T, B, G = xp.shape
-        self.H = G // 3
+        H = self.H = G // 3
         self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
-        self.hn = xp.new_empty(T, B, self.H)  # the recurrent part of n's pre-activation
+        self.gh = torch.empty_like(xp)  # recurrent projection + bias_hh
+        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
+        self.dgh = torch.empty_like(xp)  # d loss / d gh
         self.dxp = torch.empty_like(xp)
-        self.dgh = torch.empty_like(xp)  # d loss / d (recurrent projection + bias)
+        self.ones = xp.new_ones(B, H)
+        st = self._steps
+        self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
+        self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
+        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
+        self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
+        self.HMN = self.hmn.unbind(0)
+        self.DGH, self.DGHrz = st(self.dgh), st(self.dgh, 0, 2 * H)
+        self.DGHr, self.DGHz, self.DGHn = (st(self.dgh, 0, H), st(self.dgh, H, 2 * H),
+                                           st(self.dgh, 2 * H))
+        self.DXn = st(self.dxp, 2 * H)
         if self.ln:
             self.nh = torch.empty_like(xp)
             self.rs = xp.new_empty(T, B, 1)
             self.da = torch.empty_like(xp)
 
-    def forward_step(self, t, states):
-        (h,) = states
-        H = self.H
+    def forward_step(self, t):
+        (H,) = self.S
+        h = H[t]
         if self.ln:
             n, rs = _ln_forward(torch.mm(h, self.wt))
             self.nh[t], self.rs[t] = n, rs
-            gh = n * self.g_hh
+            torch.mul(n, self.g_hh, out=self.GH[t])
             if self.b is not None:
-                gh += self.b
+                self.GH[t].add_(self.b)
         elif self.b is not None:
-            gh = torch.addmm(self.b, h, self.wt)
+            torch.addmm(self.b, h, self.wt, out=self.GH[t])
         else:
-            gh = torch.mm(h, self.wt)
-        gt = self.gates[t]
-        xp = self.xp[t]
-        torch.add(xp[:, :2 * H], gh[:, :2 * H], out=gt[:, :2 * H]).sigmoid_()
-        r, z, n = gt.chunk(3, 1)
-        self.hn[t] = gh[:, 2 * H:]
-        torch.addcmul(xp[:, 2 * H:], r, gh[:, 2 * H:], out=n).tanh_()
-        return (torch.addcmul(n, z, h - n),)
+            torch.mm(h, self.wt, out=self.GH[t])
+        torch.add(self.XPrz[t], self.GHrz[t], out=self.Grz[t]).sigmoid_()
+        n = torch.addcmul(self.XPn[t], self.Gr[t], self.GHn[t], out=self.Gn[t]).tanh_()
+        hmn = torch.sub(h, n, out=self.HMN[t])
+        torch.addcmul(n, self.Gz[t], hmn, out=H[t + 1])
 
-    def backward_step(self, t, grads):
+    def backward_step(self, t, grads, base):
         (dh,) = grads
-        H = self.H
-        r, z, n = self.gates[t].chunk(3, 1)
-        h_prev = self.sbuf[0][t]
-        dx, dgh = self.dxp[t], self.dgh[t]
-        dn = torch.mul(dh * (1 - z), 1 - n * n, out=dx[:, 2 * H:])
-        torch.mul(dn * self.hn[t], r * (1 - r), out=dx[:, :H])
-        torch.mul(dh * (h_prev - n), z * (1 - z), out=dx[:, H:2 * H])
-        dgh[:, :2 * H] = dx[:, :2 * H]
-        torch.mul(dn, r, out=dgh[:, 2 * H:])
+        n = self.Gn[t]
+        dhz = dh * self.Gz[t]
+        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(
+            torch.addcmul(self.ones, n, n, value=-1))
+        torch.mul(dn, self.GHn[t], out=self.DGHr[t])
+        torch.mul(dh, self.HMN[t], out=self.DGHz[t])
+        self.DGHrz[t].mul_(_sigmoid_grad(self.Grz[t]))
+        dgh = self.DGH[t]
+        torch.mul(dn, self.Gr[t], out=self.DGHn[t])
+        if base is not None:
+            dhz += base
         if self.ln:
             da = self.da[t]
             da.copy_(_ln_backward(dgh * self.g_hh, self.nh[t], self.rs[t]))
         else:
             da = dgh
-        return (torch.addmm(dh * z, da, self.w),)
+        return [torch.addmm(dhz, da, self.w)]
 
     def input_grad(self):
+        H = self.H
+        self.dxp[..., :2 * H] = self.dgh[..., :2 * H]
         return self.dxp
 
     def weight_grads(self):
@@ -329,7 +376,9 @@ class GRUAfterKernel(Kernel):
 
 class GRUBeforeKernel(Kernel):
     """The original GRU (reset before the product), optionally layer-normalised;
-    ``xp`` holds every bias; weights: (weight_hh, ln_hh_weight)."""
+    ``xp`` holds every bias; weights: (weight_hh, ln_hh_weight).
+
+    Kept per step: r, z, n, ``r * h_prev`` and ``h_prev - n``."""
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -341,57 +390,68 @@ class GRUBeforeKernel(Kernel):
         self.wt_rz, self.wt_n = self.w_rz.t(), self.w_n.t()
         self.gates = torch.empty_like(xp)
         self.rh = xp.new_empty(T, B, H)  # r * h_prev, the candidate's recurrent input
+        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
         self.dxp = torch.empty_like(xp)
+        self.ones = xp.new_ones(B, H)
+        st = self._steps
+        self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
+        self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
+        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
+        self.RH, self.HMN = self.rh.unbind(0), self.hmn.unbind(0)
+        self.DXrz, self.DXr = st(self.dxp, 0, 2 * H), st(self.dxp, 0, H)
+        self.DXz, self.DXn = st(self.dxp, H, 2 * H), st(self.dxp, 2 * H)
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
             self.nh = torch.empty_like(xp)
             self.rs = xp.new_empty(T, B, 2)
             self.da = torch.empty_like(xp)
 
-    def forward_step(self, t, states):
-        (h,) = states
-        H = self.H
-        xp, gt = self.xp[t], self.gates[t]
+    def forward_step(self, t):
+        (H,) = self.S
+        h = H[t]
         if self.ln:
             n1, rs1 = _ln_forward(torch.mm(h, self.wt_rz))
-            self.nh[t, :, :2 * H], self.rs[t, :, :1] = n1, rs1
-            torch.addcmul(xp[:, :2 * H], n1, self.g_rz, out=gt[:, :2 * H])
+            self.nh[t, :, :2 * self.H], self.rs[t, :, :1] = n1, rs1
+            torch.addcmul(self.XPrz[t], n1, self.g_rz, out=self.Grz[t])
         else:
-            torch.addmm(xp[:, :2 * H], h, self.wt_rz, out=gt[:, :2 * H])
-        gt[:, :2 * H].sigmoid_()
-        r, z, n = gt.chunk(3, 1)
-        rh = torch.mul(r, h, out=self.rh[t])
+            torch.addmm(self.XPrz[t], h, self.wt_rz, out=self.Grz[t])
+        self.Grz[t].sigmoid_()
+        rh = torch.mul(self.Gr[t], h, out=self.RH[t])
         if self.ln:
             n2, rs2 = _ln_forward(torch.mm(rh, self.wt_n))
-            self.nh[t, :, 2 * H:], self.rs[t, :, 1:] = n2, rs2
-            torch.addcmul(xp[:, 2 * H:], n2, self.g_n, out=n)
+            self.nh[t, :, 2 * self.H:], self.rs[t, :, 1:] = n2, rs2
+            n = torch.addcmul(self.XPn[t], n2, self.g_n, out=self.Gn[t])
         else:
-            torch.addmm(xp[:, 2 * H:], rh, self.wt_n, out=n)
+            n = torch.addmm(self.XPn[t], rh, self.wt_n, out=self.Gn[t])
         n.tanh_()
-        return (torch.addcmul(n, z, h - n),)
+        hmn = torch.sub(h, n, out=self.HMN[t])
+        torch.addcmul(n, self.Gz[t], hmn, out=H[t + 1])
 
-    def backward_step(self, t, grads):
+    def backward_step(self, t, grads, base):
         (dh,) = grads
         H = self.H
-        r, z, n = self.gates[t].chunk(3, 1)
-        h_prev = self.sbuf[0][t]
-        dx = self.dxp[t]
-        dn = torch.mul(dh * (1 - z), 1 - n * n, out=dx[:, 2 * H:])
+        n = self.Gn[t]
+        dhz = dh * self.Gz[t]
+        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(
+            torch.addcmul(self.ones, n, n, value=-1))
         if self.ln:
             da_n = self.da[t, :, 2 * H:]
             da_n.copy_(_ln_backward(dn * self.g_n, self.nh[t, :, 2 * H:], self.rs[t, :, 1:]))
         else:
             da_n = dn
         drh = torch.mm(da_n, self.w_n)
-        torch.mul(drh * h_prev, r * (1 - r), out=dx[:, :H])
-        torch.mul(dh * (h_prev - n), z * (1 - z), out=dx[:, H:2 * H])
+        torch.mul(drh, self.S[0][t], out=self.DXr[t])
+        torch.mul(dh, self.HMN[t], out=self.DXz[t])
+        drz = self.DXrz[t].mul_(_sigmoid_grad(self.Grz[t]))
         if self.ln:
             da_rz = self.da[t, :, :2 * H]
-            da_rz.copy_(_ln_backward(dx[:, :2 * H] * self.g_rz, self.nh[t, :, :2 * H],
-                                     self.rs[t, :, :1]))
+            da_rz.copy_(_ln_backward(drz * self.g_rz, self.nh[t, :, :2 * H], self.rs[t, :, :1]))
         else:
-            da_rz = dx[:, :2 * H]
-        return (torch.addmm(dh * z + drh * r, da_rz, self.w_rz),)
+            da_rz = drz
+        dhz.addcmul_(drh, self.Gr[t])
+        if base is not None:
+            dhz += base
+        return [torch.addmm(dhz, da_rz, self.w_rz)]
 
     def input_grad(self):
         return self.dxp
@@ -406,33 +466,45 @@ class GRUBeforeKernel(Kernel):
 
 
 class MinimalGRUKernel(Kernel):
-    """The notes' minimal GRU; ``xp`` holds every bias; weights: (weight_hh,)."""
+    """The notes' minimal GRU; ``xp`` holds every bias; weights: (weight_hh,).
+
+    Kept per step: u, n and ``n - h_prev``."""
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
         self.wt = self.w.t()
-        self.H = xp.shape[-1] // 2
+        T, B, G = xp.shape
+        H = self.H = G // 2
         self.gates = torch.empty_like(xp)
+        self.nmh = xp.new_empty(T, B, H)  # n - h_prev
         self.dxp = torch.empty_like(xp)
+        self.ones = xp.new_ones(B, H)
+        st = self._steps
+        self.Gt, self.Gu, self.Gn = st(self.gates), st(self.gates, 0, H), st(self.gates, H)
+        self.NMH = self.nmh.unbind(0)
+        self.DX, self.DXu, self.DXn = st(self.dxp), st(self.dxp, 0, H), st(self.dxp, H)
 
-    def forward_step(self, t, states):
-        (h,) = states
-        H = self.H
-        gt = self.gates[t]
-        torch.addmm(self.xp[t], h, self.wt, out=gt)
-        u, n = gt[:, :H].sigmoid_(), gt[:, H:].tanh_()
-        return (torch.addcmul(h, u, n - h),)
+    def forward_step(self, t):
+        (H,) = self.S
+        h = H[t]
+        torch.addmm(self.XP[t], h, self.wt, out=self.Gt[t])
+        u, n = self.Gu[t].sigmoid_(), self.Gn[t].tanh_()
+        torch.addcmul(h, u, torch.sub(n, h, out=self.NMH[t]), out=H[t + 1])
 
-    def backward_step(self, t, grads):
+    def backward_step(self, t, grads, base):
         (dh,) = grads
         H = self.H
-        u, n = self.gates[t].chunk(2, 1)
-        h_prev = self.sbuf[0][t]
-        dx = self.dxp[t]
-        torch.mul(dh * (n - h_prev), u * (1 - u), out=dx[:, :H])
-        torch.mul(dh * u, 1 - n * n, out=dx[:, H:])
-        return (torch.addmm(dh * (1 - u), dx, self.w),)
+        u, n = self.Gu[t], self.Gn[t]
+        direct = torch.addcmul(dh, dh, u, value=-1)
+        if base is not None:
+            direct += base
+        torch.mul(dh, self.NMH[t], out=self.DXu[t])
+        torch.mul(dh, u, out=self.DXn[t])
+        d = _sigmoid_grad(self.Gt[t])
+        torch.addcmul(self.ones, n, n, value=-1, out=d[:, H:])
+        dx = self.DX[t].mul_(d)
+        return [torch.addmm(direct, dx, self.w)]
 
     def input_grad(self):
         return self.dxp
@@ -453,42 +525,46 @@ class _Recurrence(Function):
         for buf, s in zip(sbuf, states0):
             buf[0] = s
         kernel = kernel_cls(xp, weights, sbuf)
-        current = tuple(states0)
-        for t in range(T):
-            new = kernel.forward_step(t, current)
-            if mask is None:
-                for buf, s in zip(sbuf, new):
-                    buf[t + 1] = s
-            else:
-                for buf, s, old in zip(sbuf, new, current):
-                    torch.where(mask[t], s, old, out=buf[t + 1])
-            current = tuple(buf[t + 1] for buf in sbuf)
+        step = kernel.forward_step
+        if mask is None:
+            for t in range(T):
+                step(t)
+        else:
+            masks = mask.unbind(0)
+            for t in range(T):
+                step(t)
+                m = masks[t]
+                for seq in kernel.S:
+                    torch.where(m, seq[t + 1], seq[t], out=seq[t + 1])
         ctx.kernel = kernel
         ctx.mask = mask
-        ctx.n_weights = len(weights)
-        ctx.weight_needs_grad = [w is not None and w.requires_grad for w in weights]
         return tuple(buf[1:] for buf in sbuf)
 
     @staticmethod
     def backward(ctx, *grad_seqs):
         kernel, mask = ctx.kernel, ctx.mask
         del ctx.kernel
+        T = kernel.T
         n = len(grad_seqs)
-        grads = [torch.zeros_like(buf[0]) for buf in kernel.sbuf]
-        for t in range(kernel.T - 1, -1, -1):
-            for j, g in enumerate(grad_seqs):
-                if g is not None:
-                    grads[j] = grads[j] + g[t]
-            if mask is None:
-                grads = list(kernel.backward_step(t, tuple(grads)))
+        steps = [None if g is None else g.unbind(0) for g in grad_seqs]
+        grads = [torch.zeros_like(seq[0]) if g is None else g[T - 1]
+                 for seq, g in zip(kernel.S, steps)]
+        masks = None if mask is None else mask.unbind(0)
+        step = kernel.backward_step
+        for t in range(T - 1, -1, -1):
+            after = [None if g is None or t == 0 else g[t - 1] for g in steps]
+            if masks is None:
+                grads = step(t, grads, after[0])
             else:
-                m = mask[t]
-                inside = tuple(torch.where(m, g, 0.0) for g in grads)
+                m = masks[t]
+                inside = [torch.where(m, g, 0.0) for g in grads]
                 carried = [torch.where(m, 0.0, g) for g in grads]
-                grads = [c + g for c, g in zip(carried, kernel.backward_step(t, inside))]
-        weight_grads = kernel.weight_grads()
-        weight_grads = tuple(g if need else None
-                             for g, need in zip(weight_grads, ctx.weight_needs_grad))
+                base = carried[0] if after[0] is None else carried[0] + after[0]
+                grads = step(t, inside, base)
+                grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
+            grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
+        weight_grads = tuple(g if need else None for g, need in
+                             zip(kernel.weight_grads(), ctx.needs_input_grad[3 + n:]))
         return (None, None, kernel.input_grad(), *grads[:n], *weight_grads)
 
 
