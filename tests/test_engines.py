@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from core_helpers import (
     CELL_CONFIGS,
     CELL_IDS,
@@ -18,7 +19,6 @@ from core_helpers import (
     numerical_vjp_check,
     random_state,
 )
-
 from rnnkit.cells import make_cell
 from rnnkit.engines import resolve_engine
 from rnnkit.layers import Bidirectional, Recurrent
