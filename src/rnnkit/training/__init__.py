@@ -1,0 +1,29 @@
+"""The training machinery every task shares.
+
+- ``rnnkit.training.loop``: :class:`Trainer`, :class:`TrainingTask` (the task interface),
+  :class:`TrainConfig`, :class:`StepOutput`, :class:`TrainResult`;
+- ``rnnkit.training.checkpoint``: :class:`RunDir` (config.json, vocab.json, model.safetensors,
+  last/ for --resume), safetensors + JSON helpers that never unpickle;
+- ``rnnkit.training.schedule``: :class:`Schedule` (constant, linear, cosine, plateau);
+- ``rnnkit.training.options``: ``add_common_train_arguments``, ``train_config``, ``open_run``.
+"""
+
+from rnnkit.training.checkpoint import RunDir, load_weights, save_weights
+from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask, TrainResult
+from rnnkit.training.options import add_common_train_arguments, open_run, train_config
+from rnnkit.training.schedule import Schedule
+
+__all__ = [
+    "RunDir",
+    "Schedule",
+    "StepOutput",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingTask",
+    "add_common_train_arguments",
+    "load_weights",
+    "open_run",
+    "save_weights",
+    "train_config",
+]
