@@ -1,5 +1,6 @@
 """Layers: a cell over time, both directions, stacks with skip connections, torch.nn drop-ins."""
 
+from rnnkit.layers.crf import CRF, ViterbiOutput, scheme_constraints
 from rnnkit.layers.dropin import GRU, LSTM, RNN
 from rnnkit.layers.recurrent import Recurrent, RecurrentOutput, RecurrentTrace, reverse_padded
 from rnnkit.layers.stacking import (
@@ -14,6 +15,7 @@ from rnnkit.layers.stacking import (
 
 __all__ = [
     "CONNECTIONS",
+    "CRF",
     "GRU",
     "LSTM",
     "MERGES",
@@ -23,8 +25,10 @@ __all__ = [
     "RecurrentOutput",
     "RecurrentTrace",
     "Stacked",
+    "ViterbiOutput",
     "detach_states",
     "map_states",
     "reverse_padded",
+    "scheme_constraints",
     "stack",
 ]
