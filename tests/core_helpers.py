@@ -61,7 +61,7 @@ def build_layer(cell_id: str, engine: str, input_size: int = 2, hidden_size: int
     cell = make_cell(name, input_size, hidden_size, **opts).to(DT)
     if "layer_norm" in opts:
         perturb_(cell, seed)
-    return Recurrent(cell, engine=engine, **layer_opts)
+    return Recurrent(cell, engine=engine, **layer_opts).to(DT)
 
 
 def random_state(layer: Recurrent, batch: int, seed: int = 1) -> Tensor | tuple[Tensor, ...]:
