@@ -229,7 +229,7 @@ def test_training_log_reader(tmp_path):
     rows = [{"step": i, "loss": 2.0 - 0.01 * i, "grad_norm": 1.0 + i, "clipped": i >= 4}
             for i in range(1, 8)]
     rows[4]["loss"] = 9.0
-    rows.insert(2, {"event": "eval", "val_loss": 1.5})
+    rows.insert(2, {"kind": "eval", "step": 2, "loss": 1.5})
     rows.append({"step": 8, "loss": "nan", "grad_norm": "inf", "clipped": True})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     log = read_training_log(path)
@@ -241,6 +241,16 @@ def test_training_log_reader(tmp_path):
     s = log.summary()
     assert s["max_grad_norm"] == 8.0 and s["clip_events"] == 5
     assert math.isnan(log.loss[-1])
+
+
+def test_training_log_reader_infers_clipping_from_the_threshold(tmp_path):
+    path = tmp_path / "log.jsonl"
+    rows = [{"kind": "train", "step": 10 * i, "loss": 1.0, "grad_norm": g, "lr": 1e-3}
+            for i, g in enumerate([0.5, 1.5, 0.9, 3.0], start=1)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_training_log(path, clip=1.0).clip_steps() == [20, 40]
+    assert read_training_log(path).clip_steps() == []
+    assert read_training_log(path, clip=0.0).clip_steps() == []
 
 
 def test_training_log_reader_names_the_bad_line(tmp_path):

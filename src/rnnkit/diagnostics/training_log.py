@@ -1,15 +1,17 @@
 """Reading a training run's JSON-lines log: gradient norms, clipping events and loss spikes.
 
-The training loop (``rnnkit.training``) writes one JSON object per line. This reader needs,
-per training step, the keys
+The training loop (``rnnkit.training.Trainer``) writes ``DIR/log.jsonl``, one JSON object per
+line; its training records (``"kind": "train"``, every ``log_every`` steps) hold
 
 - ``step`` (int): the optimiser step;
 - ``loss`` (float or null/"nan"/"inf"): the training loss of that step;
 - ``grad_norm`` (float): the global gradient norm *before* clipping;
-- ``clipped`` (bool): whether clipping scaled the gradient down.
+- ``clipped`` (bool, optional): whether clipping scaled the gradient down. When a record lacks
+  it, it is ``grad_norm > clip`` for the ``clip`` threshold given to the reader (the run's
+  ``config.json`` ``train.clip``), else False.
 
-Lines without ``step`` and ``loss`` (evaluation records, headers) are skipped; ``grad_norm``
-and ``clipped`` may be absent (NaN and False). Blank lines are skipped; anything else that is
+Records of another ``kind`` (evaluations) and lines without ``step`` and ``loss`` are
+skipped; ``grad_norm`` may be absent (NaN). Blank lines are skipped; anything else that is
 not a JSON object raises :class:`rnnkit.errors.DataError` naming the file and line.
 """
 
@@ -106,8 +108,9 @@ class TrainingLog:
         }
 
 
-def read_training_log(path: str | Path) -> TrainingLog:
-    """Read the training records of a JSON-lines log (see the module docstring)."""
+def read_training_log(path: str | Path, clip: float | None = None) -> TrainingLog:
+    """Read the training records of a JSON-lines log (see the module docstring); ``clip``:
+    the run's clipping threshold, to tell clipped steps when the records do not say."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -125,7 +128,7 @@ def read_training_log(path: str | Path) -> TrainingLog:
             raise DataError(f"not a JSON object ({err.msg})", path, number) from None
         if not isinstance(record, dict):
             raise DataError(f"expected a JSON object, got {type(record).__name__}", path, number)
-        if "step" not in record or "loss" not in record:
+        if record.get("kind", "train") != "train" or "step" not in record or "loss" not in record:
             continue
         step = record["step"]
         if isinstance(step, bool) or not isinstance(step, int):
@@ -134,7 +137,10 @@ def read_training_log(path: str | Path) -> TrainingLog:
         log.loss.append(_number(record["loss"], "loss", path, number))
         log.grad_norm.append(_number(record.get("grad_norm"), "grad_norm", path, number))
         log.grad_norm_given.append(record.get("grad_norm") is not None)
-        clipped = record.get("clipped", False)
+        clipped = record.get("clipped")
+        if clipped is None:
+            norm = log.grad_norm[-1]
+            clipped = bool(clip is not None and clip > 0 and norm > clip)
         if not isinstance(clipped, bool):
             raise DataError(f"'clipped' must be true or false, got {clipped!r}", path, number)
         log.clipped.append(clipped)
