@@ -1,0 +1,9 @@
+"""Models built on rnnkit's layers: each with a config dataclass saved beside its weights."""
+
+from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, Seq2SeqOutput
+
+__all__ = [
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "Seq2SeqOutput",
+]
