@@ -34,16 +34,37 @@ from rnnkit.cells.cells import (
     PeepholeLSTMCell,
 )
 
-
-def _ln_forward(a: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalise ``a`` (B, N) over N: returns ``(n, rstd)`` with rstd (B, 1)."""
-    n, _, rstd = torch.native_layer_norm(a, a.shape[-1:], None, None, LN_EPS)
-    return n, rstd.view(-1, 1)
+_LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
 
-def _ln_backward(dn: Tensor, n: Tensor, rstd: Tensor) -> Tensor:
-    """Gradient through ``n = (a - mean(a)) * rstd`` given ``dn``: returns ``da``."""
-    return rstd * (dn - dn.mean(-1, keepdim=True) - n * (dn * n).mean(-1, keepdim=True))
+class _StepNorms:
+    """Per-step layer normalisations without gain or shift, keeping what the backward needs
+    (references, no copies): the input, its mean and reciprocal std, the output."""
+
+    def __init__(self) -> None:
+        self.a: list[Tensor] = []
+        self.n: list[Tensor] = []
+        self.mean: list[Tensor] = []
+        self.rstd: list[Tensor] = []
+
+    def forward(self, a: Tensor) -> Tensor:
+        """Normalise ``a`` (B, N) over N; to be called once per step, in order."""
+        n, mean, rstd = torch.native_layer_norm(a, a.shape[-1:], None, None, LN_EPS)
+        self.a.append(a)
+        self.n.append(n)
+        self.mean.append(mean)
+        self.rstd.append(rstd)
+        return n
+
+    def backward(self, t: int, dn: Tensor) -> Tensor:
+        """Gradient of step ``t``'s input given that of its output."""
+        a = self.a[t]
+        return _LN_BACKWARD(dn, a, a.shape[-1:], self.mean[t], self.rstd[t], None, None,
+                            (True, False, False))[0]
+
+    def outputs(self) -> Tensor:
+        """Every step's normalised output, (T, B, N)."""
+        return torch.stack(self.n)
 
 
 def _sum_tb(x: Tensor) -> Tensor:
@@ -177,11 +198,10 @@ class LSTMKernel(Kernel):
         self.DGi, self.DGf = st(self.dgates, 0, H), st(self.dgates, H, 2 * H)
         self.DGg, self.DGo = st(self.dgates, 2 * H, 3 * H), st(self.dgates, 3 * H)
         self.TC, self.K = self.tc.unbind(0), self.k.unbind(0)
+        self.d = xp.new_empty(B, G)  # one step's activation derivatives
+        self.Dg = self.d[:, 2 * H:3 * H]
         if self.ln:
-            self.nh = torch.empty_like(xp)  # (T, B, 4H) normalised W_hh h
-            self.rs_h = xp.new_empty(T, B, 1)
-            self.nc = xp.new_empty(T, B, H)  # normalised c
-            self.rs_c = xp.new_empty(T, B, 1)
+            self.norm_h, self.norm_c = _StepNorms(), _StepNorms()  # of W_hh h and of c
             self.dy = xp.new_empty(T, B, H)  # d loss / d (LN(c) * g_c + b_c)
             self.da = torch.empty_like(xp)  # d loss / d (W_hh h)
 
@@ -189,8 +209,7 @@ class LSTMKernel(Kernel):
         H, C = self.S
         gt = self.Gt[t]
         if self.ln:
-            n, rs = _ln_forward(torch.mm(H[t], self.wt))
-            self.nh[t], self.rs_h[t] = n, rs
+            n = self.norm_h.forward(torch.mm(H[t], self.wt))
             torch.addcmul(self.XP[t], n, self.g_hh, out=gt)
         else:
             torch.addmm(self.XP[t], H[t], self.wt, out=gt)
@@ -199,8 +218,7 @@ class LSTMKernel(Kernel):
         o = self.Go[t].sigmoid_()
         c = torch.mul(self.Gf[t], C[t], out=C[t + 1]).addcmul_(self.Gi[t], g)
         if self.ln:
-            nc, rs = _ln_forward(c)
-            self.nc[t], self.rs_c[t] = nc, rs
+            nc = self.norm_c.forward(c)
             tc = torch.tanh(torch.addcmul(self.b_c, nc, self.g_c), out=self.TC[t])
         else:
             tc = torch.tanh(c, out=self.TC[t])
@@ -209,23 +227,22 @@ class LSTMKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         dh, dc = grads
-        H = self.H
         if self.ln:
             dy = torch.mul(dh, self.K[t], out=self.dy[t])
-            dct = dc + _ln_backward(dy * self.g_c, self.nc[t], self.rs_c[t])
+            dct = dc + self.norm_c.backward(t, dy * self.g_c)
         else:
             dct = torch.addcmul(dc, dh, self.K[t])
         torch.mul(dct, self.Gg[t], out=self.DGi[t])
         torch.mul(dct, self.S[1][t], out=self.DGf[t])
         torch.mul(dct, self.Gi[t], out=self.DGg[t])
         torch.mul(dh, self.TC[t], out=self.DGo[t])
-        d = _sigmoid_grad(self.Gt[t])
         g = self.Gg[t]
-        torch.addcmul(self.ones, g, g, value=-1, out=d[:, 2 * H:3 * H])
+        d = torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
+        torch.addcmul(self.ones, g, g, value=-1, out=self.Dg)
         dg = self.DG[t].mul_(d)
         if self.ln:
             da = self.da[t]
-            da.copy_(_ln_backward(dg * self.g_hh, self.nh[t], self.rs_h[t]))
+            da.copy_(self.norm_h.backward(t, dg * self.g_hh))
         else:
             da = dg
         return [_mm(base, da, self.w), dct * self.Gf[t]]
@@ -237,8 +254,8 @@ class LSTMKernel(Kernel):
         h_prev = self.sbuf[0][:-1]
         if not self.ln:
             return (_grad_w(self.dgates, h_prev), None, None, None)
-        return (_grad_w(self.da, h_prev), _sum_tb(self.dgates * self.nh),
-                _sum_tb(self.dy * self.nc), _sum_tb(self.dy))
+        return (_grad_w(self.da, h_prev), _sum_tb(self.dgates * self.norm_h.outputs()),
+                _sum_tb(self.dy * self.norm_c.outputs()), _sum_tb(self.dy))
 
 
 class PeepholeKernel(LSTMKernel):
@@ -248,6 +265,9 @@ class PeepholeKernel(LSTMKernel):
         w, self.p = weights
         super().__init__(xp, (w, None, None, None), sbuf)
         self.p_i, self.p_f, self.p_o = self.p.unbind(0)
+        H = self.H
+        self.Do, self.Digf = self.d[:, 3 * H:], self.d[:, :3 * H]
+        self.DGigf = self._steps(self.dgates, 0, 3 * H)
 
     def forward_step(self, t):
         H, C = self.S
@@ -266,16 +286,15 @@ class PeepholeKernel(LSTMKernel):
 
     def backward_step(self, t, grads, base):
         dh, dc = grads
-        H = self.H
-        d = _sigmoid_grad(self.Gt[t])
         g = self.Gg[t]
-        torch.addcmul(self.ones, g, g, value=-1, out=d[:, 2 * H:3 * H])
-        do = torch.mul(dh, self.TC[t], out=self.DGo[t]).mul_(d[:, 3 * H:])
+        torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
+        torch.addcmul(self.ones, g, g, value=-1, out=self.Dg)
+        do = torch.mul(dh, self.TC[t], out=self.DGo[t]).mul_(self.Do)
         dct = torch.addcmul(dc, dh, self.K[t]).addcmul_(do, self.p_o)
         torch.mul(dct, g, out=self.DGi[t])
         torch.mul(dct, self.S[1][t], out=self.DGf[t])
         torch.mul(dct, self.Gi[t], out=self.DGg[t])
-        self.DG[t][:, :3 * H].mul_(d[:, :3 * H])
+        self.DGigf[t].mul_(self.Digf)
         dc_prev = (dct * self.Gf[t]).addcmul_(self.DGi[t], self.p_i).addcmul_(
             self.DGf[t], self.p_f)
         return [_mm(base, self.DG[t], self.w), dc_prev]
@@ -319,16 +338,14 @@ class GRUAfterKernel(Kernel):
                                            st(self.dgh, 2 * H))
         self.DXn = st(self.dxp, 2 * H)
         if self.ln:
-            self.nh = torch.empty_like(xp)
-            self.rs = xp.new_empty(T, B, 1)
+            self.norm = _StepNorms()
             self.da = torch.empty_like(xp)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            n, rs = _ln_forward(torch.mm(h, self.wt))
-            self.nh[t], self.rs[t] = n, rs
+            n = self.norm.forward(torch.mm(h, self.wt))
             torch.mul(n, self.g_hh, out=self.GH[t])
             if self.b is not None:
                 self.GH[t].add_(self.b)
@@ -356,7 +373,7 @@ class GRUAfterKernel(Kernel):
             dhz += base
         if self.ln:
             da = self.da[t]
-            da.copy_(_ln_backward(dgh * self.g_hh, self.nh[t], self.rs[t]))
+            da.copy_(self.norm.backward(t, dgh * self.g_hh))
         else:
             da = dgh
         return [torch.addmm(dhz, da, self.w)]
@@ -370,7 +387,7 @@ class GRUAfterKernel(Kernel):
         h_prev = self.sbuf[0][:-1]
         da = self.da if self.ln else self.dgh
         db = _sum_tb(self.dgh) if self.b is not None else None
-        dg = _sum_tb(self.dgh * self.nh) if self.ln else None
+        dg = _sum_tb(self.dgh * self.norm.outputs()) if self.ln else None
         return _grad_w(da, h_prev), db, dg
 
 
@@ -402,24 +419,21 @@ class GRUBeforeKernel(Kernel):
         self.DXz, self.DXn = st(self.dxp, H, 2 * H), st(self.dxp, 2 * H)
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
-            self.nh = torch.empty_like(xp)
-            self.rs = xp.new_empty(T, B, 2)
+            self.norm_rz, self.norm_n = _StepNorms(), _StepNorms()
             self.da = torch.empty_like(xp)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            n1, rs1 = _ln_forward(torch.mm(h, self.wt_rz))
-            self.nh[t, :, :2 * self.H], self.rs[t, :, :1] = n1, rs1
+            n1 = self.norm_rz.forward(torch.mm(h, self.wt_rz))
             torch.addcmul(self.XPrz[t], n1, self.g_rz, out=self.Grz[t])
         else:
             torch.addmm(self.XPrz[t], h, self.wt_rz, out=self.Grz[t])
         self.Grz[t].sigmoid_()
         rh = torch.mul(self.Gr[t], h, out=self.RH[t])
         if self.ln:
-            n2, rs2 = _ln_forward(torch.mm(rh, self.wt_n))
-            self.nh[t, :, 2 * self.H:], self.rs[t, :, 1:] = n2, rs2
+            n2 = self.norm_n.forward(torch.mm(rh, self.wt_n))
             n = torch.addcmul(self.XPn[t], n2, self.g_n, out=self.Gn[t])
         else:
             n = torch.addmm(self.XPn[t], rh, self.wt_n, out=self.Gn[t])
@@ -436,7 +450,7 @@ class GRUBeforeKernel(Kernel):
             torch.addcmul(self.ones, n, n, value=-1))
         if self.ln:
             da_n = self.da[t, :, 2 * H:]
-            da_n.copy_(_ln_backward(dn * self.g_n, self.nh[t, :, 2 * H:], self.rs[t, :, 1:]))
+            da_n.copy_(self.norm_n.backward(t, dn * self.g_n))
         else:
             da_n = dn
         drh = torch.mm(da_n, self.w_n)
@@ -445,7 +459,7 @@ class GRUBeforeKernel(Kernel):
         drz = self.DXrz[t].mul_(_sigmoid_grad(self.Grz[t]))
         if self.ln:
             da_rz = self.da[t, :, :2 * H]
-            da_rz.copy_(_ln_backward(drz * self.g_rz, self.nh[t, :, :2 * H], self.rs[t, :, :1]))
+            da_rz.copy_(self.norm_rz.backward(t, drz * self.g_rz))
         else:
             da_rz = drz
         dhz.addcmul_(drh, self.Gr[t])
@@ -461,7 +475,10 @@ class GRUBeforeKernel(Kernel):
         da = self.da if self.ln else self.dxp
         dw = torch.cat([_grad_w(da[..., :2 * H], self.sbuf[0][:-1]),
                         _grad_w(da[..., 2 * H:], self.rh)])
-        dg = _sum_tb(self.dxp * self.nh) if self.ln else None
+        dg = None
+        if self.ln:
+            nh = torch.cat([self.norm_rz.outputs(), self.norm_n.outputs()], dim=-1)
+            dg = _sum_tb(self.dxp * nh)
         return dw, dg
 
 
@@ -484,6 +501,8 @@ class MinimalGRUKernel(Kernel):
         self.Gt, self.Gu, self.Gn = st(self.gates), st(self.gates, 0, H), st(self.gates, H)
         self.NMH = self.nmh.unbind(0)
         self.DX, self.DXu, self.DXn = st(self.dxp), st(self.dxp, 0, H), st(self.dxp, H)
+        self.d = xp.new_empty(B, G)  # one step's activation derivatives
+        self.Dn = self.d[:, H:]
 
     def forward_step(self, t):
         (H,) = self.S
@@ -494,15 +513,14 @@ class MinimalGRUKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        H = self.H
         u, n = self.Gu[t], self.Gn[t]
         direct = torch.addcmul(dh, dh, u, value=-1)
         if base is not None:
             direct += base
         torch.mul(dh, self.NMH[t], out=self.DXu[t])
         torch.mul(dh, u, out=self.DXn[t])
-        d = _sigmoid_grad(self.Gt[t])
-        torch.addcmul(self.ones, n, n, value=-1, out=d[:, H:])
+        d = torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
+        torch.addcmul(self.ones, n, n, value=-1, out=self.Dn)
         dx = self.DX[t].mul_(d)
         return [torch.addmm(direct, dx, self.w)]
 
@@ -511,6 +529,10 @@ class MinimalGRUKernel(Kernel):
 
     def weight_grads(self):
         return (_grad_w(self.dxp, self.sbuf[0][:-1]),)
+
+
+def _needed(grads: tuple[Tensor | None, ...], needs: tuple[bool, ...]) -> tuple:
+    return tuple(g if need else None for g, need in zip(grads, needs))
 
 
 class _Recurrence(Function):
@@ -551,6 +573,13 @@ class _Recurrence(Function):
                  for seq, g in zip(kernel.S, steps)]
         masks = None if mask is None else mask.unbind(0)
         step = kernel.backward_step
+        if masks is None and n == 1:  # the common case, kept tight
+            (dh,), (after,) = grads, steps
+            for t in range(T - 1, 0, -1):
+                (dh,) = step(t, (dh,), None if after is None else after[t - 1])
+            (dh,) = step(0, (dh,), None)
+            return (None, None, kernel.input_grad(), dh,
+                    *_needed(kernel.weight_grads(), ctx.needs_input_grad[4:]))
         for t in range(T - 1, -1, -1):
             after = [None if g is None or t == 0 else g[t - 1] for g in steps]
             if masks is None:
@@ -563,9 +592,8 @@ class _Recurrence(Function):
                 grads = step(t, inside, base)
                 grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
             grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
-        weight_grads = tuple(g if need else None for g, need in
-                             zip(kernel.weight_grads(), ctx.needs_input_grad[3 + n:]))
-        return (None, None, kernel.input_grad(), *grads[:n], *weight_grads)
+        weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
+        return (None, None, kernel.input_grad(), *grads, *weight_grads)
 
 
 def _bias_sum(*biases: Tensor | None) -> Tensor | None:
