@@ -1,0 +1,315 @@
+"""``LanguageModel``: embedding -> any rnnkit recurrent stack -> decoder, and generation.
+
+::
+
+    config = LMConfig(vocab_size=len(vocab), embedding_size=256, hidden_size=512, num_layers=2,
+                      cell="lstm", dropout=0.2, tie_weights=True)
+    model = LanguageModel(config)
+    loss, state = model.loss(inputs, targets, state)           # (B, T) ids -> mean nats/token
+    ids = model.generate(prompt_ids, max_new_tokens=200, temperature=0.8, top_k=40, seed=1)
+
+The recurrent part is :func:`rnnkit.layers.stack` with every option of it (cell, engine,
+connection, dropout between layers, variational dropout, per-layer input/output dropout,
+DropConnect, learned initial state, cell options such as ``layer_norm``). The decoder is a
+linear layer (its weight tied to the embedding with ``tie_weights``, Press and Wolf 2017, through
+a projection when the stack's output size differs from the embedding size), or an adaptive
+softmax (Grave et al. 2017) with ``adaptive_cutoffs``.
+
+Generation runs :meth:`LanguageModel.step`: one token for a batch, no autograd, and for plain
+LSTM layers a hand-written step on pre-transposed, contiguous weights (``[W_ih W_hh]^T`` as
+(I + H, 4H), the decoder as (D, V)), since decoding one token is bound by reading the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.cells.base import from_tuple
+from rnnkit.cells.cells import LSTMCell
+from rnnkit.data.lm import IGNORE
+from rnnkit.generation.sampling import check_sampling, sample
+from rnnkit.layers.stacking import map_states, stack
+
+
+@dataclass
+class LMConfig:
+    """Everything needed to rebuild a :class:`LanguageModel` (saved in ``config.json``).
+
+    Attributes:
+        vocab_size: V.
+        embedding_size: E.
+        hidden_size: H of every recurrent layer.
+        num_layers: recurrent layers.
+        cell: ``"lstm"``, ``"gru"``, ``"gru-before"``, ``"rnn"``, ``"rnn-relu"``,
+            ``"peephole"`` or ``"mingru"``.
+        engine: ``"auto"``, ``"bptt"``, ``"native"`` or ``"reference"``.
+        connection: ``"none"``, ``"residual"``, ``"dense"`` or ``"highway"``.
+        dropout: dropout between recurrent layers (variational when ``variational``).
+        embedding_dropout: dropout on the embeddings.
+        output_dropout: dropout on the stack's output, before the decoder.
+        layer_input_dropout / layer_output_dropout: each layer's variational dropout.
+        dropconnect: DropConnect on the recurrent weights (AWD-LSTM's weight drop).
+        learn_init: learn the initial state.
+        cell_options: keyword options of every cell, e.g. ``{"layer_norm": True}``.
+        tie_weights: share the embedding and the decoder weight.
+        adaptive_cutoffs: cutoffs of an adaptive softmax (``None``: a full softmax).
+        adaptive_div_value: its ``div_value``.
+    """
+
+    vocab_size: int
+    embedding_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    cell: str = "lstm"
+    engine: str = "auto"
+    connection: str = "none"
+    dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    output_dropout: float = 0.0
+    variational: bool = False
+    layer_input_dropout: float = 0.0
+    layer_output_dropout: float = 0.0
+    dropconnect: float = 0.0
+    learn_init: bool = False
+    cell_options: dict = field(default_factory=dict)
+    tie_weights: bool = False
+    adaptive_cutoffs: list[int] | None = None
+    adaptive_div_value: float = 4.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LMConfig:
+        """Inverse of :meth:`to_dict`; ValueError naming unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown language-model options {unknown}")
+        return cls(**data)
+
+
+class LMOutput(NamedTuple):
+    """``logits`` (B, T, V) (log-probabilities with an adaptive softmax) and the final
+    ``state``: a list with each layer's state."""
+
+    logits: Tensor
+    state: list
+
+
+class LanguageModel(nn.Module):
+    """A recurrent language model (see the module docstring).
+
+    Shapes: tokens (B, T) int64; logits (B, T, V); state: a list with one state per layer,
+    each ``(B, H)`` or ``(h, c)``.
+    """
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
+            v = getattr(c, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if c.adaptive_cutoffs and c.tie_weights:
+            raise ValueError("tie_weights cannot be combined with an adaptive softmax")
+        self.embedding = nn.Embedding(c.vocab_size, c.embedding_size)
+        self.rnn = stack(c.cell, c.embedding_size, c.hidden_size, c.num_layers,
+                         connection=c.connection, dropout=c.dropout, variational=c.variational,
+                         engine=c.engine, input_dropout=c.layer_input_dropout,
+                         output_dropout=c.layer_output_dropout, dropconnect=c.dropconnect,
+                         learn_init=c.learn_init, **c.cell_options)
+        out = self.rnn.output_size
+        self.proj = (nn.Linear(out, c.embedding_size)
+                     if c.tie_weights and out != c.embedding_size else None)
+        dec_in = c.embedding_size if c.tie_weights else out
+        self.emb_drop = nn.Dropout(c.embedding_dropout)
+        self.out_drop = nn.Dropout(c.output_dropout)
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        self.decoder: nn.Linear | None = None
+        if c.adaptive_cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+                dec_in, c.vocab_size, list(c.adaptive_cutoffs), div_value=c.adaptive_div_value)
+        else:
+            self.decoder = nn.Linear(dec_in, c.vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if self.decoder is not None:
+            nn.init.zeros_(self.decoder.bias)
+            if c.tie_weights:
+                self.decoder.weight = self.embedding.weight
+            else:
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        self._fast: tuple | None = None
+
+    # -- training ------------------------------------------------------------------------------
+    def features(self, tokens: Tensor, state: list | None = None) -> tuple[Tensor, list]:
+        """Decoder inputs (B, T, D) and the final state, for token ids (B, T)."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
+        x = self.emb_drop(self.embedding(tokens))  # (B, T, E)
+        y, state = self.rnn(x, state)
+        y = self.out_drop(y)
+        if self.proj is not None:
+            y = self.proj(y)
+        return y, state
+
+    def forward(self, tokens: Tensor, state: list | None = None) -> LMOutput:
+        """Logits (B, T, V) of the next token after each of ``tokens`` (B, T)."""
+        h, state = self.features(tokens, state)
+        if self.adaptive is not None:
+            B, T, D = h.shape
+            return LMOutput(self.adaptive.log_prob(h.reshape(B * T, D)).view(B, T, -1), state)
+        return LMOutput(self.decoder(h), state)
+
+    def loss(self, inputs: Tensor, targets: Tensor, state: list | None = None,
+             reduction: str = "mean") -> tuple[Tensor, list]:
+        """Cross-entropy in nats of ``targets`` (B, T) given ``inputs`` (B, T); targets equal
+        to ``IGNORE`` (-100) are skipped. ``reduction``: ``"mean"`` per token or ``"sum"``."""
+        h, state = self.features(inputs, state)
+        D = h.shape[-1]
+        flat_t = targets.reshape(-1)
+        if self.adaptive is not None:
+            keep = flat_t != IGNORE
+            out = self.adaptive(h.reshape(-1, D)[keep], flat_t[keep])
+            n = keep.sum().clamp(min=1)
+            loss = out.loss if reduction == "mean" else out.loss * n
+            return loss, state
+        logits = self.decoder(h.reshape(-1, D))
+        return F.cross_entropy(logits.float(), flat_t, ignore_index=IGNORE,
+                               reduction=reduction), state
+
+    # -- one step, for generation and search ---------------------------------------------------
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> list:
+        """The initial state of every layer for ``batch_size`` sequences."""
+        like = self.embedding.weight if device is None else self.embedding.weight.to(device)
+        states = []
+        for layer in self.rnn.layers:
+            init = tuple(t.detach() for t in layer.initial_state(batch_size, like))
+            states.append(from_tuple(layer.cell, init))
+        return states
+
+    def _fast_weights(self) -> tuple:
+        """Pre-transposed contiguous weights, rebuilt whenever a parameter changed."""
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in self.parameters())
+        if self._fast is not None and self._fast[0] == key:
+            return self._fast[1]
+        with torch.no_grad():
+            layers = []
+            for layer in self.rnn.layers:
+                cell = layer.cell
+                if type(cell) is LSTMCell and not cell.layer_norm and not cell.proj_size \
+                        and cell.bias:
+                    w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
+                    layers.append((w, (cell.bias_ih + cell.bias_hh).contiguous()))
+                else:
+                    layers.append(None)
+            dec = None
+            if self.decoder is not None:
+                dec = (self.decoder.weight.t().contiguous(), self.decoder.bias.contiguous())
+        self._fast = (key, (layers, dec))
+        return layers, dec
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, state: list | None = None) -> tuple[Tensor, list]:
+        """One step of inference (no dropout, no autograd): ``tokens`` (B,) and the state
+        after the previous tokens to the logits (B, V) of the next token and the new state.
+        ``state=None`` starts from the initial state."""
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be (batch,), got shape {tuple(tokens.shape)}")
+        fast, dec = self._fast_weights()
+        B = tokens.shape[0]
+        if state is None:
+            state = self.init_state(B, tokens.device)
+        x = self.embedding.weight.index_select(0, tokens)  # (B, E)
+        rnn = self.rnn
+        inputs, h = [x], x
+        new_state = []
+        for i, (layer, gate) in enumerate(zip(rnn.layers, rnn.gates)):
+            inp = torch.cat(inputs, dim=-1) if rnn.connection == "dense" and i else h
+            if fast[i] is not None:
+                w, b = fast[i]
+                h_prev, c_prev = state[i]
+                gates = torch.addmm(b, torch.cat([inp, h_prev], dim=1), w)  # (B, 4H)
+                H = h_prev.shape[1]
+                s = torch.sigmoid(gates)
+                g = torch.tanh(gates[:, 2 * H:3 * H])
+                c = torch.addcmul(s[:, H:2 * H] * c_prev, s[:, :H], g)
+                y = s[:, 3 * H:] * torch.tanh(c)
+                new_state.append((y, c))
+            else:
+                y, st = layer.cell.step(inp, state[i])
+                new_state.append(st)
+            if rnn.connection in ("residual", "highway") and rnn._skips(layer):
+                if rnn.connection == "residual":
+                    y = y + inp
+                else:
+                    t = torch.sigmoid(gate(inp))
+                    y = t * y + (1 - t) * inp
+            inputs.append(y)
+            h = y
+        if self.proj is not None:
+            h = self.proj(h)
+        if dec is not None:
+            logits = torch.addmm(dec[1], h, dec[0])  # (B, V)
+        else:
+            logits = self.adaptive.log_prob(h)
+        return logits, new_state
+
+    @staticmethod
+    def reorder_state(state: list, index: Tensor) -> list:
+        """The state of rows ``index`` (B',) of a batch (beam search)."""
+        return map_states(lambda s: s.index_select(0, index), state)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor | list[int], max_new_tokens: int,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, greedy: bool = False) -> Tensor:
+        """Continue ``prompt`` (T,) or (B, T) ids by ``max_new_tokens`` tokens.
+
+        Sampling as :func:`rnnkit.generation.sampling.sample` (temperature, then top-k, then
+        top-p) with a generator seeded by ``seed`` (the global one when ``None``), or the
+        most probable token with ``greedy=True`` (or ``temperature=0``). Returns the new ids
+        only, shaped like the prompt's batch: (N,) or (B, N)."""
+        check_sampling(temperature, top_k, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        device = self.embedding.weight.device
+        ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
+        single = ids.dim() == 1
+        ids = ids.view(1, -1) if single else ids
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError("prompt must hold at least one token (use <eos> for none)")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size})")
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=device).manual_seed(int(seed))
+        was_training = self.training
+        self.eval()
+        try:
+            state = None
+            for t in range(ids.shape[1]):
+                logits, state = self.step(ids[:, t], state)
+            out = []
+            for _ in range(max_new_tokens):
+                if greedy or temperature == 0:
+                    nxt = logits.argmax(dim=-1)
+                else:
+                    nxt = sample(logits, temperature, top_k, top_p, generator=gen)
+                out.append(nxt)
+                logits, state = self.step(nxt, state)
+        finally:
+            self.train(was_training)
+        res = torch.stack(out, dim=1) if out else ids.new_zeros(ids.shape[0], 0)
+        return res[0] if single else res
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, tied weights counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
