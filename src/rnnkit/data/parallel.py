@@ -257,9 +257,11 @@ def make_batch(pairs: Sequence[tuple[list[int], list[int]]], index: Sequence[int
 
 
 def batches(pairs: Sequence[tuple[list[int], list[int]]], max_tokens: int = 4000,
-            shuffle: bool = True, seed: int = 0) -> Iterator[Batch]:
-    """Batches of pairs of similar source length holding about ``max_tokens`` target tokens
-    each (the bucketing keeps padding low); order shuffled with ``seed`` when ``shuffle``."""
+            shuffle: bool = True, seed: int = 0, max_sentences: int | None = None
+            ) -> Iterator[Batch]:
+    """Batches of pairs of similar lengths, each at most ``max_tokens`` padded tokens (batch
+    size x the longer side's width) and ``max_sentences`` pairs; the bucketing keeps padding
+    low. Order shuffled with ``seed`` when ``shuffle``; every pair appears once."""
     rng = random.Random(seed)
     order = list(range(len(pairs)))
     if shuffle:
@@ -274,7 +276,8 @@ def batches(pairs: Sequence[tuple[list[int], list[int]]], max_tokens: int = 4000
         width = 0
         for i in part:
             w = max(width, len(pairs[i][1]) + 1, len(pairs[i][0]))
-            if cur and w * (len(cur) + 1) > max_tokens:
+            full = max_sentences is not None and len(cur) >= max_sentences
+            if cur and (w * (len(cur) + 1) > max_tokens or full):
                 groups.append(cur)
                 cur, w = [], max(len(pairs[i][1]) + 1, len(pairs[i][0]))
             cur.append(i)
