@@ -142,5 +142,5 @@ def check_state(name: str, cell: RecurrentCell, state: object, batch_size: int) 
                         f"got {type(state).__name__}")
     if got != expected:
         want = expected[0] if len(expected) == 1 else expected
-        have = got[0] if len(got) == 1 else got
+        have = got[0] if cell.num_states == 1 else got
         raise ValueError(f"{name} must have shape {want} for {type(cell).__name__}, got {have}")
