@@ -38,33 +38,41 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
 
 class _StepNorms:
-    """Per-step layer normalisations without gain or shift, keeping what the backward needs
-    (references, no copies): the input, its mean and reciprocal std, the output."""
+    """Per-step layer normalisations ``LN(a) * weight + bias``, keeping what the backward needs
+    (references, no copies): each step's input, mean and reciprocal std; the gradients of the
+    inputs are collected too, to be stacked once at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        self.weight, self.bias = weight, bias
         self.a: list[Tensor] = []
-        self.n: list[Tensor] = []
         self.mean: list[Tensor] = []
         self.rstd: list[Tensor] = []
+        self.da: list[Tensor] = []
 
     def forward(self, a: Tensor) -> Tensor:
         """Normalise ``a`` (B, N) over N; to be called once per step, in order."""
-        n, mean, rstd = torch.native_layer_norm(a, a.shape[-1:], None, None, LN_EPS)
+        y, mean, rstd = torch.native_layer_norm(a, a.shape[-1:], self.weight, self.bias,
+                                                LN_EPS)
         self.a.append(a)
-        self.n.append(n)
         self.mean.append(mean)
         self.rstd.append(rstd)
-        return n
+        return y
 
-    def backward(self, t: int, dn: Tensor) -> Tensor:
-        """Gradient of step ``t``'s input given that of its output."""
+    def backward(self, t: int, dy: Tensor) -> Tensor:
+        """Gradient of step ``t``'s input from that of its output; kept for ``input_grads``."""
         a = self.a[t]
-        return _LN_BACKWARD(dn, a, a.shape[-1:], self.mean[t], self.rstd[t], None, None,
-                            (True, False, False))[0]
+        da = _LN_BACKWARD(dy, a, a.shape[-1:], self.mean[t], self.rstd[t], self.weight,
+                          None, (True, False, False))[0]
+        self.da.append(da)
+        return da
 
-    def outputs(self) -> Tensor:
-        """Every step's normalised output, (T, B, N)."""
-        return torch.stack(self.n)
+    def input_grads(self) -> Tensor:
+        """Every step's input gradient, (T, B, N), in time order."""
+        return torch.stack(self.da[::-1])
+
+    def normalized(self) -> Tensor:
+        """Every step's ``LN(a)`` before weight and bias, (T, B, N)."""
+        return (torch.stack(self.a) - torch.stack(self.mean)) * torch.stack(self.rstd)
 
 
 def _sum_tb(x: Tensor) -> Tensor:
@@ -136,7 +144,7 @@ class ElmanKernel(Kernel):
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
-        self.wt = self.w.t()
+        self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         self.da = torch.empty_like(xp)
         self.DA = self.da.unbind(0)
 
@@ -182,7 +190,7 @@ class LSTMKernel(Kernel):
         super().__init__(xp, weights, sbuf)
         self.w, self.g_hh, self.g_c, self.b_c = weights
         self.ln = self.g_hh is not None
-        self.wt = self.w.t()
+        self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         T, B, G = xp.shape
         H = self.H = G // 4
         self.gates = torch.empty_like(xp)  # (T, B, 4H) i, f, g, o after their nonlinearities
@@ -201,16 +209,15 @@ class LSTMKernel(Kernel):
         self.d = xp.new_empty(B, G)  # one step's activation derivatives
         self.Dg = self.d[:, 2 * H:3 * H]
         if self.ln:
-            self.norm_h, self.norm_c = _StepNorms(), _StepNorms()  # of W_hh h and of c
+            self.norm_h = _StepNorms(self.g_hh)  # of W_hh h
+            self.norm_c = _StepNorms(self.g_c, self.b_c)  # of c
             self.dy = xp.new_empty(T, B, H)  # d loss / d (LN(c) * g_c + b_c)
-            self.da = torch.empty_like(xp)  # d loss / d (W_hh h)
 
     def forward_step(self, t):
         H, C = self.S
         gt = self.Gt[t]
         if self.ln:
-            n = self.norm_h.forward(torch.mm(H[t], self.wt))
-            torch.addcmul(self.XP[t], n, self.g_hh, out=gt)
+            torch.add(self.XP[t], self.norm_h.forward(torch.mm(H[t], self.wt)), out=gt)
         else:
             torch.addmm(self.XP[t], H[t], self.wt, out=gt)
         self.IF[t].sigmoid_()
@@ -218,8 +225,7 @@ class LSTMKernel(Kernel):
         o = self.Go[t].sigmoid_()
         c = torch.mul(self.Gf[t], C[t], out=C[t + 1]).addcmul_(self.Gi[t], g)
         if self.ln:
-            nc = self.norm_c.forward(c)
-            tc = torch.tanh(torch.addcmul(self.b_c, nc, self.g_c), out=self.TC[t])
+            tc = torch.tanh(self.norm_c.forward(c), out=self.TC[t])
         else:
             tc = torch.tanh(c, out=self.TC[t])
         h = torch.mul(o, tc, out=H[t + 1])
@@ -229,7 +235,7 @@ class LSTMKernel(Kernel):
         dh, dc = grads
         if self.ln:
             dy = torch.mul(dh, self.K[t], out=self.dy[t])
-            dct = dc + self.norm_c.backward(t, dy * self.g_c)
+            dct = dc + self.norm_c.backward(t, dy)
         else:
             dct = torch.addcmul(dc, dh, self.K[t])
         torch.mul(dct, self.Gg[t], out=self.DGi[t])
@@ -241,11 +247,8 @@ class LSTMKernel(Kernel):
         torch.addcmul(self.ones, g, g, value=-1, out=self.Dg)
         dg = self.DG[t].mul_(d)
         if self.ln:
-            da = self.da[t]
-            da.copy_(self.norm_h.backward(t, dg * self.g_hh))
-        else:
-            da = dg
-        return [_mm(base, da, self.w), dct * self.Gf[t]]
+            dg = self.norm_h.backward(t, dg)
+        return [_mm(base, dg, self.w), dct * self.Gf[t]]
 
     def input_grad(self):
         return self.dgates
@@ -254,8 +257,9 @@ class LSTMKernel(Kernel):
         h_prev = self.sbuf[0][:-1]
         if not self.ln:
             return (_grad_w(self.dgates, h_prev), None, None, None)
-        return (_grad_w(self.da, h_prev), _sum_tb(self.dgates * self.norm_h.outputs()),
-                _sum_tb(self.dy * self.norm_c.outputs()), _sum_tb(self.dy))
+        return (_grad_w(self.norm_h.input_grads(), h_prev),
+                _sum_tb(self.dgates * self.norm_h.normalized()),
+                _sum_tb(self.dy * self.norm_c.normalized()), _sum_tb(self.dy))
 
 
 class PeepholeKernel(LSTMKernel):
@@ -318,7 +322,7 @@ class GRUAfterKernel(Kernel):
         super().__init__(xp, weights, sbuf)
         self.w, self.b, self.g_hh = weights
         self.ln = self.g_hh is not None
-        self.wt = self.w.t()
+        self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         T, B, G = xp.shape
         H = self.H = G // 3
         self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
@@ -338,17 +342,13 @@ class GRUAfterKernel(Kernel):
                                            st(self.dgh, 2 * H))
         self.DXn = st(self.dxp, 2 * H)
         if self.ln:
-            self.norm = _StepNorms()
-            self.da = torch.empty_like(xp)
+            self.norm = _StepNorms(self.g_hh, self.b)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            n = self.norm.forward(torch.mm(h, self.wt))
-            torch.mul(n, self.g_hh, out=self.GH[t])
-            if self.b is not None:
-                self.GH[t].add_(self.b)
+            self.GH[t].copy_(self.norm.forward(torch.mm(h, self.wt)))
         elif self.b is not None:
             torch.addmm(self.b, h, self.wt, out=self.GH[t])
         else:
@@ -372,8 +372,7 @@ class GRUAfterKernel(Kernel):
         if base is not None:
             dhz += base
         if self.ln:
-            da = self.da[t]
-            da.copy_(self.norm.backward(t, dgh * self.g_hh))
+            da = self.norm.backward(t, dgh)
         else:
             da = dgh
         return [torch.addmm(dhz, da, self.w)]
@@ -385,9 +384,9 @@ class GRUAfterKernel(Kernel):
 
     def weight_grads(self):
         h_prev = self.sbuf[0][:-1]
-        da = self.da if self.ln else self.dgh
+        da = self.norm.input_grads() if self.ln else self.dgh
         db = _sum_tb(self.dgh) if self.b is not None else None
-        dg = _sum_tb(self.dgh * self.norm.outputs()) if self.ln else None
+        dg = _sum_tb(self.dgh * self.norm.normalized()) if self.ln else None
         return _grad_w(da, h_prev), db, dg
 
 
@@ -404,7 +403,7 @@ class GRUBeforeKernel(Kernel):
         T, B, G = xp.shape
         H = self.H = G // 3
         self.w_rz, self.w_n = self.w[:2 * H], self.w[2 * H:]
-        self.wt_rz, self.wt_n = self.w_rz.t(), self.w_n.t()
+        self.wt_rz, self.wt_n = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
         self.gates = torch.empty_like(xp)
         self.rh = xp.new_empty(T, B, H)  # r * h_prev, the candidate's recurrent input
         self.hmn = xp.new_empty(T, B, H)  # h_prev - n
@@ -419,22 +418,21 @@ class GRUBeforeKernel(Kernel):
         self.DXz, self.DXn = st(self.dxp, H, 2 * H), st(self.dxp, 2 * H)
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
-            self.norm_rz, self.norm_n = _StepNorms(), _StepNorms()
-            self.da = torch.empty_like(xp)
+            self.norm_rz, self.norm_n = _StepNorms(self.g_rz), _StepNorms(self.g_n)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            n1 = self.norm_rz.forward(torch.mm(h, self.wt_rz))
-            torch.addcmul(self.XPrz[t], n1, self.g_rz, out=self.Grz[t])
+            torch.add(self.XPrz[t], self.norm_rz.forward(torch.mm(h, self.wt_rz)),
+                      out=self.Grz[t])
         else:
             torch.addmm(self.XPrz[t], h, self.wt_rz, out=self.Grz[t])
         self.Grz[t].sigmoid_()
         rh = torch.mul(self.Gr[t], h, out=self.RH[t])
         if self.ln:
-            n2 = self.norm_n.forward(torch.mm(rh, self.wt_n))
-            n = torch.addcmul(self.XPn[t], n2, self.g_n, out=self.Gn[t])
+            n = torch.add(self.XPn[t], self.norm_n.forward(torch.mm(rh, self.wt_n)),
+                          out=self.Gn[t])
         else:
             n = torch.addmm(self.XPn[t], rh, self.wt_n, out=self.Gn[t])
         n.tanh_()
@@ -443,14 +441,12 @@ class GRUBeforeKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        H = self.H
         n = self.Gn[t]
         dhz = dh * self.Gz[t]
         dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(
             torch.addcmul(self.ones, n, n, value=-1))
         if self.ln:
-            da_n = self.da[t, :, 2 * H:]
-            da_n.copy_(self.norm_n.backward(t, dn * self.g_n))
+            da_n = self.norm_n.backward(t, dn)
         else:
             da_n = dn
         drh = torch.mm(da_n, self.w_n)
@@ -458,8 +454,7 @@ class GRUBeforeKernel(Kernel):
         torch.mul(dh, self.HMN[t], out=self.DXz[t])
         drz = self.DXrz[t].mul_(_sigmoid_grad(self.Grz[t]))
         if self.ln:
-            da_rz = self.da[t, :, :2 * H]
-            da_rz.copy_(self.norm_rz.backward(t, drz * self.g_rz))
+            da_rz = self.norm_rz.backward(t, drz)
         else:
             da_rz = drz
         dhz.addcmul_(drh, self.Gr[t])
@@ -472,12 +467,14 @@ class GRUBeforeKernel(Kernel):
 
     def weight_grads(self):
         H = self.H
-        da = self.da if self.ln else self.dxp
-        dw = torch.cat([_grad_w(da[..., :2 * H], self.sbuf[0][:-1]),
-                        _grad_w(da[..., 2 * H:], self.rh)])
+        if self.ln:
+            da_rz, da_n = self.norm_rz.input_grads(), self.norm_n.input_grads()
+        else:
+            da_rz, da_n = self.dxp[..., :2 * H], self.dxp[..., 2 * H:]
+        dw = torch.cat([_grad_w(da_rz, self.sbuf[0][:-1]), _grad_w(da_n, self.rh)])
         dg = None
         if self.ln:
-            nh = torch.cat([self.norm_rz.outputs(), self.norm_n.outputs()], dim=-1)
+            nh = torch.cat([self.norm_rz.normalized(), self.norm_n.normalized()], dim=-1)
             dg = _sum_tb(self.dxp * nh)
         return dw, dg
 
@@ -490,7 +487,7 @@ class MinimalGRUKernel(Kernel):
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
-        self.wt = self.w.t()
+        self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         T, B, G = xp.shape
         H = self.H = G // 2
         self.gates = torch.empty_like(xp)
