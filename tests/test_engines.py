@@ -13,10 +13,12 @@ from core_helpers import (
     NATIVE_IDS,
     assert_close,
     build_layer,
+    cell_config,
     flat,
     functional,
     grads_of,
     numerical_vjp_check,
+    perturb_,
     random_state,
 )
 from rnnkit.cells import make_cell
@@ -197,3 +199,21 @@ def test_every_configuration_listed() -> None:
     """Every cell name has at least one configuration under test."""
     from rnnkit.cells import CELLS
     assert {name for _, name, _ in CELL_CONFIGS} == set(CELLS)
+
+
+@pytest.mark.parametrize("cell_id", CELL_IDS)
+def test_engines_agree_without_bias(cell_id: str) -> None:
+    """bias=False: every engine agrees (the bias folding of bptt has nothing to fold)."""
+    name, opts = cell_config(cell_id)
+    torch.manual_seed(4)
+    x = torch.randn(3, 5, 2, dtype=DT)
+    lengths = torch.tensor([5, 1, 3])
+    results = {}
+    for engine in _engines_for(cell_id):
+        torch.manual_seed(4)
+        cell = perturb_(make_cell(name, 2, 3, bias=False, **opts).to(DT), 4, 0.3)
+        layer = Recurrent(cell, engine=engine, reverse=True)
+        results[engine] = _run_layer(layer, x, random_state(layer, 3), lengths)
+    for engine, (outs, grads) in results.items():
+        assert_close(outs, results["reference"][0], what=f"{engine} outputs")
+        assert_close(grads, results["reference"][1], what=f"{engine} gradients")
