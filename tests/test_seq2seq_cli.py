@@ -1,0 +1,105 @@
+"""The translation commands end to end on a tiny synthetic corpus: train, translate (with an
+empty and a too-long line), evaluate (JSON scores equal sacrebleu's on the written output),
+and bad input at the command line."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rnnkit.cli import main
+
+pytest.importorskip("sentencepiece")
+pytest.importorskip("sacrebleu")
+
+DE = ["hund", "katze", "mann", "frau", "haus", "baum", "rot", "gross", "klein", "blau"]
+EN = ["dog", "cat", "man", "woman", "house", "tree", "red", "big", "small", "blue"]
+
+
+def corpus(n, seed):
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        idx = [rng.randrange(len(DE)) for _ in range(rng.randint(1, 4))]
+        src.append(" ".join(DE[i] for i in idx))
+        tgt.append(" ".join(EN[i] for i in idx))
+    return src, tgt
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("s2s")
+    src, tgt = corpus(300, 0)
+    vsrc, vtgt = corpus(30, 1)
+    files = {k: write(d / k, v) for k, v in
+             {"tr.de": src, "tr.en": tgt, "va.de": vsrc, "va.en": vtgt}.items()}
+    out = d / "run"
+    rc = main(["train", "seq2seq", "--src", files["tr.de"], "--tgt", files["tr.en"],
+               "--valid-src", files["va.de"], "--valid-tgt", files["va.en"],
+               "--vocab-size", "60", "--embedding-size", "16", "--encoder-hidden", "16",
+               "--decoder-hidden", "32", "--encoder-layers", "1", "--dropout", "0",
+               "--max-src-len", "12", "--max-tokens", "400", "--epochs", "12", "--lr", "0.01",
+               "--cell", "gru", "--out", str(out), "--no-progress", "--log-every", "50"])
+    assert rc == 0
+    return out, files
+
+
+def test_train_writes_a_run_with_its_subword_model(run):
+    out, _ = run
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == "seq2seq" and config["model"]["cell"] == "gru"
+    assert (out / "spm.model").is_file() and (out / "model.safetensors").is_file()
+    evals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()
+             if '"eval"' in x]
+    assert len(evals) == 12 and max(e["bleu"] for e in evals) > 50
+
+
+def test_translate_keeps_lines_aligned(run, tmp_path, capsys):
+    out, _ = run
+    inp = write(tmp_path / "in.de", ["hund katze", "", "rot " * 20])
+    dest = tmp_path / "out.en"
+    assert main(["translate", str(out), "--input", inp, "--beam", "3",
+                 "--output", str(dest)]) == 0
+    lines = dest.read_text().split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+    assert lines[0] == "dog cat"
+    assert "in.de:3: source has" in capsys.readouterr().err
+    assert main(["translate", str(out), "--input", inp, "--on-long", "error"]) == 2
+    assert "in.de:3: source has" in capsys.readouterr().err
+
+
+def test_evaluate_json_equals_sacrebleu_on_the_output(run, tmp_path, capsys):
+    import sacrebleu
+    out, files = run
+    hyp = tmp_path / "hyp.en"
+    assert main(["evaluate", str(out), "--src", files["va.de"], "--ref", files["va.en"],
+                 "--beam", "2", "--json", "--output", str(hyp)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    hyps = hyp.read_text().splitlines()
+    refs = Path(files["va.en"]).read_text(encoding="utf-8").splitlines()
+    assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert scores["bleu"] > 50
+
+
+def test_bad_input_at_the_command_line(run, tmp_path, capsys):
+    out, files = run
+    short = write(tmp_path / "short.en", ["dog"])
+    assert main(["evaluate", str(out), "--src", files["va.de"], "--ref", short]) == 2
+    err = capsys.readouterr().err
+    assert "has 30 lines" in err and "short.en has 1 lines" in err
+    assert main(["train", "seq2seq", "--src", files["tr.de"], "--tgt", short,
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "tr.de has 300 lines, " in capsys.readouterr().err
+    empty = write(tmp_path / "e.de", ["", ""])
+    assert main(["train", "seq2seq", "--src", empty, "--tgt", write(tmp_path / "e.en",
+                                                                     ["a", "b"]),
+                 "--out", str(tmp_path / "r2"), "--vocab-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "no non-empty sentences" in err or "every training pair was dropped" in err
