@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Params, RecurrentCell, check_choice
-from rnnkit.engines.bptt import bptt_supports, run_bptt
+from rnnkit.engines.bptt import StateGradRecord, bptt_supports, record_state_grads, run_bptt
 from rnnkit.engines.native import run_native
 from rnnkit.engines.reference import run_reference
 
@@ -93,4 +93,12 @@ def run(engine: str, cell: RecurrentCell, params: Params, x: Tensor,
     return EngineResult(out, final, seqs if need_states else None)
 
 
-__all__ = ["ENGINES", "EngineResult", "resolve_engine", "run", "supports"]
+__all__ = [
+    "ENGINES",
+    "EngineResult",
+    "StateGradRecord",
+    "record_state_grads",
+    "resolve_engine",
+    "run",
+    "supports",
+]

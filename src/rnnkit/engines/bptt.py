@@ -17,6 +17,9 @@ the gates or the weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import ClassVar
 
 import torch
@@ -528,6 +531,48 @@ class MinimalGRUKernel(Kernel):
         return (_grad_w(self.dxp, self.sbuf[0][:-1]),)
 
 
+class StateGradRecord:
+    """Total gradients of the loss with respect to every step's state, recorded by the
+    ``bptt`` backward pass (see :func:`record_state_grads`).
+
+    ``runs[i]`` belongs to the i-th recurrence run inside the block (in forward order: for a
+    stack, layer by layer, forward direction before backward); it is a tuple with one
+    (T, B, n) tensor per state tensor (h, and c for LSTMs), filled when the backward pass has
+    run: entry ``t`` is dL/ds_t, the gradient through the whole recurrence of the state after
+    step t (time-major, in the order the engine ran, i.e. reversed for a reversed layer).
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[Tensor, ...] | None] = []
+
+    def _open(self) -> int:
+        self.runs.append(None)
+        return len(self.runs) - 1
+
+
+_RECORDER: ContextVar[StateGradRecord | None] = ContextVar("rnnkit_bptt_recorder", default=None)
+
+
+@contextmanager
+def record_state_grads() -> Iterator[StateGradRecord]:
+    """Record dL/ds_t for every step of every ``bptt`` run in the block.
+
+    Run both the forward and the backward pass inside the block. Ordinary training never
+    enters it and pays nothing for it::
+
+        with record_state_grads() as rec:
+            loss = model(x).sum()
+            loss.backward()
+        rec.runs[0][0].norm(dim=-1)   # (T, B): || dL/dh_t || of the first layer
+    """
+    record = StateGradRecord()
+    token = _RECORDER.set(record)
+    try:
+        yield record
+    finally:
+        _RECORDER.reset(token)
+
+
 def _needed(grads: tuple[Tensor | None, ...], needs: tuple[bool, ...]) -> tuple:
     return tuple(g if need else None for g, need in zip(grads, needs))
 
@@ -557,6 +602,8 @@ class _Recurrence(Function):
                     torch.where(m, seq[t + 1], seq[t], out=seq[t + 1])
         ctx.kernel = kernel
         ctx.mask = mask
+        recorder = _RECORDER.get()
+        ctx.record = None if recorder is None else (recorder, recorder._open())
         return tuple(buf[1:] for buf in sbuf)
 
     @staticmethod
@@ -570,7 +617,10 @@ class _Recurrence(Function):
                  for seq, g in zip(kernel.S, steps)]
         masks = None if mask is None else mask.unbind(0)
         step = kernel.backward_step
-        if masks is None and n == 1:  # the common case, kept tight
+        record = ctx.record
+        if record is not None:
+            seen = [buf.new_zeros(buf.shape[0] - 1, *buf.shape[1:]) for buf in kernel.sbuf]
+        if masks is None and n == 1 and record is None:  # the common case, kept tight
             (dh,), (after,) = grads, steps
             for t in range(T - 1, 0, -1):
                 (dh,) = step(t, (dh,), None if after is None else after[t - 1])
@@ -578,6 +628,9 @@ class _Recurrence(Function):
             return (None, None, kernel.input_grad(), dh,
                     *_needed(kernel.weight_grads(), ctx.needs_input_grad[4:]))
         for t in range(T - 1, -1, -1):
+            if record is not None:
+                for buf, g in zip(seen, grads):
+                    buf[t] = g
             after = [None if g is None or t == 0 else g[t - 1] for g in steps]
             if masks is None:
                 grads = step(t, grads, after[0])
@@ -589,6 +642,9 @@ class _Recurrence(Function):
                 grads = step(t, inside, base)
                 grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
             grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
+        if record is not None:
+            recorder, index = record
+            recorder.runs[index] = tuple(seen)
         weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
         return (None, None, kernel.input_grad(), *grads, *weight_grads)
 
