@@ -72,8 +72,12 @@ def refuse_pickle(path: str | Path) -> None:
     head = b""
     if path.is_file():
         with path.open("rb") as f:
-            head = f.read(4)
-    if path.suffix in PICKLE_SUFFIXES or any(head.startswith(m) for m in _PICKLE_MAGIC):
+            head = f.read(9)
+    # a safetensors file starts with its header's 8-byte length, whose first byte may be 0x80;
+    # its JSON header then starts with "{" (byte 8)
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    if path.suffix in PICKLE_SUFFIXES or (
+            not safetensors and any(head.startswith(m) for m in _PICKLE_MAGIC)):
         raise CheckpointError(f"{path}: is a pickle file (torch.save); rnnkit never unpickles "
                               f"(it can run arbitrary code). Save tensors with safetensors.")
 
