@@ -1,0 +1,134 @@
+"""The claims report: budgets, one result per experiment, and ``REPORT.md``."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The size of every experiment: ``full`` (about 10 minutes each on 2 cores), ``quick``
+    (about 20-60 seconds each, ``--quick``) and ``tiny`` (seconds, for the test suite).
+
+    ``factor`` multiplies step counts; the fields name what they size.
+    """
+
+    name: str
+    hidden: int  # hidden size of most models
+    steps: int  # training steps for one model (memory tasks)
+    delays: tuple[int, ...]  # the memory-horizon grid
+    flow_distance: int  # sequence length of the gradient-flow experiment
+    lm_steps: int  # language-model training steps (experiments 4, 5, 6)
+    lm_hidden: int
+    bptt: int  # language-model window
+    depth_steps: int
+    depths: tuple[int, ...]
+    explode_steps: int
+    seconds: float  # time limit of one training run
+
+    @property
+    def tiny(self) -> bool:
+        return self.name == "tiny"
+
+
+SCALES: dict[str, Scale] = {
+    "full": Scale("full", hidden=64, steps=3000, delays=(5, 10, 20, 30, 50, 70, 100, 150),
+                  flow_distance=100, lm_steps=600, lm_hidden=128, bptt=64, depth_steps=300,
+                  depths=(2, 4, 8), explode_steps=500, seconds=40.0),
+    "quick": Scale("quick", hidden=32, steps=300, delays=(5, 10, 20, 40), flow_distance=40,
+                   lm_steps=80, lm_hidden=64, bptt=32, depth_steps=40, depths=(2, 4, 8),
+                   explode_steps=150, seconds=4.0),
+    "tiny": Scale("tiny", hidden=8, steps=30, delays=(3, 6), flow_distance=10, lm_steps=4,
+                  lm_hidden=16, bptt=12, depth_steps=3, depths=(2, 4), explode_steps=15,
+                  seconds=1.0),
+}
+
+HELD, NOT_HELD, PARTLY = "held", "did not hold", "partly"
+
+
+@dataclass
+class ClaimResult:
+    """One experiment's outcome.
+
+    Attributes:
+        number, title: the experiment (1-7) and its name.
+        claim: what the notes / folklore say.
+        measured: one line of what was measured.
+        verdict: ``"held"``, ``"did not hold"`` or ``"partly"``.
+        details: Markdown (tables, notes) for the report's section.
+        plots: PNG file names, relative to the report's directory.
+        seconds: wall time of the experiment.
+    """
+
+    number: int
+    title: str
+    claim: str
+    measured: str
+    verdict: str
+    details: str = ""
+    plots: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def verdict(*conditions: bool) -> str:
+    """``held`` when every condition holds, ``did not hold`` when none does, else ``partly``."""
+    if all(conditions):
+        return HELD
+    return NOT_HELD if not any(conditions) else PARTLY
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number for a table: NaN/inf spelt out, small and large numbers in e-notation."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.{digits}g}"
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A Markdown table; numbers formatted with :func:`fmt`."""
+    cells = [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: list[ClaimResult], scale: Scale, threads: int,
+                 started: float) -> Path:
+    """Write ``out/REPORT.md``: the summary table, then one section per experiment."""
+    lines = [
+        "# The classic claims about recurrent networks, measured",
+        "",
+        f"Written by `rnnkit claims` (scale `{scale.name}`, {threads} thread(s), torch "
+        f"{torch.__version__}, {platform.machine()}), {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{time.time() - started:.0f} s in all. Every number below comes from this run; a "
+        "claim that did not hold on this budget says so. Small budgets (`--quick`) train for "
+        "seconds: read their verdicts as a smoke test, not as evidence.",
+        "",
+        table(["#", "claim", "measured", "verdict"],
+              [[str(r.number), r.claim, r.measured, f"**{r.verdict}**"] for r in results]),
+        "",
+    ]
+    for r in results:
+        lines += [f"## {r.number}. {r.title}", "", f"*Claim.* {r.claim}", "",
+                  f"*Measured.* {r.measured} Verdict: **{r.verdict}** ({r.seconds:.0f} s).", ""]
+        if r.details:
+            lines += [r.details.strip(), ""]
+        lines += [f"![{p}]({p})" for p in r.plots]
+        lines.append("")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
