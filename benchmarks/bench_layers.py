@@ -1,0 +1,339 @@
+"""Speed and memory of rnnkit's layers against torch.nn, in one process, as ratios.
+
+For each shape (T, B, input, hidden) of DESIGN.md it times forward+backward and forward-only
+(under ``torch.no_grad``) of every cell under every engine that supports it, through
+``rnnkit.layers.Recurrent`` (time-major input, one layer), of torch.nn.LSTM / GRU / RNN
+themselves and of the drop-ins ``rnnkit.LSTM`` / ``rnnkit.GRU`` (engine="native"). Every time
+is the median of interleaved repeats (each candidate once per round, after warm-up), reported
+as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
+subprocess, the growth of ``ru_maxrss`` (resident-set high-water mark) over its value after
+set-up, during one forward+backward.
+
+    python benchmarks/bench_layers.py                      # everything, 2 threads
+    python benchmarks/bench_layers.py --quick              # one small shape, to check it runs
+    python benchmarks/bench_layers.py --markdown --targets > table.md   # for RESULTS.md
+    python benchmarks/bench_layers.py --shapes 64,64,512,512 --cells lstm,gru --engines bptt
+
+Never run it while other jobs use the machine: OpenMP threads spin (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.cells import make_cell
+from rnnkit.engines import supports
+from rnnkit.layers import Recurrent
+
+SHAPES: list[tuple[int, int, int, int]] = [
+    (35, 20, 200, 200), (35, 20, 650, 650), (100, 32, 256, 256), (64, 64, 512, 512),
+    (256, 1, 128, 128),
+]
+BIG_SHAPES = [(35, 20, 650, 650), (100, 32, 256, 256), (64, 64, 512, 512)]
+SMALL_BATCH_SHAPE = (256, 1, 128, 128)
+QUICK_SHAPE = (8, 4, 16, 16)
+
+# label -> (rnnkit cell name, cell options)
+CELLS: dict[str, tuple[str, dict]] = {
+    "rnn": ("rnn", {}),
+    "lstm": ("lstm", {}),
+    "lstm-ln": ("lstm", {"layer_norm": True}),
+    "peephole": ("peephole", {}),
+    "gru": ("gru", {}),
+    "gru-ln": ("gru", {"layer_norm": True}),
+    "gru-before": ("gru-before", {}),
+    "mingru": ("mingru", {}),
+    # not in the default set
+    "rnn-relu": ("rnn-relu", {}),
+    "gru-before-ln": ("gru-before", {"layer_norm": True}),
+}
+DEFAULT_CELLS = ["rnn", "lstm", "lstm-ln", "peephole", "gru", "gru-ln", "gru-before", "mingru"]
+ENGINES = ["reference", "bptt", "native"]
+BASELINE = "torch.nn.LSTM"
+
+# targets of issue 2 (forward+backward)
+BPTT_TARGET = {"lstm": 1.5, "peephole": 1.5, "gru": 1.5, "gru-before": 1.5, "mingru": 1.5,
+               "lstm-ln": 2.0, "gru-ln": 2.0}
+NATIVE_TARGET = 1.05
+SMALL_BATCH_TARGET = 4.0
+
+
+@dataclass
+class Candidate:
+    """One thing to time: a module and how to call it."""
+
+    label: str
+    module: nn.Module
+    cell: str | None = None  # rnnkit cell label, None for torch.nn and the drop-ins
+    engine: str | None = None
+    times: dict[str, list[float]] = field(default_factory=lambda: {"fb": [], "f": []})
+    inner: int = 1
+
+
+def build_candidates(shape: tuple[int, int, int, int], cells: list[str], engines: list[str]
+                     ) -> list[Candidate]:
+    """torch.nn's layers, rnnkit's layers for every (cell, engine) supported, the drop-ins."""
+    _, _, I, H = shape
+    out = [Candidate("torch.nn.LSTM", nn.LSTM(I, H)), Candidate("torch.nn.GRU", nn.GRU(I, H)),
+           Candidate("torch.nn.RNN", nn.RNN(I, H))]
+    for label in cells:
+        name, opts = CELLS[label]
+        for engine in engines:
+            cell = make_cell(name, I, H, **opts)
+            if not supports(engine, cell):
+                continue
+            layer = Recurrent(cell, batch_first=False, engine=engine)
+            out.append(Candidate(f"{label} [{engine}]", layer, label, engine))
+    out.append(Candidate("rnnkit.LSTM [native]", rnnkit.LSTM(I, H, engine="native")))
+    out.append(Candidate("rnnkit.GRU [native]", rnnkit.GRU(I, H, engine="native")))
+    return out
+
+
+def _forward_backward(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
+    for p in module.parameters():
+        p.grad = None
+    x.grad = None
+    out, _ = module(x)
+    out.backward(grad)
+
+
+def _forward(module: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        module(x)
+
+
+def run_once(c: Candidate, mode: str, x: torch.Tensor, grad: torch.Tensor,
+             timer: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per call of ``c`` in ``mode`` ("fb" or "f"), over ``c.inner`` calls."""
+    start = timer()
+    for _ in range(c.inner):
+        if mode == "fb":
+            _forward_backward(c.module, x, grad)
+        else:
+            _forward(c.module, x)
+    return (timer() - start) / c.inner
+
+
+def measure(candidates: list[Candidate], shape: tuple[int, int, int, int], repeats: int,
+            warmup: int, min_time: float, timer: Callable[[], float] = time.perf_counter
+            ) -> dict[str, dict[str, float]]:
+    """Median seconds per call, ``{label: {"fb": ..., "f": ...}}``; candidates interleaved."""
+    T, B, I, _ = shape
+    torch.manual_seed(0)
+    x = torch.randn(T, B, I, requires_grad=True)
+    for c in candidates:
+        for _ in range(max(1, warmup)):
+            first = run_once(c, "fb", x, torch.ones(T, B, _out_size(c, x)), timer)
+            run_once(c, "f", x, x, timer)
+        c.inner = max(1, math.ceil(min_time / max(first, 1e-9)))
+    grads = {c.label: torch.ones(T, B, _out_size(c, x)) for c in candidates}
+    for _ in range(repeats):
+        for mode in ("fb", "f"):
+            for c in candidates:
+                c.times[mode].append(run_once(c, mode, x, grads[c.label], timer))
+    return {c.label: {m: statistics.median(v) for m, v in c.times.items()} for c in candidates}
+
+
+def _out_size(c: Candidate, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return c.module(x[:1])[0].shape[-1]
+
+
+def ratios(medians: dict[str, dict[str, float]], baseline: str = BASELINE
+           ) -> dict[str, dict[str, float]]:
+    """Every median divided by the baseline's, per mode."""
+    base = medians[baseline]
+    return {label: {m: t / base[m] for m, t in times.items()} for label, times in
+            medians.items()}
+
+
+# -- peak memory, one fresh process per measurement -------------------------------------------
+
+def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
+                 threads: int) -> int:
+    """In a fresh process: KiB the resident-set high-water mark grows by during one
+    forward+backward of ``cell_label`` under ``engine``, beyond set-up (libraries warmed on
+    a two-step input)."""
+    torch.set_num_threads(threads)
+    T, B, I, H = shape
+    name, opts = CELLS[cell_label]
+    layer = Recurrent(make_cell(name, I, H, **opts), batch_first=False, engine=engine)
+    x = torch.randn(T, B, I, requires_grad=True)
+    out, _ = layer(x[:2].detach().requires_grad_())
+    out.sum().backward()
+    del out
+    layer.zero_grad(set_to_none=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out, _ = layer(x)
+    out.sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return after - before
+
+
+def peak_memory(cell_label: str, engine: str, shape: tuple[int, int, int, int],
+                threads: int) -> int:
+    """:func:`memory_child` run in a fresh subprocess; KiB."""
+    cmd = [sys.executable, __file__, "--memory-child", json.dumps([cell_label, engine,
+                                                                  list(shape), threads])]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return int(res.stdout.strip().splitlines()[-1])
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+def check_targets(shape: tuple[int, int, int, int], r: dict[str, dict[str, float]],
+                  memory: dict[str, dict[str, int]] | None) -> list[tuple[str, bool]]:
+    """The targets of issue 2 that apply at ``shape``: ``(description, passed)``."""
+    out: list[tuple[str, bool]] = []
+
+    def rel(a: str, b: str) -> float | None:
+        if a in r and b in r:
+            return r[a]["fb"] / r[b]["fb"]
+        return None
+
+    for ours, theirs in (("lstm [native]", "torch.nn.LSTM"), ("gru [native]", "torch.nn.GRU"),
+                         ("rnn [native]", "torch.nn.RNN"),
+                         ("rnnkit.LSTM [native]", "torch.nn.LSTM"),
+                         ("rnnkit.GRU [native]", "torch.nn.GRU")):
+        v = rel(ours, theirs)
+        if v is not None:
+            out.append((f"{ours} within {NATIVE_TARGET}x of {theirs}: {v:.2f}x",
+                        v <= NATIVE_TARGET))
+    for cell, limit in BPTT_TARGET.items():
+        label = f"{cell} [bptt]"
+        if label not in r:
+            continue
+        if shape in BIG_SHAPES:
+            v = r[label]["fb"]
+            out.append((f"{label} within {limit}x of torch.nn.LSTM: {v:.2f}x", v <= limit))
+        elif shape == SMALL_BATCH_SHAPE:
+            v = r[label]["fb"]
+            out.append((f"{label} within {SMALL_BATCH_TARGET}x of torch.nn.LSTM: {v:.2f}x",
+                        v <= SMALL_BATCH_TARGET))
+    v = rel("gru [bptt]", "torch.nn.GRU")
+    if v is not None:
+        out.append((f"gru [bptt] faster than torch.nn.GRU: {v:.2f}x", v < 1.0))
+    for cell, m in (memory or {}).items():
+        if "bptt" in m and "reference" in m:
+            out.append((f"{cell} [bptt] peak memory <= reference: {m['bptt'] / 1024:.1f} MiB "
+                        f"vs {m['reference'] / 1024:.1f} MiB", m["bptt"] <= m["reference"]))
+    return out
+
+
+# -- printing --------------------------------------------------------------------------------
+
+def format_table(shape, medians, r, memory, markdown: bool) -> str:
+    T, B, I, H = shape
+    head = ["layer", "fwd+bwd ms", "x LSTM", "fwd ms", "x LSTM", "peak MiB"]
+    rows = []
+    for label, t in medians.items():
+        c_label, _, engine = label.partition(" [")
+        mem = (memory or {}).get(c_label, {}).get(engine.rstrip("]"))
+        rows.append([label, f"{1e3 * t['fb']:.2f}", f"{r[label]['fb']:.2f}",
+                     f"{1e3 * t['f']:.2f}", f"{r[label]['f']:.2f}",
+                     "" if mem is None else f"{mem / 1024:.1f}"])
+    title = f"T={T}, B={B}, input={I}, hidden={H}"
+    if markdown:
+        lines = [f"#### {title}", "", "| " + " | ".join(head) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{widths[0]}}}" if i == 0 else f"{{:>{w}}}"
+                    for i, w in enumerate(widths))
+    return "\n".join([title, fmt.format(*head), *(fmt.format(*row) for row in rows)]) + "\n"
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """``"35,20,200,200;64,64,512,512"`` -> shapes."""
+    shapes = []
+    for part in text.split(";"):
+        dims = tuple(int(v) for v in part.split(","))
+        if len(dims) != 4 or min(dims) < 1:
+            raise argparse.ArgumentTypeError(f"--shapes: each shape must be T,B,input,hidden "
+                                             f"of positive ints, got {part!r}")
+        shapes.append(dims)
+    return shapes
+
+
+def parse_list(choices: list[str], name: str) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [s for s in text.split(",") if s]
+        bad = [s for s in items if s not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name}: unknown {bad}, choose from {choices}")
+        return items
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", type=parse_shapes, default=SHAPES,
+                    help="T,B,input,hidden;... (default: the five of DESIGN.md)")
+    ap.add_argument("--cells", type=parse_list(list(CELLS), "--cells"), default=DEFAULT_CELLS)
+    ap.add_argument("--engines", type=parse_list(ENGINES, "--engines"), default=ENGINES)
+    ap.add_argument("--repeats", type=int, default=11, help="interleaved rounds (median)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=0.05,
+                    help="seconds each timed measurement lasts at least (repeated calls)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"one small shape {QUICK_SHAPE}, one repeat: checks that it runs")
+    ap.add_argument("--markdown", action="store_true", help="print markdown tables")
+    ap.add_argument("--targets", action="store_true",
+                    help="print PASS/FAIL against the targets of issue 2")
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.memory_child:
+        cell, engine, shape, threads = json.loads(args.memory_child)
+        print(memory_child(cell, engine, tuple(shape), threads))
+        return 0
+    if args.quick:
+        args.shapes, args.repeats, args.warmup, args.min_time = [QUICK_SHAPE], 1, 1, 0.0
+    torch.set_num_threads(args.threads)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+          f"time-major input; median of {args.repeats} interleaved repeats; ratios to "
+          f"{BASELINE} (forward+backward, and forward-only under no_grad); peak memory: growth "
+          f"of ru_maxrss in a fresh process during one forward+backward\n")
+    failures = 0
+    for shape in args.shapes:
+        candidates = build_candidates(shape, args.cells, args.engines)
+        medians = measure(candidates, shape, args.repeats, args.warmup, args.min_time)
+        r = ratios(medians)
+        memory = None
+        if not args.no_memory:
+            memory = {}
+            for cell in args.cells:
+                for engine in ("bptt", "reference"):
+                    if engine in args.engines and f"{cell} [{engine}]" in medians:
+                        memory.setdefault(cell, {})[engine] = peak_memory(
+                            cell, engine, shape, args.threads)
+        print(format_table(shape, medians, r, memory, args.markdown))
+        if args.targets:
+            for text, ok in check_targets(shape, r, memory):
+                failures += not ok
+                print(f"{'- ' if args.markdown else ''}{'PASS' if ok else 'FAIL'}  {text}")
+            print()
+        sys.stdout.flush()
+    if args.targets:
+        print(f"{failures} target(s) failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
