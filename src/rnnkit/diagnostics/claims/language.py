@@ -185,7 +185,7 @@ def bidirectional(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
                "only guess about the next token). Leak: the same LSTMs trained to predict "
                "the next character; \"sees future\" is the usual teacher-forced loss, "
                "\"prefix only\" feeds x_0..x_t and predicts x_{t+1}, as generation must. The "
-               "last column is ||d logits_t / d x_{>t}||: nonzero means the model reads the "
+               "last column is ‖d logits_t / d x_(>t)‖: nonzero means the model reads the "
                "tokens it is asked to predict.\n\n"
                + table(["model", "tagging acc", "LM train loss", "LM loss, sees future",
                         "LM loss, prefix only", "grad w.r.t. future inputs"], rows))

@@ -61,7 +61,7 @@ def gradient_vs_distance(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
              for s in ("before", "after")]
     pairs = [f"{c.upper()} {fmt(ratios[(c, 'before')])} / {fmt(ratios[(c, 'after')])}"
              for c in CELLS]
-    measured = (f"||dL_T/dh_0|| / ||dL_T/dh_(T-1)|| over T = {T} steps (before / after "
+    measured = (f"‖dL_T/dh_0‖ / ‖dL_T/dh_(T-1)‖ over T = {T} steps (before / after "
                 f"training): {', '.join(pairs)}.")
     details = table(["cell", "stage", "‖dL_T/dh_{T-1}‖", "‖dL_T/dh_0‖", "ratio",
                      "decay per step", "agreement accuracy"], rows)
@@ -141,7 +141,7 @@ def exploding_gradients(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
     """Experiment 3: a ReLU RNN with recurrent weights 1.05 I trained by SGD on the adding
     problem, without and with clipping (threshold 1)."""
     start = time.monotonic()
-    T = max(10, scale.flow_distance)
+    T = max(20, scale.flow_distance)
     train = adding_problem(2000, T, seed=seed)
     test = adding_problem(500, T, seed=seed + 1)
     logs, rows, results = {}, [], {}

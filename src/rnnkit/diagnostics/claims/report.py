@@ -100,7 +100,8 @@ def fmt(x: float, digits: int = 3) -> str:
 
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A Markdown table; numbers formatted with :func:`fmt`."""
-    cells = [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    cells = [[(c if isinstance(c, str) else fmt(c)).replace("|", "\\|") for c in row]
+             for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
