@@ -36,9 +36,9 @@ def _split_states(layer: Recurrent, tensors: list[torch.Tensor]) -> object:
     return tensors[0] if layer.cell.num_states == 1 else tuple(tensors)
 
 
-def _single(cell_id: str, engine: str):
-    """(fn, inputs) of one forward layer over uneven lengths from a given state."""
-    layer = build_layer(cell_id, engine, I, H)
+def _single(cell_id: str, engine: str, reverse: bool = False):
+    """(fn, inputs) of one layer over uneven lengths from a given state."""
+    layer = build_layer(cell_id, engine, I, H, reverse=reverse)
     x = torch.randn(B, T, I, dtype=DT)
     lengths = torch.tensor([4, 2, 3])
     state = flat(random_state(layer, B))
@@ -68,7 +68,11 @@ def _bidirectional(cell_id: str, engine: str):
     return fn, [x, *sf, *sb, *params]
 
 
-SCENARIOS = {"lengths": _single, "bidirectional": _bidirectional}
+def _reverse(cell_id: str, engine: str):
+    return _single(cell_id, engine, reverse=True)
+
+
+SCENARIOS = {"lengths": _single, "reverse": _reverse, "bidirectional": _bidirectional}
 
 
 def _gradcheck_cases():
