@@ -63,7 +63,7 @@ def train_lm(model: LanguageModel, ids: torch.Tensor, scale: Scale, steps: int,
 
 
 def _char_data(scale: Scale):
-    text = shakespeare(200_000 if scale.name != "full" else None)
+    text = shakespeare({"full": None, "quick": 200_000}.get(scale.name, 30_000))
     vocab = build_vocab(text, "char")
     ids = encode(text, vocab, "char")
     cut = int(len(ids) * 0.9)
@@ -205,7 +205,7 @@ def char_vs_word(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
     """Experiment 7: vocabulary, unknown words, sequence length and compute of character-
     and word-level language models of the same text."""
     start = time.monotonic()
-    text = shakespeare(None if scale.name == "full" else 300_000)
+    text = shakespeare({"full": None, "quick": 300_000}.get(scale.name, 50_000))
     cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
     train_text, val_text = text[:cut], text[cut:]
     rows, res = [], {}

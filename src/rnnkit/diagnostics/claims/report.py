@@ -44,8 +44,8 @@ SCALES: dict[str, Scale] = {
     "quick": Scale("quick", hidden=32, steps=300, delays=(5, 10, 20, 40), flow_distance=40,
                    lm_steps=80, lm_hidden=64, bptt=32, depth_steps=40, depths=(2, 4, 8),
                    explode_steps=150, seconds=4.0),
-    "tiny": Scale("tiny", hidden=8, steps=30, delays=(3, 6), flow_distance=10, lm_steps=4,
-                  lm_hidden=16, bptt=12, depth_steps=3, depths=(2, 4), explode_steps=15,
+    "tiny": Scale("tiny", hidden=8, steps=10, delays=(3,), flow_distance=6, lm_steps=2,
+                  lm_hidden=16, bptt=8, depth_steps=2, depths=(1, 2), explode_steps=10,
                   seconds=1.0),
 }
 
