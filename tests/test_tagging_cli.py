@@ -1,0 +1,146 @@
+"""The tagger and classifier commands end to end, on tiny files, and their errors."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from rnnkit.cli import main
+
+COMMON = ["--no-progress", "--threads", "1", "--seed", "0"]
+
+
+def ner_file(path, rng, n):
+    """Capitalised words are entities of type by their first letter; BIO; a -DOCSTART-."""
+    lines = ["-DOCSTART- O", ""]
+    for _ in range(n):
+        for _ in range(rng.randint(2, 6)):
+            if rng.random() < 0.3:
+                first = rng.choice("AB")
+                kind = "PER" if first == "A" else "LOC"
+                for j in range(rng.randint(1, 2)):
+                    word = (first if j == 0 else rng.choice("CD")) + rng.choice("xyz")
+                    lines.append(f"{word} {'B' if j == 0 else 'I'}-{kind}")
+            lines.append(f"{rng.choice(['the', 'of', 'went', 'to', 'a'])} O")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_tagger_train_evaluate_predict(tmp_path, capsys):
+    rng = random.Random(0)
+    ner_file(tmp_path / "train.conll", rng, 120)
+    ner_file(tmp_path / "dev.conll", rng, 30)
+    run = tmp_path / "run"
+    assert main(["train", "tagger", "--train", str(tmp_path / "train.conll"), "--dev",
+                 str(tmp_path / "dev.conll"), "--crf", "--tag-scheme", "bioes", "--epochs", "8",
+                 "--hidden-size", "16", "--word-dim", "16", "--char-dim", "8",
+                 "--char-hidden", "8", "--dropout", "0", "--batch-size", "8", "--lr", "0.01",
+                 "--out", str(run), *COMMON]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "tagger" and config["data"]["scheme"] == "bioes"
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "dev.conll"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "precision", "recall", "f1", "per_type"} <= set(scores)
+    assert scores["accuracy"] > 0.95 and scores["f1"] > 0.9
+    assert set(scores["per_type"]) == {"PER", "LOC"}
+    out = tmp_path / "pred.conll"
+    assert main(["predict", str(run), "--input", str(tmp_path / "dev.conll"), "--output",
+                 str(out)]) == 0
+    pred, gold = out.read_text().splitlines(), (tmp_path / "dev.conll").read_text().splitlines()
+    assert len(pred) == len(gold) and pred[0] == "-DOCSTART- O"
+    assert [p.split()[0] for p in pred if p] == [g.split()[0] for g in gold if g]
+    tags = {p.split()[1] for p in pred if p}
+    assert tags <= {"O", "B-PER", "I-PER", "B-LOC", "I-LOC"}  # written back as BIO
+    same = sum(p == g for p, g in zip(pred, gold))
+    assert same / len(gold) > 0.95
+
+
+def test_tagger_conllu_upos_and_text_input(tmp_path, capsys):
+    rng = random.Random(1)
+    rows = []
+    for _ in range(80):
+        rows.append("# text = x")
+        words = [rng.choice(["the", "a"]), rng.choice(["cat", "dog", "man"]),
+                 rng.choice(["runs", "sleeps"]), "."]
+        tags = ["DET", "NOUN", "VERB", "PUNCT"]
+        for i, (w, t) in enumerate(zip(words, tags), 1):
+            rows.append(f"{i}\t{w}\t{w}\t{t}\tXX\t_\t0\tdep\t_\t_")
+        rows.append("")
+    path = tmp_path / "a.conllu"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "tagger", "--train", str(path), "--dev", str(path), "--epochs", "4",
+                 "--hidden-size", "8", "--word-dim", "8", "--char-encoder", "cnn",
+                 "--char-hidden", "8", "--dropout", "0", "--lr", "0.02", "--batch-size", "8",
+                 "--out", str(run), *COMMON]) == 0
+    capsys.readouterr()
+    main(["evaluate", str(run), "--data", str(path), "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == 1.0 and "f1" not in scores
+    text = tmp_path / "in.txt"
+    text.write_text("the dog sleeps .\n\na cat runs .\n", encoding="utf-8")
+    assert main(["predict", str(run), "--input", str(text)]) == 0
+    assert capsys.readouterr().out == "DET NOUN VERB PUNCT\n\nDET NOUN VERB PUNCT\n"
+    # encode is for classifiers
+    assert main(["encode", str(run), "--input", str(text), "--output",
+                 str(tmp_path / "v.npy")]) == 2
+    assert "does not apply to a tagger run" in capsys.readouterr().err
+
+
+def test_classifier_train_evaluate_predict_encode(tmp_path, capsys):
+    rng = random.Random(2)
+
+    def write(path, n):
+        lines = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            word = "great" if label == "pos" else "awful"
+            words = [rng.choice(["it", "was", "a", "film"]) for _ in range(4)] + [word]
+            rng.shuffle(words)
+            lines.append(" ".join(words) + f"\t{label}")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    write(tmp_path / "train.tsv", 200)
+    write(tmp_path / "dev.tsv", 40)
+    run = tmp_path / "run"
+    assert main(["train", "classifier", "--train", str(tmp_path / "train.tsv"), "--dev",
+                 str(tmp_path / "dev.tsv"), "--epochs", "5", "--embed-dim", "8",
+                 "--hidden-size", "8", "--dropout", "0", "--lr", "0.02", "--batch-size", "16",
+                 "--pooling", "attention", "--out", str(run), *COMMON]) == 0
+    capsys.readouterr()
+    main(["evaluate", str(run), "--data", str(tmp_path / "dev.tsv"), "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == 1.0 and scores["macro_f1"] == 1.0
+    text = tmp_path / "in.txt"
+    text.write_text("a great film\n\nit was awful\n", encoding="utf-8")
+    assert main(["predict", str(run), "--input", str(text)]) == 0
+    assert capsys.readouterr().out == "pos\n\nneg\n"
+    assert main(["encode", str(run), "--input", str(text), "--output",
+                 str(tmp_path / "v.npy")]) == 0
+    vecs = np.load(tmp_path / "v.npy")
+    assert vecs.shape == (3, 16) and vecs.dtype == np.float32
+    assert not vecs[1].any() and vecs[0].any()
+
+
+@pytest.mark.parametrize("content,args,message", [
+    ("a O\nb B-X extra\n", [], r"bad\.conll:2: expected 2 columns"),
+    ("a O\nb Q-X\n", ["--scheme", "bio"], r"bad\.conll:2: tag 'Q-X' is not a BIO tag"),
+])
+def test_tagger_bad_input_named(tmp_path, capsys, content, args, message):
+    import re
+    path = tmp_path / "bad.conll"
+    path.write_text(content, encoding="utf-8")
+    assert main(["train", "tagger", "--train", str(path), "--out", str(tmp_path / "r"),
+                 *args, *COMMON]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_classifier_missing_label_named(tmp_path, capsys):
+    path = tmp_path / "bad.tsv"
+    path.write_text("sentence\tlabel\ngood film\t1\nno label\n", encoding="utf-8")
+    assert main(["train", "classifier", "--train", str(path), "--out", str(tmp_path / "r"),
+                 *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert "bad.tsv:3:" in err and "label column is missing" in err
