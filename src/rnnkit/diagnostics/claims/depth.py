@@ -43,7 +43,8 @@ def depth(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
                                            hidden_size=H, num_layers=n, cell="lstm",
                                            connection=conn))
             ratio[(n, conn)] = _bottom_to_top(model, val, scale.bptt)
-            log = train_lm(model, train, scale, scale.depth_steps, seed)
+            log = train_lm(model, train, scale, scale.depth_steps, seed,
+                           max_seconds=scale.depth_seconds)
             val_loss[(n, conn)] = lm_eval(model, val, scale.bptt)
             rows.append([n, conn, ratio[(n, conn)], len(log.loss), log.loss[-1],
                          val_loss[(n, conn)], log.seconds])
@@ -63,8 +64,9 @@ def depth(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
                 + f" ({shallow} layers, none: {fmt(val_loss[(shallow, 'none')])}); "
                 f"gradient reaching the first layer at initialisation, relative to the last: "
                 f"none {fmt(ratio[(deep, 'none')])}, residual {fmt(ratio[(deep, 'residual')])}.")
-    details = (f"Character LMs on tiny Shakespeare, LSTM layers of H = {H}, "
-               f"{scale.depth_steps} Adam steps each on the same batches. Held when at the "
+    details = (f"Character LMs on tiny Shakespeare, LSTM layers of H = {H}, at most "
+               f"{scale.depth_steps} Adam steps ({scale.depth_seconds:.0f} s) each on the same "
+               "batches. Held when at the "
                "greatest depth the stack without connections is worse than the best with "
                "skip connections and no better than the shallowest plain stack, and less of "
                "the gradient reaches its first layer than with residual connections.\n\n"

@@ -51,7 +51,7 @@ def lm_eval(model: LanguageModel, ids: torch.Tensor, length: int, batches: int =
 
 
 def train_lm(model: LanguageModel, ids: torch.Tensor, scale: Scale, steps: int,
-             seed: int = 0, lr: float = 3e-3):
+             seed: int = 0, lr: float = 3e-3, max_seconds: float | None = None):
     """Train ``model`` on random windows; returns the :class:`TrainLog`."""
 
     def batch_fn(step: int, g: torch.Generator) -> torch.Tensor:
@@ -59,7 +59,7 @@ def train_lm(model: LanguageModel, ids: torch.Tensor, scale: Scale, steps: int,
         return model.loss(x, y)[0]
 
     return train_on(model, None, steps=steps, lr=lr, clip=1.0, seed=seed,
-                    max_seconds=scale.seconds * 4, batch_fn=batch_fn)
+                    max_seconds=max_seconds or scale.lm_seconds, batch_fn=batch_fn)
 
 
 def _char_data(scale: Scale):
@@ -147,7 +147,7 @@ def bidirectional(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
             return F.cross_entropy(m(x).transpose(1, 2), y)
 
         log = train_on(model, None, steps=scale.lm_steps, lr=3e-3, clip=1.0, seed=seed,
-                       max_seconds=scale.seconds * 4, batch_fn=batch_fn)
+                       max_seconds=scale.lm_seconds, batch_fn=batch_fn)
         model.eval()
         g = torch.Generator().manual_seed(7)
         x, y = lm_batch(val, 8, T, g)

@@ -30,7 +30,9 @@ class Scale:
     depth_steps: int
     depths: tuple[int, ...]
     explode_steps: int
-    seconds: float  # time limit of one training run
+    seconds: float  # time limit of one memory-task training run
+    lm_seconds: float  # time limit of one language-model training run (experiments 4, 5)
+    depth_seconds: float  # time limit of one depth-experiment training run
 
     @property
     def tiny(self) -> bool:
@@ -39,14 +41,15 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "full": Scale("full", hidden=64, steps=3000, delays=(5, 10, 20, 30, 50, 70, 100, 150),
-                  flow_distance=100, lm_steps=600, lm_hidden=128, bptt=64, depth_steps=300,
-                  depths=(2, 4, 8), explode_steps=500, seconds=40.0),
+                  flow_distance=100, lm_steps=3000, lm_hidden=128, bptt=64, depth_steps=1000,
+                  depths=(2, 4, 8), explode_steps=500, seconds=12.0, lm_seconds=120.0,
+                  depth_seconds=45.0),
     "quick": Scale("quick", hidden=32, steps=300, delays=(5, 10, 20, 40), flow_distance=40,
                    lm_steps=80, lm_hidden=64, bptt=32, depth_steps=40, depths=(2, 4, 8),
-                   explode_steps=150, seconds=4.0),
+                   explode_steps=150, seconds=4.0, lm_seconds=8.0, depth_seconds=8.0),
     "tiny": Scale("tiny", hidden=8, steps=10, delays=(3,), flow_distance=6, lm_steps=2,
                   lm_hidden=16, bptt=8, depth_steps=2, depths=(1, 2), explode_steps=10,
-                  seconds=1.0),
+                  seconds=1.0, lm_seconds=1.0, depth_seconds=1.0),
 }
 
 HELD, NOT_HELD, PARTLY = "held", "did not hold", "partly"
