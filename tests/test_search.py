@@ -162,3 +162,26 @@ def test_bad_arguments():
         beam_search(model, start_state(0), torch.tensor([0]), EOS, 3, beam_size=0)
     with pytest.raises(ValueError, match="n_best"):
         beam_search(model, start_state(0), torch.tensor([0]), EOS, 3, beam_size=2, n_best=3)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_search_on_the_language_model(cell):
+    from rnnkit.models.lm import LanguageModel, LMConfig
+    torch.manual_seed(4)
+    lm = LanguageModel(LMConfig(7, embedding_size=6, hidden_size=8, num_layers=2,
+                                cell=cell)).eval()
+    prompts = torch.tensor([[4, 5], [6, 4], [5, 5]])
+    state = None
+    for t in range(prompts.shape[1] - 1):
+        _, state = lm.step(prompts[:, t], state)
+    start = prompts[:, -1]
+    g = greedy(lm, state, start, 1, 6)
+    b1 = beam_search(lm, state, start, 1, 6, beam_size=1)
+    assert [h.tokens for h in g] == [h[0].tokens for h in b1]
+    batched = beam_search(lm, state, start, 1, 6, beam_size=3, n_best=3)
+    for i in range(3):
+        one = beam_search(lm, lm.reorder_state(state, torch.tensor([i])), start[i:i + 1], 1, 6,
+                          beam_size=3, n_best=3)[0]
+        assert [h.tokens for h in one] == [h.tokens for h in batched[i]]
+        for x, y in zip(one, batched[i]):
+            assert math.isclose(x.score, y.score, rel_tol=1e-5)
