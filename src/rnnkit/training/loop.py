@@ -16,9 +16,16 @@ epoch, computes the loss of one batch, and evaluates the model. The trainer does
   each epoch's batches come from a generator seeded by ``(seed, epoch)``;
 - a tqdm progress bar (loss, perplexity, tokens per second) and a JSON-lines log
   (``DIR/log.jsonl``) of losses, gradient norms, learning rates and evaluations;
-- a guard that stops with a :class:`TrainingError` on a NaN / infinite loss or gradient, or on a
-  loss more than ``explode`` times the first one, before the bad step is applied; the last good
-  checkpoint on disk is kept.
+- a guard against a NaN / infinite loss or gradient, or a loss more than ``explode`` times the
+  first one, acting before the bad step is applied, as ``on_nan`` says: ``"stop"`` (a
+  :class:`TrainingError`; the last good checkpoint on disk is kept), ``"skip"`` (drop the
+  step and go on; stop after ``MAX_BAD_STEPS`` bad steps in a row) or ``"rollback"`` (reload
+  the last good checkpoint, halve the learning rate and go on; stop after
+  ``MAX_ROLLBACKS`` rollbacks without an evaluation in between); each is logged
+  (``{"kind": "bad_step", "action": ...}`` in the log and a line on stderr);
+- data-parallel training over the ranks that ``torchrun`` starts (see
+  :mod:`rnnkit.training.distributed`): every rank trains on its shard of the data through
+  ``DistributedDataParallel``; rank 0 alone logs and writes checkpoints.
 
 Example (what every ``rnnkit train <task>`` does)::
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -39,11 +47,19 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from rnnkit.errors import TrainingError
-from rnnkit.training.checkpoint import RunDir
+from rnnkit.errors import CheckpointError, TrainingError
+from rnnkit.training import distributed
+from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.schedule import Schedule
 
 OPTIMIZERS = ("adamw", "sgd")
+ON_NAN = ("stop", "skip", "rollback")
+MAX_BAD_STEPS = 20  # on_nan="skip": stop after this many bad steps in a row
+MAX_ROLLBACKS = 5  # on_nan="rollback": stop after this many rollbacks with no evaluation between
+
+
+class _Rollback(Exception):
+    """Internal: restart the epoch loop from the reloaded checkpoint."""
 
 
 class StepOutput(NamedTuple):
@@ -82,6 +98,15 @@ class TrainingTask:
         """The number of batches in an epoch, if known (for cosine / linear schedules)."""
         return None
 
+    def shard(self, rank: int, world_size: int) -> bool:
+        """Distributed training: keep only rank ``rank``'s part of the training data (of
+        ``world_size`` parts, the same number of batches on every rank) and return True; after
+        it, :meth:`train_batches` and :meth:`steps_per_epoch` describe this rank's part.
+
+        The default returns False: the trainer then gives rank r the batches r, r + W, ...
+        of each epoch (:func:`rnnkit.training.distributed.shard_batches`)."""
+        return False
+
     def loss(self, model: nn.Module, batch: Any, carry: object) -> StepOutput:
         """The loss of one batch in training mode. ``carry`` is what the previous batch of the
         same epoch returned (``None`` at the start of an epoch)."""
@@ -116,11 +141,15 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     device: str = "cpu"
+    on_nan: str = "stop"
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                              f"{self.optimizer!r}")
+        if self.on_nan not in ON_NAN:
+            raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
         for name in ("epochs", "max_steps", "eval_every", "patience", "warmup", "log_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
@@ -154,16 +183,30 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 class Trainer:
-    """Train ``model`` on ``task``, checkpointing into ``run`` (see the module docstring)."""
+    """Train ``model`` on ``task``, checkpointing into ``run`` (see the module docstring).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the trainer joins the process group, shards the
+    task's data, wraps the model in ``DistributedDataParallel`` and lets rank 0 alone write
+    ``run``; in one process it does none of this."""
 
     def __init__(self, model: nn.Module, task: TrainingTask, run: RunDir, config: TrainConfig,
                  *, resume: bool = False) -> None:
         self.model, self.task, self.run, self.config = model, task, run, config
         self.resume = resume
-        self.device = torch.device(config.device)
+        self.dist = distributed.setup(config.device)
+        self.device = distributed.local_device(config.device)
         self.model.to(self.device)
         self.optimizer = build_optimizer(model, config)
+        self.self_sharded = False
+        if self.dist.distributed:
+            self.self_sharded = bool(task.shard(self.dist.rank, self.dist.world_size))
         per_epoch = task.steps_per_epoch()
+        if not self.self_sharded:
+            per_epoch = distributed.sharded_steps(per_epoch, self.dist.world_size)
+        self.ddp: nn.Module | None = None
+        if self.dist.distributed:
+            self.ddp = distributed.wrap(model, task, self.device,
+                                        find_unused_parameters=config.find_unused_parameters)
         total = config.max_steps  # linear / cosine schedules span max_steps, else the epochs
         if total is None and per_epoch and config.epochs:
             total = per_epoch * config.epochs
@@ -176,15 +219,48 @@ class Trainer:
         self.carry: object = None
         self.losses: list[float] = []
         self.metrics: dict[str, float] | None = None
+        self.bad_steps = 0
+        self.rollbacks = 0
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def _rank_states(self) -> object:
+        """Every rank's carry and RNG state, gathered (a collective: all ranks call it)."""
+        carry_tensors, _ = flatten_state(self.carry)
+        names = sorted(carry_tensors)
+        rng = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            rng.append(torch.cuda.get_rng_state(self.device))
+        gathered = distributed.gather_tensors([carry_tensors[n] for n in names] + rng)
+        _, structure = flatten_state(self.carry)
+        ranks = []
+        for parts in gathered:
+            carry = unflatten_state(dict(zip(names, parts[:len(names)])), structure)
+            ranks.append([carry, list(parts[len(names):])])
+        return ranks
+
     def _save_last(self) -> None:
         state = {**self.state, "schedule": self.schedule.state_dict(),
                  "config": asdict(self.config)}
-        self.run.save_last(self.model, self.optimizer, state, self.carry)
+        carry = self.carry
+        if self.dist.distributed:
+            carry = self._rank_states()
+            state["world_size"] = self.dist.world_size
+        if self.dist.is_main:
+            self.run.save_last(self.model, self.optimizer, state, carry)
+        distributed.barrier()
 
     def _load_last(self) -> None:
         state, carry = self.run.load_last(self.model, self.optimizer)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(f"{self.run.last_path}: was written by {saved_world} "
+                                  f"process(es); resume it with the same number "
+                                  f"(now {self.dist.world_size})")
+        if self.dist.distributed:
+            carry, rng = carry[self.dist.rank]
+            torch.set_rng_state(rng[0])
+            if len(rng) > 1 and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng[1], self.device)
         self.schedule.load_state_dict(state.get("schedule", {}))
         self.schedule.base_lr = self.config.lr  # a resumed run keeps its schedule's span
         for key in self.state:
@@ -193,6 +269,8 @@ class Trainer:
         self.carry = carry if carry is None else _to_device(carry, self.device)
 
     def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
         self.run.path.mkdir(parents=True, exist_ok=True)
         with self.run.log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -208,20 +286,27 @@ class Trainer:
         """Evaluate, save the best weights and the last checkpoint.
 
         ``scheduled=False`` (the evaluation when a bound stops the run) updates neither the
-        schedule nor early stopping, so that a resumed run behaves as an uninterrupted one."""
-        self.model.eval()
-        with torch.no_grad():
-            metrics = self.task.evaluate(self.model)
-        self.model.train()
+        schedule nor early stopping, so that a resumed run behaves as an uninterrupted one.
+        Distributed: rank 0 evaluates and every rank receives its metrics."""
+        metrics = None
+        if self.dist.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                metrics = self.task.evaluate(self.model)
+            self.model.train()
+        metrics = distributed.broadcast_json(metrics)
         self.state["last_eval"] = self.state["step"]
+        self.rollbacks = 0
         if metrics is None:
-            self.run.save_weights(self.model)
+            if self.dist.is_main:
+                self.run.save_weights(self.model)
         else:
             value = float(metrics[self.task.monitor])
             improved = self._improved(value) and math.isfinite(value)
             if improved:
                 self.state["best"] = value
-                self.run.save_weights(self.model)
+                if self.dist.is_main:
+                    self.run.save_weights(self.model)
             if scheduled:
                 self.state["bad_evals"] = 0 if improved else self.state["bad_evals"] + 1
                 self.schedule.on_evaluation(improved)
@@ -232,21 +317,52 @@ class Trainer:
         return metrics
 
     # -- the loop ------------------------------------------------------------------------------
-    def _guard(self, what: str, value: float) -> None:
+    def _bad(self, what: str, value: float) -> str | None:
+        """Why this step is bad (NaN / inf / exploded), or None."""
         first = self.state["first_loss"]
-        bad = not math.isfinite(value)
-        if what == "loss" and not bad and first is not None and self.state["step"] > 0:
-            bad = value > self.config.explode * max(first, 1e-8)
-        if not bad:
-            return
+        if not math.isfinite(value):
+            return f"{what} is {value}"
+        if what == "loss" and first is not None and self.state["step"] > 0 \
+                and value > self.config.explode * max(first, 1e-8):
+            return (f"loss {value:.4g} exploded (more than {self.config.explode}x the first "
+                    f"loss {first:.4g})")
+        return None
+
+    def _act(self, reason: str) -> None:
+        """Act on a bad step as ``config.on_nan`` says: raise :class:`TrainingError` (stop),
+        raise ``_Rollback`` (after reloading the last checkpoint), or return (skip)."""
+        step, policy = self.state["step"] + 1, self.config.on_nan
         kept = (f"the last good checkpoint (step {self.state['last_eval']}) is kept in "
                 f"{self.run.path}" if self.state["last_eval"] >= 0 else
                 "no checkpoint had been written yet")
-        reason = (f"{what} is {value}" if not math.isfinite(value) else
-                  f"loss {value:.4g} exploded (more than {self.config.explode}x the first "
-                  f"loss {first:.4g})")
-        raise TrainingError(f"step {self.state['step'] + 1}: {reason}; training stopped and "
-                            f"{kept}. Try a lower --lr or a smaller --clip.")
+        stop = policy == "stop"
+        if policy == "skip" and self.bad_steps + 1 >= MAX_BAD_STEPS:
+            stop, reason = True, f"{reason}, {MAX_BAD_STEPS} bad steps in a row"
+        if policy == "rollback" and (self.rollbacks >= MAX_ROLLBACKS or not self.run.has_last()):
+            stop = True
+            reason += (f", {MAX_ROLLBACKS} rollbacks without progress" if self.run.has_last()
+                       else ", no checkpoint to roll back to")
+        if stop:
+            self._log({"kind": "bad_step", "step": step, "reason": reason, "action": "stop"})
+            raise TrainingError(f"step {step}: {reason}; training stopped and {kept}. Try a "
+                                f"lower --lr or a smaller --clip.")
+        if policy == "skip":
+            self.bad_steps += 1
+            self._say(f"step {step}: {reason}; step skipped (--on-nan skip)")
+            self._log({"kind": "bad_step", "step": step, "reason": reason, "action": "skip"})
+            return
+        self.rollbacks += 1
+        self._load_last()
+        self.schedule.scale *= 0.5
+        self._say(f"step {step}: {reason}; rolled back to the checkpoint of step "
+                  f"{self.state['step']}, learning rate halved (--on-nan rollback)")
+        self._log({"kind": "bad_step", "step": step, "reason": reason, "action": "rollback",
+                   "to_step": self.state["step"], "lr_scale": self.schedule.scale})
+        raise _Rollback
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"rnnkit: {message}", file=sys.stderr)
 
     def _bound(self, start: float) -> str | None:
         cfg, st = self.config, self.state
@@ -258,77 +374,117 @@ class Trainer:
             return "early_stopping"
         return None
 
+    def _batches(self, epoch: int, generator: torch.Generator) -> Iterable[Any]:
+        batches = self.task.train_batches(epoch, generator)
+        if self.dist.distributed and not self.self_sharded:
+            return distributed.shard_batches(batches, self.dist.rank, self.dist.world_size)
+        return batches
+
+    def _step(self, batch: Any) -> tuple[StepOutput, float, float, bool]:
+        """Forward and backward of one batch: ``(output, loss, gradient norm, skipped)``, the
+        loss averaged over the ranks. A bad step (NaN, inf, explosion) leaves no gradient and
+        is acted on by :meth:`_act` (every rank sees the same loss and gradient norm, so all
+        ranks act alike; the backward runs even then, to keep DDP's ranks in step)."""
+        if self.ddp is not None:
+            out = self.ddp(batch, self.carry)
+        else:
+            out = self.task.loss(self.model, batch, self.carry)
+        value = float(out.loss.detach())
+        if self.dist.distributed:
+            value = distributed.all_reduce_mean([value])[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        reason = self._bad("loss", value)
+        norm = math.nan
+        if reason is None or self.dist.distributed:
+            out.loss.backward()
+            norm = float(nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.config.clip if self.config.clip > 0 else math.inf))
+            reason = reason or self._bad("gradient norm", norm)
+        if reason is None:
+            return out, value, norm, False
+        self.optimizer.zero_grad(set_to_none=True)
+        self._act(reason)
+        return out, value, norm, True
+
     def fit(self) -> TrainResult:
         """Train until a bound is reached; returns a :class:`TrainResult`."""
         cfg, st = self.config, self.state
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs between ranks
         if self.resume:
             self._load_last()
+        elif cfg.on_nan == "rollback":
+            self._save_last()  # something to roll back to before the first evaluation
         self.model.train()
         start = time.monotonic()
         stopped = "epochs"
-        bar = tqdm(total=self.total_steps, initial=st["step"], disable=not cfg.progress,
+        bar = tqdm(total=self.total_steps, initial=st["step"],
+                   disable=not cfg.progress or not self.dist.is_main,
                    unit="step", dynamic_ncols=True, leave=True)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
         try:
             while st["epoch"] < cfg.epochs and stopped == "epochs":
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["epoch"])
-                for i, batch in enumerate(self.task.train_batches(st["epoch"], gen)):
-                    if i < st["batch"]:
-                        continue  # resuming: replay the epoch up to where it stopped
-                    reason = self._bound(start)
-                    if reason:
-                        stopped = reason
-                        break
-                    lr = self.schedule.lr(st["step"])
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    out = self.task.loss(self.model, batch, self.carry)
-                    value = float(out.loss.detach())
-                    self._guard("loss", value)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    norm = float(nn.utils.clip_grad_norm_(
-                        self.model.parameters(), cfg.clip if cfg.clip > 0 else math.inf))
-                    self._guard("gradient norm", norm)
-                    self.optimizer.step()
-                    self.carry = out.carry
-                    if st["first_loss"] is None:
-                        st["first_loss"] = value
-                    st["step"] += 1
-                    st["batch"] = i + 1
-                    st["tokens"] += int(out.tokens)
-                    self.losses.append(value)
-                    window_loss += value * out.tokens
-                    window_tokens += int(out.tokens)
-                    if st["step"] % max(1, cfg.log_every) == 0 or st["step"] == 1:
-                        now = time.monotonic()
-                        mean = window_loss / max(1, window_tokens)
-                        speed = window_tokens / max(1e-9, now - window_start)
-                        self._log({"kind": "train", "step": st["step"], "epoch": st["epoch"],
-                                   "loss": value, "mean_loss": mean, "grad_norm": norm,
-                                   "lr": lr, "tokens_per_s": speed})
-                        post = {"loss": f"{mean:.3f}", "tok/s": f"{speed:,.0f}"}
-                        if self.task.perplexity:
-                            post["ppl"] = f"{math.exp(min(mean, 50)):.1f}"
-                        if self.metrics and self.task.monitor in self.metrics:
-                            post["val"] = f"{self.metrics[self.task.monitor]:.3f}"
-                        bar.set_postfix(post, refresh=False)
-                        window_loss, window_tokens, window_start = 0.0, 0, now
-                    bar.update(1)
-                    if cfg.eval_every and st["step"] % cfg.eval_every == 0:
+                try:
+                    for i, batch in enumerate(self._batches(st["epoch"], gen)):
+                        if i < st["batch"]:
+                            continue  # resuming: replay the epoch up to where it stopped
+                        reason = self._bound(start)
+                        if reason:
+                            stopped = reason
+                            break
+                        lr = self.schedule.lr(st["step"])
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr
+                        out, value, norm, skipped = self._step(batch)
+                        if skipped:
+                            st["batch"] = i + 1
+                            continue
+                        self.bad_steps = 0
+                        self.optimizer.step()
+                        self.carry = out.carry
+                        if st["first_loss"] is None:
+                            st["first_loss"] = value
+                        st["step"] += 1
+                        st["batch"] = i + 1
+                        tokens = int(out.tokens)
+                        if self.dist.distributed:
+                            tokens = int(distributed.all_reduce_sum([tokens])[0])
+                        st["tokens"] += tokens
+                        self.losses.append(value)
+                        window_loss += value * tokens
+                        window_tokens += tokens
+                        if st["step"] % max(1, cfg.log_every) == 0 or st["step"] == 1:
+                            now = time.monotonic()
+                            mean = window_loss / max(1, window_tokens)
+                            speed = window_tokens / max(1e-9, now - window_start)
+                            self._log({"kind": "train", "step": st["step"],
+                                       "epoch": st["epoch"], "loss": value, "mean_loss": mean,
+                                       "grad_norm": norm, "lr": lr, "tokens_per_s": speed})
+                            post = {"loss": f"{mean:.3f}", "tok/s": f"{speed:,.0f}"}
+                            if self.task.perplexity:
+                                post["ppl"] = f"{math.exp(min(mean, 50)):.1f}"
+                            if self.metrics and self.task.monitor in self.metrics:
+                                post["val"] = f"{self.metrics[self.task.monitor]:.3f}"
+                            bar.set_postfix(post, refresh=False)
+                            window_loss, window_tokens, window_start = 0.0, 0, now
+                        bar.update(1)
+                        if cfg.eval_every and st["step"] % cfg.eval_every == 0:
+                            self.evaluate(scheduled=True)
+                    else:
+                        st["epoch"] += 1
+                        st["batch"] = 0
+                        self.carry = None
                         self.evaluate(scheduled=True)
-                else:
-                    st["epoch"] += 1
-                    st["batch"] = 0
-                    self.carry = None
-                    self.evaluate(scheduled=True)
-                    reason = self._bound(start)
-                    if reason and st["epoch"] < cfg.epochs:
-                        stopped = reason
+                        reason = self._bound(start)
+                        if reason and st["epoch"] < cfg.epochs:
+                            stopped = reason
+                except _Rollback:
+                    bar.n = st["step"]
+                    continue
         except KeyboardInterrupt:
             bar.close()
-            self._save_last()
+            if not self.dist.distributed:  # a collective cannot be trusted mid-interrupt
+                self._save_last()
             raise
         bar.close()
         if st["last_eval"] != st["step"]:

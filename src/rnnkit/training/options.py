@@ -27,14 +27,15 @@ from dataclasses import asdict, fields
 
 import torch
 
-from rnnkit.errors import CheckpointError
+from rnnkit.errors import CheckpointError, RnnkitError
+from rnnkit.training import distributed
 from rnnkit.training.checkpoint import CONFIG, RunDir
-from rnnkit.training.loop import OPTIMIZERS, TrainConfig
+from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
 from rnnkit.training.schedule import SCHEDULES
 
 # options that may change when a run is resumed (bounds and reporting)
 RESUME_OVERRIDES = ("epochs", "max_steps", "max_minutes", "eval_every", "patience",
-                    "log_every", "progress", "device")
+                    "log_every", "progress", "device", "on_nan", "find_unused_parameters")
 
 
 def add_common_train_arguments(parser: argparse.ArgumentParser, *,
@@ -77,6 +78,12 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
                    help="early stopping after N evaluations without improvement (0: off)")
     g.add_argument("--explode", type=float, metavar="X",
                    help="stop when the loss exceeds X times the first loss (default 4)")
+    g.add_argument("--on-nan", choices=ON_NAN,
+                   help="on a NaN / infinite / exploding loss: stop (default), skip the step, "
+                   "or rollback to the last checkpoint with half the learning rate")
+    g.add_argument("--find-unused-parameters", action="store_const", const=True, default=None,
+                   help="distributed training: tell DDP that some parameters may get no "
+                   "gradient in a step")
     g.add_argument("--log-every", type=int, metavar="N", help="log every N steps")
     g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
@@ -116,7 +123,29 @@ def train_config(args: argparse.Namespace, saved: Mapping[str, object] | None = 
 def open_run(args: argparse.Namespace, task: str) -> tuple[RunDir, dict | None]:
     """The run directory of ``args.out`` (or the default), and its saved config when
     ``args.resume``. Refuses to overwrite an existing run unless ``--overwrite``, and a
-    resume of a missing run or of a run of another task."""
+    resume of a missing run or of a run of another task.
+
+    Under torchrun it joins the process group (:func:`rnnkit.training.distributed.setup`);
+    rank 0 checks and prepares the directory and the other ranks follow its verdict."""
+    dist = distributed.setup(getattr(args, "device", None))
+    if not dist.distributed:
+        return _open_run(args, task)
+    verdict: dict | None = None
+    if dist.is_main:
+        try:
+            run, _ = _open_run(args, task)
+            verdict = {"out": str(run.path)}
+        except RnnkitError as err:
+            verdict = {"error": str(err)}
+    verdict = distributed.broadcast_json(verdict)
+    if "error" in verdict:
+        raise CheckpointError(verdict["error"])
+    args.out = verdict["out"]
+    run = RunDir(args.out)
+    return run, (run.read_config(task=task) if args.resume else None)
+
+
+def _open_run(args: argparse.Namespace, task: str) -> tuple[RunDir, dict | None]:
     out = args.out
     if out is None:
         pattern = getattr(args, "_default_out", "runs/{task}-{time}")
