@@ -620,13 +620,14 @@ class _Recurrence(Function):
         record = ctx.record
         if record is not None:
             seen = [buf.new_zeros(buf.shape[0] - 1, *buf.shape[1:]) for buf in kernel.sbuf]
-        if masks is None and n == 1 and record is None:  # the common case, kept tight
-            (dh,), (after,) = grads, steps
+        if masks is None and record is None and all(g is None for g in steps[1:]):
+            # the common case (no padding, no recording, only h's sequence used), kept tight
+            after = steps[0]
             for t in range(T - 1, 0, -1):
-                (dh,) = step(t, (dh,), None if after is None else after[t - 1])
-            (dh,) = step(0, (dh,), None)
-            return (None, None, kernel.input_grad(), dh,
-                    *_needed(kernel.weight_grads(), ctx.needs_input_grad[4:]))
+                grads = step(t, grads, None if after is None else after[t - 1])
+            grads = step(0, grads, None)
+            return (None, None, kernel.input_grad(), *grads,
+                    *_needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:]))
         for t in range(T - 1, -1, -1):
             if record is not None:
                 for buf, g in zip(seen, grads):
