@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
@@ -20,7 +19,6 @@ from rnnkit.diagnostics import (
     read_training_log,
     trace,
 )
-from rnnkit.engines import bptt
 from rnnkit.errors import DataError
 from rnnkit.layers import Recurrent, stack
 
@@ -150,32 +148,29 @@ def test_gradient_flow_equals_autograd_on_reference(cell, engine):
             torch.testing.assert_close(got.total, want)
 
 
-def test_bptt_state_gradient_hook_matches_reference():
-    """Once the bptt engine exposes each step's total state gradient (the hook asked for in
-    the diagnostics report), it must give the reference numbers."""
-    params = inspect.signature(bptt.run_bptt).parameters
-    if "state_grad_hook" not in params:
-        pytest.skip("rnnkit.engines.bptt.run_bptt has no state_grad_hook yet")
+@pytest.mark.parametrize("cell", ["lstm", "gru-before"])
+def test_engine_mode_uses_the_bptt_record_and_matches_reference(cell):
+    """In "engine" mode a bptt layer runs its whole sequence once and its own backward
+    records dL/ds_t (rnnkit.engines.record_state_grads); padding included."""
     torch.manual_seed(2)
-    cell = stack("lstm", 3, 5, engine="bptt").double().layers[0].cell
-    x = torch.randn(7, 2, 3, dtype=torch.float64)
-    state = tuple(s for s in cell.init_state(2, dtype=torch.float64))
-    got = {}
-    seqs = bptt.run_bptt(cell, cell.params(), x, state, None,
-                         state_grad_hook=lambda t, g: got.__setitem__(t, [a.clone() for a in g]))
-    (seqs[0].pow(2).sum() + seqs[1][-1].sum()).backward()
-    layer = Recurrent(cell, batch_first=False, engine="reference")
+    model = stack(cell, 3, 4, num_layers=2, engine="bptt").double()
+    x = torch.randn(3, 8, 3, dtype=torch.float64)
+    lengths = torch.tensor([8, 3, 5])
+    w = torch.randn(3, 8, 4, dtype=torch.float64)
 
     def losses():
-        out = layer(x, return_states=True)
-        h, c = out.states
-        total = h.pow(2).sum() + c[-1].sum()
-        return F.pad((total * 7).reshape(1), (6, 0))  # (T,) whose mean is ``total``
+        out, _ = model(x, lengths=lengths)
+        return (out * w).sum(-1)
 
-    flow = gradient_flow(layer, losses).layers[0]
-    for t in range(7):
-        torch.testing.assert_close(got[t][0], flow.total_grads[0][t])
-        torch.testing.assert_close(got[t][1], flow.total_grads[1][t])
+    with trace(model, mode="engine") as tr:
+        losses()
+    assert all(r.recorded is not None for r in tr.records)
+    ref = gradient_flow(model, losses, mode="reference")
+    got = gradient_flow(model, losses, mode="engine")
+    for a, b in zip(got.layers, ref.layers):
+        for ga, gb in zip(a.total_grads, b.total_grads):
+            torch.testing.assert_close(ga, gb)
+        torch.testing.assert_close(a.last, b.last)
 
 
 def test_lstm_jacobian_matches_autograd_and_forget_gate():

@@ -93,8 +93,15 @@ def _probe_grads(tr: Trace, loss: Tensor) -> list[tuple[Tensor | None, ...]]:
     grads = torch.autograd.grad(loss, probes, allow_unused=True)
     out, i = [], 0
     for rec in tr.records:
-        out.append(grads[i:i + len(rec.probes)])
-        i += len(rec.probes)
+        n = len(rec.probes)
+        if rec.recorded is not None:  # the bptt engine recorded dL/ds_t itself
+            record, index = rec.recorded
+            seqs = record.runs[index]
+            out.append(tuple(torch.zeros_like(s) for s in rec.states) if seqs is None
+                       else tuple(seqs))
+        else:
+            out.append(grads[i:i + n])
+        i += n
     return out
 
 
@@ -116,8 +123,9 @@ def gradient_flow(model: nn.Module, step_losses: Callable[[], Tensor], *,
             (B, T) or (T,) with time last (for example the unreduced cross-entropy of a
             language model). Steps without a loss can hold 0. L is ``losses.mean()``, L_T is
             ``losses[..., -1].mean()``.
-        mode: ``"reference"`` (``cell.step`` loop) or ``"engine"`` (each layer's own engine,
-            one step at a time); both give the same numbers, up to rounding.
+        mode: ``"reference"`` (``cell.step`` loop) or ``"engine"`` (each layer's own engine:
+            ``bptt`` records dL/ds_t in its backward pass, others run one step at a time);
+            both give the same numbers, up to rounding.
 
     ``step_losses`` is called twice (once per loss, with the same random state, since the
     hand-written engines free their buffers after one backward pass). Nothing is accumulated
@@ -136,7 +144,7 @@ def gradient_flow(model: nn.Module, step_losses: Callable[[], Tensor], *,
     for rec, tot, last in zip(tr.records, g_total, g_last):
         layers.append(LayerFlow(
             name=rec.name, reverse=rec.reverse, state_names=rec.state_names,
-            total=_norms(tot, rec.probes), last=_norms(last, rec.probes),
-            total_grads=tuple(torch.zeros_like(p) if g is None else g.detach()
-                              for g, p in zip(tot, rec.probes))))
+            total=_norms(tot, rec.states), last=_norms(last, rec.states),
+            total_grads=tuple(torch.zeros_like(s) if g is None else g.detach()
+                              for g, s in zip(tot, rec.states))))
     return GradientFlow(layers, float(total_loss.detach()))

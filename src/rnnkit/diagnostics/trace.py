@@ -15,9 +15,11 @@ that records, per layer (and direction):
 Two ways to run the steps (``mode``):
 
 - ``"reference"``: ``cell.step`` in a Python loop (the reference engine, with probes);
-- ``"engine"``: the layer's own engine (``bptt``, ``native``, ...) called on one step at a
-  time, the state carried from call to call with the probe added in between. This measures
-  the engine's own backward, for any engine, without changing it; it costs T engine calls.
+- ``"engine"``: the layer's own engine. A ``bptt`` layer runs its whole sequence once and its
+  hand-written backward records dL/ds_t for every step (``rnnkit.engines.record_state_grads``;
+  a zero probe on the initial state makes the backward pass run). Other engines (``native``)
+  are called on one step at a time, the state carried from call to call with the probe added
+  in between; that measures the engine's own backward without changing it, at T calls.
 
 Ordinary training never goes through this module: nothing is slowed down when no trace is
 active. Drop-in layers (``rnnkit.LSTM`` ...) are made to run layer by layer during a trace.
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from rnnkit import engines
 from rnnkit.cells.base import Params, RecurrentCell, as_tuple, check_choice, from_tuple
+from rnnkit.engines import StateGradRecord, record_state_grads
 from rnnkit.layers.recurrent import Recurrent
 
 MODES = ("reference", "engine")
@@ -53,7 +56,10 @@ class LayerRecord:
         state0: the initial state, a tuple of (B, n), detached.
         states: the state after every step, a tuple of (T, B, n), detached.
         mask: (T, B, 1) bool, True inside each sequence, or ``None`` (every step valid).
-        probes: the probe tensors (T, B, n) per state tensor, or empty without probes.
+        probes: the probe tensors (T, B, n) per state tensor, or empty without probes; for a
+            ``bptt`` run recorded by the engine, the zero probes (B, n) on the initial state.
+        recorded: ``(record, index)`` when the ``bptt`` engine records this run's dL/ds_t in
+            ``record.runs[index]``, else ``None``.
     """
 
     name: str
@@ -65,6 +71,7 @@ class LayerRecord:
     states: tuple[Tensor, ...]
     mask: Tensor | None
     probes: tuple[Tensor, ...] = ()
+    recorded: tuple[StateGradRecord, int] | None = None
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -77,6 +84,7 @@ class Trace:
     """The records of every traced layer call, in the order the calls happened."""
 
     records: list[LayerRecord] = field(default_factory=list)
+    bptt_record: StateGradRecord | None = None
 
     def probes(self) -> list[Tensor]:
         """Every probe tensor, flattened in record order."""
@@ -103,6 +111,20 @@ def _probe_run(original, mode: str, record_to: Trace, name: str, reverse: bool, 
         steps = torch.arange(T, device=x.device)
         mask = (steps[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
     sizes = [s.shape[-1] for s in state]
+    recorder = record_to.bptt_record
+    if mode == "engine" and engine == "bptt" and recorder is not None:
+        probe0 = tuple(torch.zeros_like(s, requires_grad=True) for s in state) if (
+            probes and torch.is_grad_enabled()) else ()
+        start = tuple(s + p for s, p in zip(state, probe0)) if probe0 else state
+        index = len(recorder.runs)
+        res = original(engine, cell, params, x, start, lengths, True)
+        record_to.records.append(LayerRecord(
+            name=name, cell=cell, reverse=reverse, x=x.detach(),
+            params={k: v.detach() for k, v in params.items() if v is not None},
+            state0=tuple(s.detach() for s in state),
+            states=tuple(s.detach() for s in res.states), mask=mask, probes=probe0,
+            recorded=(recorder, index) if probe0 else None))
+        return res if need_states else engines.EngineResult(res.output, res.state, None)
     probe = tuple(torch.zeros(T, B, n, dtype=x.dtype, device=x.device, requires_grad=True)
                   for n in sizes) if probes and torch.is_grad_enabled() else ()
     probe_steps = [p.unbind(0) for p in probe]
@@ -165,7 +187,12 @@ def trace(model: nn.Module, *, probes: bool = True, mode: str = "reference"
     for m in dropins:
         m._fused = lambda device: False
     try:
-        yield result
+        if mode == "engine":
+            with record_state_grads() as record:
+                result.bptt_record = record
+                yield result
+        else:
+            yield result
     finally:
         engines.run = original
         for m in dropins:
