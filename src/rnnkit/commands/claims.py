@@ -28,7 +28,7 @@ def _numbers(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="small budgets (about 20-60 s per experiment), for CI")
+                        help="small budgets (about 2 minutes in all on one core), for CI")
     parser.add_argument("--out", default="claims", help="output directory (default: claims/)")
     parser.add_argument("--only", type=_numbers, default=None, metavar="N,N",
                         help="run only these experiments (1-7)")

@@ -40,14 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delay / distance / sequence length of the task (default: 50)")
     parser.add_argument("--hidden", type=int, default=32, help="hidden size (default: 32)")
     parser.add_argument("--layers", type=int, default=1, help="recurrent layers (default: 1)")
-    parser.add_argument("--engine", default="auto", help="engine of fresh models")
+    parser.add_argument("--engine", default="auto",
+                        choices=("auto", "reference", "bptt", "native"),
+                        help="engine of fresh models (default: auto)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="train fresh models this many steps first (default: 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch measured")
     parser.add_argument("--text", default=None, help="text measured for a language model run")
     parser.add_argument("--mode", choices=("reference", "engine"), default="reference",
-                        help="probe the recurrence with cell.step (reference) or each "
-                             "layer's own engine one step at a time")
+                        help="measure dL/dh_t through cell.step (reference) or each layer's "
+                             "own engine (bptt records it in its backward pass)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory")
 
