@@ -302,3 +302,15 @@ def encode(args: argparse.Namespace) -> int:
     np.save(args.output, out, allow_pickle=False)
     print(f"{args.output}: {out.shape[0]} x {out.shape[1]} float32", file=sys.stderr)
     return 0
+
+
+# -- export (ONNX / TorchScript; see rnnkit.export) --------------------------------------------
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from rnnkit.export import add_export_arguments as add
+    add(parser)
+
+
+def export(args: argparse.Namespace) -> int:
+    """``rnnkit export DIR --onnx F.onnx`` / ``--torchscript F.pt``."""
+    from rnnkit.export import export_command
+    return export_command(args, load(args.run_dir)[0], TASK)

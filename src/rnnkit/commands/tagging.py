@@ -352,3 +352,15 @@ def _convert(tags: list[str], scheme: str, target: str) -> list[str]:
     if scheme == target or "none" in (scheme, target):
         return tags
     return convert_tags(tags, target)
+
+
+# -- export (ONNX / TorchScript; see rnnkit.export) --------------------------------------------
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from rnnkit.export import add_export_arguments as add
+    add(parser)
+
+
+def export(args: argparse.Namespace) -> int:
+    """``rnnkit export DIR --onnx F.onnx`` / ``--torchscript F.pt``."""
+    from rnnkit.export import export_command
+    return export_command(args, load(args.run_dir)[0], TASK)
