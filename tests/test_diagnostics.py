@@ -256,3 +256,26 @@ def test_training_log_reader_names_the_bad_line(tmp_path):
     path.write_text('{"step": 1, "loss": "high"}\n')
     with pytest.raises(DataError, match=r"log.jsonl:1: 'loss' must be a number"):
         read_training_log(path)
+
+
+def test_drop_in_bidirectional_lstm_is_traced_and_restored():
+    import rnnkit
+
+    torch.manual_seed(6)
+    model = rnnkit.LSTM(3, 4, num_layers=2, batch_first=True, bidirectional=True).double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+
+    def losses():
+        return model(x)[0].pow(2).sum(-1)
+
+    ref = gradient_flow(model, losses)
+    eng = gradient_flow(model, losses, mode="engine")
+    assert [f.reverse for f in ref.layers] == [False, True, False, True]
+    for a, b in zip(ref.layers, eng.layers):
+        torch.testing.assert_close(a.total, b.total)
+    # the last layer's backward direction: its last processed step is position 0, whose
+    # state reaches the loss only directly (L is the mean over 2 x 6 steps)
+    out = model(x)[0]
+    (g,) = torch.autograd.grad(out.pow(2).sum(), out)
+    torch.testing.assert_close(ref.layers[3].total[0][-1] * 12, g[:, 0, 4:].norm())
+    assert model._fused(torch.device("cpu"))  # the fused path is back after the trace
