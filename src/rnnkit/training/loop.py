@@ -215,9 +215,10 @@ class Trainer:
         self.total_steps = total
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best": None,
                                       "bad_evals": 0, "first_loss": None, "last_eval": -1,
-                                      "tokens": 0}
+                                      "tokens": 0, "seconds": 0.0}
         self.carry: object = None
         self.losses: list[float] = []
+        self._start = time.monotonic()
         self.metrics: dict[str, float] | None = None
         self.bad_steps = 0
         self.rollbacks = 0
@@ -239,8 +240,8 @@ class Trainer:
         return ranks
 
     def _save_last(self) -> None:
-        state = {**self.state, "schedule": self.schedule.state_dict(),
-                 "config": asdict(self.config)}
+        state = {**self.state, "seconds": self._elapsed(self._start),
+                 "schedule": self.schedule.state_dict(), "config": asdict(self.config)}
         carry = self.carry
         if self.dist.distributed:
             carry = self._rank_states()
@@ -311,7 +312,8 @@ class Trainer:
                 self.state["bad_evals"] = 0 if improved else self.state["bad_evals"] + 1
                 self.schedule.on_evaluation(improved)
             self._log({"kind": "eval", "step": self.state["step"], "epoch": self.state["epoch"],
-                       **metrics, "best": improved, "lr": self.schedule.lr(self.state["step"])})
+                       **metrics, "best": improved,
+                       "seconds": round(self._elapsed(self._start), 2)})
             self.metrics = metrics
         self._save_last()
         return metrics
@@ -364,11 +366,20 @@ class Trainer:
         if self.dist.is_main:
             print(f"rnnkit: {message}", file=sys.stderr)
 
+    def _elapsed(self, start: float) -> float:
+        """Seconds of training in this run, earlier sessions of a resumed run included."""
+        return self.state["seconds"] + time.monotonic() - start
+
+    def _time_fraction(self, start: float) -> float:
+        if self.config.max_minutes is None:
+            return 0.0
+        return self._elapsed(start) / (60 * self.config.max_minutes)
+
     def _bound(self, start: float) -> str | None:
         cfg, st = self.config, self.state
         if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
             return "max_steps"
-        if cfg.max_minutes is not None and time.monotonic() - start >= 60 * cfg.max_minutes:
+        if cfg.max_minutes is not None and self._time_fraction(start) >= 1.0:
             return "max_minutes"
         if cfg.patience and st["bad_evals"] >= cfg.patience:
             return "early_stopping"
@@ -415,7 +426,7 @@ class Trainer:
         elif cfg.on_nan == "rollback":
             self._save_last()  # something to roll back to before the first evaluation
         self.model.train()
-        start = time.monotonic()
+        start = self._start = time.monotonic()
         stopped = "epochs"
         bar = tqdm(total=self.total_steps, initial=st["step"],
                    disable=not cfg.progress or not self.dist.is_main,
@@ -432,7 +443,7 @@ class Trainer:
                         if reason:
                             stopped = reason
                             break
-                        lr = self.schedule.lr(st["step"])
+                        lr = self.schedule.lr(st["step"], self._time_fraction(start))
                         for group in self.optimizer.param_groups:
                             group["lr"] = lr
                         out, value, norm, skipped = self._step(batch)

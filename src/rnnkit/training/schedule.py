@@ -5,7 +5,10 @@
 - ``shape``: ``"constant"`` 1; ``"linear"`` from 1 down to ``min_ratio`` at ``total_steps``;
   ``"cosine"`` half a cosine from 1 down to ``min_ratio`` at ``total_steps``; all of them after
   a linear warm-up over the first ``warmup`` steps; ``total_steps`` is ``--max-steps`` when
-  given, else the epochs times the batches per epoch, and a resumed run keeps its own;
+  given, else the epochs times the batches per epoch, and a resumed run keeps its own; when
+  the run is also bounded in time (``--max-minutes``), the schedule's progress is the larger
+  of the share of steps done and the share of time used, so that the rate has decayed when
+  the time runs out (such a run is not bit-for-bit reproducible: its rates depend on speed);
 - ``scale``: starts at 1; with ``"plateau"`` (the classic LM recipe: constant, and divide the
   learning rate by 4 when the validation loss stops improving) it is multiplied by ``factor``
   after every evaluation that does not improve on the best one.
@@ -38,14 +41,15 @@ class Schedule:
             raise ValueError(f"schedule {self.kind!r} needs a known number of steps: give "
                              f"--max-steps or --epochs")
 
-    def lr(self, step: int) -> float:
-        """The learning rate for step ``step`` (0-based)."""
+    def lr(self, step: int, time_fraction: float = 0.0) -> float:
+        """The learning rate for step ``step`` (0-based); ``time_fraction``: the share of the
+        time budget used (0 when there is none)."""
         shape = 1.0
         if self.warmup and step < self.warmup:
             shape = (step + 1) / self.warmup
         elif self.kind in ("linear", "cosine"):
             span = max(1, self.total_steps - self.warmup)
-            t = min(1.0, (step - self.warmup) / span)
+            t = min(1.0, max((step - self.warmup) / span, time_fraction))
             if self.kind == "linear":
                 frac = 1.0 - t
             else:
