@@ -72,6 +72,8 @@ def read_abc(path: str | Path, condition_from: str = "filename", field_name: str
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         raise DataError("no such file", path) from None
+    except OSError as err:  # a directory, no permission, ...
+        raise DataError(f"cannot read ({err.strerror or err})", path) from None
     if condition_from not in ("filename", "field"):
         raise ValueError(f"condition_from must be 'filename' or 'field', got {condition_from!r}")
     tunes: list[Tune] = []

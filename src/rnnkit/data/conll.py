@@ -103,6 +103,8 @@ def _read_lines(path: str | Path) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError("no such file", path) from None
+    except OSError as err:  # a directory, no permission, ...
+        raise DataError(f"cannot read ({err.strerror or err})", path) from None
     except UnicodeDecodeError as err:
         raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
     return text.splitlines(keepends=True)
