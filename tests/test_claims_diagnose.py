@@ -79,7 +79,8 @@ def test_diagnose_a_language_model_run(tmp_path):
                       cell="gru")
     torch.manual_seed(0)
     run.write_config({"task": "lm", "model": config.to_dict(),
-                      "data": {"train": str(data), "level": "char"}, "train": {"clip": 0.5}})
+                      "data": {"train": str(data), "valid": None, "valid_fraction": 0.2,
+                               "level": "char"}, "train": {"clip": 0.5}})
     run.save_vocab(vocab)
     run.save_weights(LanguageModel(config))
     records = [{"kind": "train", "step": s, "loss": 3.0, "grad_norm": g, "lr": 1e-3}

@@ -7,8 +7,9 @@ Writes PNG plots and ``REPORT.md`` into ``--out`` (default ``DIR/diagnose`` for 
 ``diagnose/`` for fresh models).
 
 For a run directory, the model is rebuilt from ``config.json`` and ``model.safetensors``
-through the training machinery (``rnnkit.training.RunDir``). A language-model run (task
-``lm``) is measured on a window of its validation text (``--text`` to choose another file);
+through the training machinery (a language-model run by ``rnnkit.commands.lm.load_lm``) and
+measured on ``--batch-size`` windows of ``--length`` tokens of its validation text (``--text``
+to choose another file);
 any task module may offer ``diagnostic_batch(run_dir, batch_size, length) -> (model,
 step_losses)`` to be measured the same way. For every run the training log is analysed.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.cells.cells import CELLS
-from rnnkit.errors import CheckpointError, RnnkitError
+from rnnkit.errors import RnnkitError
 
 SYNTHETIC = ("copy", "agreement", "adding")
 
@@ -97,27 +98,25 @@ def _fresh(args: argparse.Namespace) -> int:
 
 
 def _lm_batch(run_dir: Path, config: dict, args: argparse.Namespace):
-    """A language-model run's model and a per-step loss on a window of text."""
+    """A language-model run's model (``rnnkit.commands.lm.load_lm``) and a per-step loss on
+    a window of its validation text (``--text`` to choose another file)."""
+    from rnnkit.commands import lm
     from rnnkit.data.text import encode, read_text
-    from rnnkit.diagnostics.claims.language import shakespeare
-    from rnnkit.models import LanguageModel, LMConfig
-    from rnnkit.training import RunDir
 
-    run = RunDir(run_dir)
-    try:
-        model = LanguageModel(LMConfig.from_dict(config["model"]))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{run_dir / 'config.json'}: no usable \"model\" ({err})") from None
-    run.load_weights(model)
-    vocab = run.load_vocab()
+    model, vocab, config = lm.load_lm(run_dir)
     data = config.get("data") or {}
-    level = getattr(vocab, "meta", {}).get("level") or data.get("level") or "char"
-    source = args.text or data.get("valid") or data.get("train")
-    text = read_text(source) if source and Path(source).exists() else shakespeare(100_000)
+    level = data.get("level", "char")
+    if args.text:
+        text = read_text(args.text)
+    else:
+        train_text, valid_text = lm._load_texts(data)
+        text = valid_text or train_text
     ids = encode(text, vocab, level)
     T, B = args.length, args.batch_size
     if len(ids) < B * (T + 1):
         B = max(1, len(ids) // (T + 1))
+    if len(ids) < B * (T + 1):
+        raise RnnkitError(f"--length {T}: the text has only {len(ids)} tokens")
     window = ids[: B * (T + 1)].view(B, T + 1)
     x, y = window[:, :-1], window[:, 1:]
 
