@@ -315,7 +315,38 @@ class PeepholeKernel(LSTMKernel):
         return _grad_w(d, self.sbuf[0][:-1]), dp
 
 
-class GRUAfterKernel(Kernel):
+class _GRUKernel(Kernel):
+    """What both GRU kernels share: r, z, n after their nonlinearities (``gates``), the
+    input projection split at the candidate, ``h_prev - n`` and the candidate's gradient."""
+
+    def __init__(self, xp, weights, sbuf):
+        super().__init__(xp, weights, sbuf)
+        T, B, G = xp.shape
+        H = self.H = G // 3
+        self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
+        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
+        self.dxp = torch.empty_like(xp)
+        self.ones = xp.new_ones(B, H)
+        st = self._steps
+        self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
+        self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
+        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
+        self.HMN = self.hmn.unbind(0)
+        self.DXn = st(self.dxp, 2 * H)
+
+    def _blend(self, t: int, h: Tensor, n: Tensor) -> None:
+        """``h_t = (1 - z) * n + z * h_prev``, keeping ``h_prev - n``."""
+        torch.addcmul(n, self.Gz[t], torch.sub(h, n, out=self.HMN[t]), out=self.S[0][t + 1])
+
+    def _candidate_grad(self, t: int, dh: Tensor) -> tuple[Tensor, Tensor]:
+        """``(dh * z, d loss / d n's pre-activation)``, the latter written to ``dxp``."""
+        n = self.Gn[t]
+        dhz = dh * self.Gz[t]
+        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(torch.addcmul(self.ones, n, n, value=-1))
+        return dhz, dn
+
+
+class GRUAfterKernel(_GRUKernel):
     """torch.nn.GRU's cell (reset after the product), optionally layer-normalised;
     ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight).
 
@@ -326,24 +357,14 @@ class GRUAfterKernel(Kernel):
         self.w, self.b, self.g_hh = weights
         self.ln = self.g_hh is not None
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
-        T, B, G = xp.shape
-        H = self.H = G // 3
-        self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
+        H = self.H
         self.gh = torch.empty_like(xp)  # recurrent projection + bias_hh
-        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
         self.dgh = torch.empty_like(xp)  # d loss / d gh
-        self.dxp = torch.empty_like(xp)
-        self.ones = xp.new_ones(B, H)
         st = self._steps
-        self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
-        self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
-        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
         self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
-        self.HMN = self.hmn.unbind(0)
         self.DGH, self.DGHrz = st(self.dgh), st(self.dgh, 0, 2 * H)
         self.DGHr, self.DGHz, self.DGHn = (st(self.dgh, 0, H), st(self.dgh, H, 2 * H),
                                            st(self.dgh, 2 * H))
-        self.DXn = st(self.dxp, 2 * H)
         if self.ln:
             self.norm = _StepNorms(self.g_hh, self.b)
 
@@ -358,15 +379,11 @@ class GRUAfterKernel(Kernel):
             torch.mm(h, self.wt, out=self.GH[t])
         torch.add(self.XPrz[t], self.GHrz[t], out=self.Grz[t]).sigmoid_()
         n = torch.addcmul(self.XPn[t], self.Gr[t], self.GHn[t], out=self.Gn[t]).tanh_()
-        hmn = torch.sub(h, n, out=self.HMN[t])
-        torch.addcmul(n, self.Gz[t], hmn, out=H[t + 1])
+        self._blend(t, h, n)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        n = self.Gn[t]
-        dhz = dh * self.Gz[t]
-        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(
-            torch.addcmul(self.ones, n, n, value=-1))
+        dhz, dn = self._candidate_grad(t, dh)
         torch.mul(dn, self.GHn[t], out=self.DGHr[t])
         torch.mul(dh, self.HMN[t], out=self.DGHz[t])
         self.DGHrz[t].mul_(_sigmoid_grad(self.Grz[t]))
@@ -393,7 +410,7 @@ class GRUAfterKernel(Kernel):
         return _grad_w(da, h_prev), db, dg
 
 
-class GRUBeforeKernel(Kernel):
+class GRUBeforeKernel(_GRUKernel):
     """The original GRU (reset before the product), optionally layer-normalised;
     ``xp`` holds every bias; weights: (weight_hh, ln_hh_weight).
 
@@ -403,22 +420,15 @@ class GRUBeforeKernel(Kernel):
         super().__init__(xp, weights, sbuf)
         self.w, self.g_hh = weights
         self.ln = self.g_hh is not None
-        T, B, G = xp.shape
-        H = self.H = G // 3
+        T, B, _ = xp.shape
+        H = self.H
         self.w_rz, self.w_n = self.w[:2 * H], self.w[2 * H:]
         self.wt_rz, self.wt_n = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
-        self.gates = torch.empty_like(xp)
         self.rh = xp.new_empty(T, B, H)  # r * h_prev, the candidate's recurrent input
-        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
-        self.dxp = torch.empty_like(xp)
-        self.ones = xp.new_ones(B, H)
         st = self._steps
-        self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
-        self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
-        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
-        self.RH, self.HMN = self.rh.unbind(0), self.hmn.unbind(0)
+        self.RH = self.rh.unbind(0)
         self.DXrz, self.DXr = st(self.dxp, 0, 2 * H), st(self.dxp, 0, H)
-        self.DXz, self.DXn = st(self.dxp, H, 2 * H), st(self.dxp, 2 * H)
+        self.DXz = st(self.dxp, H, 2 * H)
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
             self.norm_rz, self.norm_n = _StepNorms(self.g_rz), _StepNorms(self.g_n)
@@ -439,15 +449,11 @@ class GRUBeforeKernel(Kernel):
         else:
             n = torch.addmm(self.XPn[t], rh, self.wt_n, out=self.Gn[t])
         n.tanh_()
-        hmn = torch.sub(h, n, out=self.HMN[t])
-        torch.addcmul(n, self.Gz[t], hmn, out=H[t + 1])
+        self._blend(t, h, n)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        n = self.Gn[t]
-        dhz = dh * self.Gz[t]
-        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(
-            torch.addcmul(self.ones, n, n, value=-1))
+        dhz, dn = self._candidate_grad(t, dh)
         if self.ln:
             da_n = self.norm_n.backward(t, dn)
         else:
