@@ -22,13 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
+# halve the learning rate whenever dev accuracy does not improve; stop after 6 such evaluations
+PLATEAU = ["--schedule", "plateau", "--lr-factor", "0.5", "--patience", "6"]
 MODELS = {
     "bilstm-max": ["--pooling", "max", "--embed-dim", "128", "--hidden-size", "128",
                    "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "1e-3",
-                   "--weight-decay", "0.01"],
+                   "--weight-decay", "0.01", *PLATEAU],
     "bilstm-attention": ["--pooling", "attention", "--embed-dim", "128", "--hidden-size", "128",
                          "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "1e-3",
-                         "--weight-decay", "0.01"],
+                         "--weight-decay", "0.01", *PLATEAU],
 }
 TARGET = 0.83
 

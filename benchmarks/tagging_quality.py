@@ -28,17 +28,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
+# halve the learning rate whenever the dev metric does not improve; stop after 8 such epochs
+PLATEAU = ["--schedule", "plateau", "--lr-factor", "0.5", "--patience", "8"]
 # (train file, dev file, extra training options, metric, target)
 MODELS = {
     "ewt": ("ud_english_ewt/en_ewt-ud-train.conllu", "ud_english_ewt/en_ewt-ud-dev.conllu",
             ["--column", "upos", "--hidden-size", "128", "--batch-size", "32",
-             "--word-dropout", "0.1", "--lr", "2e-3"],
+             "--word-dropout", "0.1", "--lr", "2e-3", *PLATEAU],
             "accuracy", ">= 94.5"),
     "wnut-softmax": ("wnut17/wnut17train.conll", "wnut17/emerging.dev.conll",
-                     ["--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3"],
+                     ["--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3", *PLATEAU],
                      "f1", "-"),
     "wnut-crf": ("wnut17/wnut17train.conll", "wnut17/emerging.dev.conll",
-                 ["--crf", "--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3"],
+                 ["--crf", "--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3",
+                  *PLATEAU],
                  "f1", ">= wnut-softmax"),
 }
 
