@@ -9,7 +9,8 @@
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`setup` reads them and joins the process group (``gloo`` on CPU, ``nccl`` on CUDA; the
 environment variable ``RNNKIT_DIST_BACKEND`` overrides). Without them (``WORLD_SIZE`` unset or 1)
-everything here is a no-op and training runs in one process as before.
+everything here is a no-op and training runs in one process as before. Ranks other than 0
+print nothing on stdout (set ``RNNKIT_PRINT_ALL_RANKS=1`` to see them); stderr is kept.
 
 What the :class:`~rnnkit.training.loop.Trainer` does with it, for every task:
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -112,6 +114,8 @@ def setup(device: str | None = None) -> DistInfo:
     if backend == "nccl":
         torch.cuda.set_device(current.local_rank)
     dist.init_process_group(backend=backend, rank=current.rank, world_size=current.world_size)
+    if current.rank != 0 and not os.environ.get("RNNKIT_PRINT_ALL_RANKS"):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (reports come from rank 0)
     return info()
 
 
