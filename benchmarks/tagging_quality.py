@@ -28,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
-# halve the learning rate whenever the dev metric does not improve; stop after 8 such epochs
+# EWT: halve the learning rate whenever dev accuracy does not improve; stop after 8 such
+# epochs. WNUT-17 keeps a constant rate for the whole budget (entity F1 stays at 0 for the first
+# epochs, which a plateau schedule would take for stalling).
 PLATEAU = ["--schedule", "plateau", "--lr-factor", "0.5", "--patience", "8"]
 # (train file, dev file, extra training options, metric, target)
 MODELS = {
@@ -37,11 +39,10 @@ MODELS = {
              "--word-dropout", "0.1", "--lr", "2e-3", *PLATEAU],
             "accuracy", ">= 94.5"),
     "wnut-softmax": ("wnut17/wnut17train.conll", "wnut17/emerging.dev.conll",
-                     ["--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3", *PLATEAU],
+                     ["--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3"],
                      "f1", "-"),
     "wnut-crf": ("wnut17/wnut17train.conll", "wnut17/emerging.dev.conll",
-                 ["--crf", "--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3",
-                  *PLATEAU],
+                 ["--crf", "--batch-size", "16", "--word-dropout", "0.1", "--lr", "2e-3"],
                  "f1", ">= wnut-softmax"),
 }
 

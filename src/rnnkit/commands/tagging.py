@@ -45,7 +45,8 @@ from rnnkit.training import (
 from rnnkit.training.options import saved_train_options
 
 TASK = "tagger"
-DEFAULTS = TrainConfig(epochs=20, lr=2e-3, clip=5.0, patience=5)
+# no early stopping by default: entity F1 stays 0 for the first epochs of an NER model
+DEFAULTS = TrainConfig(epochs=20, lr=2e-3, clip=5.0, patience=0)
 BATCH_SIZE = 32
 
 
