@@ -6,6 +6,9 @@
   last/ for --resume), safetensors + JSON helpers that never unpickle;
 - ``rnnkit.training.schedule``: :class:`Schedule` (constant, linear, cosine, plateau);
 - ``rnnkit.training.options``: ``add_common_train_arguments``, ``train_config``, ``open_run``.
+- ``rnnkit.training.distributed``: data-parallel training under ``torchrun`` (DDP, per-rank
+  shards, rank-0 checkpoints), used by the :class:`Trainer` of every task;
+- ``rnnkit.training.chunked``: long sequences evaluated in chunks that carry the state.
 """
 
 from rnnkit.training.checkpoint import RunDir, load_weights, save_weights

@@ -39,6 +39,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -133,6 +134,18 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it, e.g. to write a file
+    (a tokenizer model) that every rank then reads. A no-op in one process."""
+    cur = info()
+    if cur.distributed and not cur.is_main:
+        barrier()
+    yield
+    if cur.distributed and cur.is_main:
+        barrier()
 
 
 def barrier() -> None:
