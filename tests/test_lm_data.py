@@ -1,5 +1,7 @@
 """Text files as ids, and language-model batching into streams and truncated-BPTT windows."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -52,7 +54,7 @@ def test_word_level_adds_eos_per_line_and_maps_unknowns():
     assert v.decode(ids) == ["the", "cat", "sat", EOS, "the", "dog", EOS]
     assert decode(ids, v, "word") == "the cat sat\nthe dog\n"
     assert v.decode(encode("the bird\n", v, "word")) == ["the", UNK, EOS]
-    with pytest.raises(DataError, match="f.txt:2: word 'bird'"):
+    with pytest.raises(DataError, match=r"f\.txt:2: word 'bird'"):
         encode("the\nthe bird\n", v, "word", strict=True, source="f.txt")
     small = build_vocab("a a a b b c\n", "word", max_size=4)
     assert small.itos == [UNK, EOS, "a", "b"]
@@ -78,7 +80,7 @@ def test_every_token_is_a_target_exactly_once_in_stream_order(n, batch, bptt):
         real_next = w.targets[:, 1:] != IGNORE
         assert torch.equal(w.inputs[:, 1:][real_next], w.targets[:, :-1][real_next])
     # consecutive windows continue each stream
-    for a, b in zip(windows, windows[1:]):
+    for a, b in itertools.pairwise(windows):
         ok = a.targets[:, -1] != IGNORE
         assert torch.equal(b.inputs[ok, 0], a.targets[ok, -1])
 

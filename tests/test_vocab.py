@@ -62,7 +62,7 @@ def test_load_errors_name_the_file(tmp_path):
         Vocabulary.load(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
-    with pytest.raises(DataError, match="bad.json.*not a valid JSON"):
+    with pytest.raises(DataError, match=r"bad\.json.*not a valid JSON"):
         Vocabulary.load(bad)
     bad.write_text(json.dumps({"tokens": ["a"]}), encoding="utf-8")
     with pytest.raises(DataError, match="not an rnnkit vocabulary"):

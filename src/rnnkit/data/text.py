@@ -111,18 +111,16 @@ def encode_chars(text: str, vocab: Vocabulary, *, strict: bool = False,
     if cps.size == 0:
         return torch.zeros(0, dtype=torch.long)
     uniq, inverse = np.unique(cps, return_inverse=True)
-    table = np.empty(len(uniq), dtype=np.int64)
-    for j, cp in enumerate(uniq.tolist()):
-        ch = chr(cp)
-        i = vocab.stoi.get(ch)
-        if i is None:
-            if strict or vocab.unk_id is None:
-                pos = int(np.argmax(cps == cp))
-                raise DataError(f"character {ch!r} (U+{cp:04X}) at position {pos} is not in "
-                                f"the character vocabulary", source)
-            i = vocab.unk_id
-        table[j] = i
-    return torch.from_numpy(table[inverse.reshape(-1)])
+    table = np.array([vocab.stoi.get(chr(cp), -1) for cp in uniq.tolist()], dtype=np.int64)
+    ids = table[inverse.reshape(-1)]
+    if (table < 0).any():
+        if strict or vocab.unk_id is None:
+            pos = int(np.argmax(ids < 0))
+            ch = text[pos]
+            raise DataError(f"character {ch!r} (U+{ord(ch):04X}) at position {pos} is not in "
+                            f"the character vocabulary", source)
+        ids[ids < 0] = vocab.unk_id
+    return torch.from_numpy(ids)
 
 
 def encode_words(text: str, vocab: Vocabulary, *, eos: bool = True, strict: bool = False,

@@ -1,0 +1,113 @@
+"""Trainer: an interrupted and resumed run gives the same per-step losses as an uninterrupted
+one; early stopping; the NaN guard keeps the last good checkpoint."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rnnkit.data.text import build_vocab, encode
+from rnnkit.errors import CheckpointError, TrainingError
+from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.training.checkpoint import RunDir
+from rnnkit.training.lm import LMTask
+from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
+
+TEXT = "to be or not to be, that is the question.\nwhether 'tis nobler in the mind\n" * 8
+
+
+def setup(tmp_path, name):
+    vocab = build_vocab(TEXT, "char")
+    ids = encode(TEXT, vocab, "char")
+    torch.manual_seed(0)
+    model = LanguageModel(LMConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=16,
+                                   num_layers=2, dropout=0.3, output_dropout=0.2))
+    # variable windows and dropout: the data order and the RNG must both be restored
+    task = LMTask(ids[:500], ids[500:], batch_size=4, bptt=10, variable_bptt=True,
+                  level="char", eval_batch_size=2)
+    return model, task, RunDir(tmp_path / name)
+
+
+def train_losses(run: RunDir) -> list[float]:
+    lines = run.log_path.read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(epochs=3, lr=5e-3, schedule="plateau", eval_every=7, progress=False,
+                log_every=1, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("stop_at", [5, 13])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stop_at):
+    model, task, run = setup(tmp_path, "whole")
+    whole = Trainer(model, task, run, config(max_steps=20)).fit()
+    assert whole.steps == 20 and whole.epochs >= 1  # the run crosses an epoch boundary
+
+    model, task, run = setup(tmp_path, "parts")
+    first = Trainer(model, task, run, config(max_steps=stop_at)).fit()
+    assert first.stopped_by == "max_steps" and first.steps == stop_at
+    model, task, _ = setup(tmp_path, "parts")  # a fresh process: new model, new task
+    second = Trainer(model, task, run, config(max_steps=20), resume=True).fit()
+    assert second.steps == 20
+    assert train_losses(run) == train_losses(RunDir(tmp_path / "whole"))
+    assert first.losses + second.losses == whole.losses
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    model, task, run = setup(tmp_path, "none")
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        Trainer(model, task, run, config(max_steps=2), resume=True).fit()
+
+
+def test_best_and_last_checkpoints_and_early_stopping(tmp_path):
+    model, task, run = setup(tmp_path, "run")
+    result = Trainer(model, task, run, config(epochs=50, lr=1e-6, patience=2)).fit()
+    assert result.stopped_by == "early_stopping"
+    evals = [json.loads(r) for r in run.log_path.read_text().splitlines() if '"eval"' in r]
+    assert evals[0]["best"] and not evals[-1]["best"] and not evals[-2]["best"]
+    assert result.best == pytest.approx(min(e["loss"] for e in evals))
+    assert (run.path / "model.safetensors").is_file() and (run.path / "last").is_dir()
+    best = LanguageModel(model.config)
+    run.load_weights(best)  # the best weights score the best validation loss
+    assert task.evaluate(best)["loss"] == pytest.approx(result.best, abs=1e-6)
+
+
+class Exploding(TrainingTask):
+    """A regression whose loss turns NaN at a given step."""
+
+    def __init__(self, bad_step: int, value: float = math.nan):
+        self.bad_step, self.value, self.calls = bad_step, value, 0
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(16, 3, generator=g)
+
+    def train_batches(self, epoch, generator):
+        return [self.x[i:i + 4] for i in range(0, 16, 4)]
+
+    def loss(self, model, batch, carry):
+        self.calls += 1
+        loss = model(batch).pow(2).mean() + 1.0
+        if self.calls >= self.bad_step:
+            loss = loss * self.value
+        return StepOutput(loss, 4)
+
+    def evaluate(self, model):
+        return {"loss": float(model(self.x).pow(2).mean())}
+
+
+@pytest.mark.parametrize("value, message", [(math.nan, "loss is nan"), (1e6, "exploded")])
+def test_the_guard_stops_on_nan_or_explosion_and_keeps_the_last_good_checkpoint(
+        tmp_path, value, message):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    run = RunDir(tmp_path / "run")
+    cfg = TrainConfig(epochs=10, lr=1e-2, eval_every=4, progress=False, log_every=1)
+    with pytest.raises(TrainingError, match=message) as err:
+        Trainer(model, Exploding(bad_step=7, value=value), run, cfg).fit()
+    assert "step 7" in str(err.value) and "step 4" in str(err.value)
+    state = json.loads((run.path / "last" / "trainer.json").read_text())
+    assert state["step"] == 4  # the good checkpoint, not overwritten by the bad step
+    assert all(math.isfinite(p) for p in model.weight.detach().flatten().tolist())
