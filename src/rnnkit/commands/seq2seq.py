@@ -285,9 +285,12 @@ def _decode_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a source longer than the run's maximum: truncate it with a "
                              "warning (default) or stop with an error")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _decode_options(args: argparse.Namespace, config: dict) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     d = config.get("decode", {})
     beam = args.beam if args.beam is not None else d.get("beam", 5)
     if beam < 1:
