@@ -108,3 +108,18 @@ def test_rnnkit_export_command(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert out.stat().st_size > 0
     assert "onnxruntime agrees with PyTorch at batch 4, length 9" in capsys.readouterr().out
     assert main(["export", str(run.path)]) == 2  # neither --onnx nor --torchscript
+
+
+def test_rnnkit_export_command_for_a_language_model(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    model = _models()["lm"]
+    run = RunDir(tmp_path / "lm")
+    run.write_config({"task": "lm", "model": model.config.to_dict(),
+                      "data": {"level": "char"}})
+    run.save_weights(model)
+    Vocabulary(["<unk>", "<eos>", *"abcdefghijk"]).save(run.path / "vocab.json")
+    assert main(["export", str(run.path), "--onnx", str(tmp_path / "lm.onnx"),
+                 "--torchscript", str(tmp_path / "lm.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "inputs tokens, h0_0, c0_0, h0_1, c0_1; outputs logits, h_0, c_0, h_1, c_1" in out
+    assert "onnxruntime agrees with PyTorch" in out
