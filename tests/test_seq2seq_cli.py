@@ -103,3 +103,36 @@ def test_bad_input_at_the_command_line(run, tmp_path, capsys):
                  "--out", str(tmp_path / "r2"), "--vocab-size", "10"]) == 2
     err = capsys.readouterr().err
     assert "no non-empty sentences" in err or "every training pair was dropped" in err
+
+
+def test_empty_and_too_long_training_pairs_are_reported(tmp_path, capsys):
+    src, tgt = corpus(60, 2)
+    src[5], tgt[9] = "", ""
+    src[7] = " ".join(DE * 3)  # 30 words: more than --max-src-len 12
+    out = tmp_path / "run"
+    assert main(["train", "seq2seq", "--src", write(tmp_path / "a.de", src),
+                 "--tgt", write(tmp_path / "a.en", tgt), "--vocab-size", "60",
+                 "--embedding-size", "8", "--encoder-hidden", "8", "--decoder-hidden", "16",
+                 "--max-src-len", "12", "--max-steps", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "kept 57 pairs, dropped 3 (2 with an empty side, 1 too long)" in \
+        capsys.readouterr().err
+
+
+def test_plot_attention_writes_a_heat_map(run, tmp_path):
+    import torch
+
+    from rnnkit.commands.seq2seq import attention_matrix, load_run
+    out, _ = run
+    png = tmp_path / "att.png"
+    inp = write(tmp_path / "in.de", ["", "hund katze rot"])
+    assert main(["translate", str(out), "--input", inp, "--plot-attention", str(png),
+                 "--plot-line", "2", "--output", str(tmp_path / "o.en")]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, src_vocab, tgt_vocab, _ = load_run(out)
+    src = src_vocab.encode("hund katze rot")
+    alpha = attention_matrix(model, src, tgt_vocab.encode("dog cat red"))
+    assert alpha.shape[1] == len(src)
+    assert torch.allclose(alpha.sum(-1), torch.ones(alpha.shape[0]), atol=1e-5)
+    assert main(["translate", str(out), "--input", inp, "--plot-attention", str(png),
+                 "--plot-line", "1"]) == 2  # an empty line has nothing to show
