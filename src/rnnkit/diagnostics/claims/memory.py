@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -41,9 +42,9 @@ def gradient_vs_distance(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
             if stage == "after":
                 train_on(model, train, steps=scale.steps, lr=5e-3, clip=1.0, seed=seed,
                          max_seconds=scale.seconds)
-            model.eval()
-            flow = gradient_flow(model, lambda m=model: step_losses(m, probe))
-            model.train()
+            # in float64 on a copy: over 100 steps float32 gradients underflow to exactly 0
+            m64 = copy.deepcopy(model).double().eval()
+            flow = gradient_flow(m64, lambda m=m64: step_losses(m, probe))
             layer = flow.layers[0]
             curve = layer.by_distance()
             ratio = float(curve[-1] / curve[0]) if float(curve[0]) > 0 else math.nan
@@ -63,8 +64,12 @@ def gradient_vs_distance(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
              for c in CELLS]
     measured = (f"‖dL_T/dh_0‖ / ‖dL_T/dh_(T-1)‖ over T = {T} steps (before / after "
                 f"training): {', '.join(pairs)}.")
-    details = table(["cell", "stage", "‖dL_T/dh_{T-1}‖", "‖dL_T/dh_0‖", "ratio",
-                     "decay per step", "agreement accuracy"], rows)
+    details = ("The loss is the agreement task's, at the last step only; gradients measured "
+               "in float64 on a batch of 64 held-out sequences (hidden state h; for the LSTM "
+               f"the cell c carries more). Training: at most {scale.steps} Adam steps "
+               f"({scale.seconds:.0f} s).\n\n"
+               + table(["cell", "stage", "‖dL_T/dh_(T-1)‖", "‖dL_T/dh_0‖", "ratio",
+                        "decay per step", "agreement accuracy"], rows))
     return ClaimResult(1, "Gradient norm against distance",
                        "A vanilla RNN's gradient vanishes with the distance far faster than an "
                        "LSTM's or a GRU's.", measured, verdict(*conds), details, plots,
