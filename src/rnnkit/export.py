@@ -32,6 +32,7 @@ The graphs (inputs -> outputs; B, T, U, L are dynamic):
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -127,12 +128,32 @@ def export_onnx(spec: ExportSpec, path: str | Path, *, opset: int = OPSET) -> No
             from None
     spec.module.eval()
     buf = io.BytesIO()
-    with native_engines(spec.module), torch.no_grad(), warnings.catch_warnings():
+    with native_engines(spec.module), torch.no_grad(), warnings.catch_warnings(), \
+            _quiet_native_stderr():
         warnings.simplefilter("ignore")  # the exporter's notes on traced shapes and LSTMs
         torch.onnx.export(spec.module, spec.inputs, buf, dynamo=False, opset_version=opset,
                           input_names=spec.input_names, output_names=spec.output_names,
                           dynamic_axes=spec.dynamic_axes)
     _write(path, buf.getvalue())
+
+
+@contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 (the exporter's C++ shape-inference notes about packed
+    sequences, which print one line per layer); Python exceptions still propagate."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def export_torchscript(spec: ExportSpec, path: str | Path) -> None:
