@@ -29,11 +29,11 @@ BUNDLED = "tinyshakespeare (bundled)"
 CELLS = ("lstm", "gru", "gru-before", "rnn", "rnn-relu", "peephole", "mingru")
 
 # the default run: a character-level LSTM on tiny Shakespeare in about 5 minutes on 2 cores
-DEFAULT_TRAIN = TrainConfig(epochs=50, max_steps=1500, max_minutes=5.5, lr=4e-3,
-                            schedule="cosine", warmup=50, min_lr_ratio=0.05, clip=1.0,
-                            eval_every=250, log_every=10, weight_decay=0.0)
+DEFAULT_TRAIN = TrainConfig(epochs=100, max_minutes=4.8, lr=3e-3, schedule="cosine",
+                            warmup=50, min_lr_ratio=0.05, clip=1.0, eval_every=0,
+                            log_every=10)
 DEFAULTS = dict(level="char", cell="lstm", layers=2, hidden=384, embedding=64, dropout=0.1,
-                embedding_dropout=0.0, output_dropout=0.1, batch_size=32, bptt=96)
+                embedding_dropout=0.0, output_dropout=0.1, batch_size=32, bptt=64)
 
 
 def bundled_shakespeare() -> str:
@@ -186,7 +186,8 @@ def _train(args: argparse.Namespace, run: RunDir, saved: dict | None) -> int:
     train_ids = encode(train_text, vocab, level)
     valid_ids = encode(valid_text, vocab, level) if valid_text else None
     task = LMTask(train_ids, valid_ids, batch_size=data["batch_size"], bptt=data["bptt"],
-                  variable_bptt=data["variable_bptt"], start_id=start, level=level)
+                  variable_bptt=data["variable_bptt"], start_id=start, level=level,
+                  eval_batch_size=32)
     print(f"rnnkit train lm: {data['train']}, {level} level, {len(train_ids):,} training and "
           f"{0 if valid_ids is None else len(valid_ids):,} validation tokens, vocabulary "
           f"{len(vocab):,} (log V = {math.log(len(vocab)):.3f} nats)")

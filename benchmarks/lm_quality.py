@@ -1,0 +1,264 @@
+"""Language-model quality and speed on CPU (issue 3).
+
+    python benchmarks/lm_quality.py                              # every part (about 95 minutes)
+    python benchmarks/lm_quality.py --parts throughput,generation --repeats 3   # a quick check
+    python benchmarks/lm_quality.py --parts shakespeare --minutes 30 --results benchmarks/RESULTS.md
+
+Parts (``--parts``, comma-separated; default all), each on ``--threads`` threads (default 2):
+
+- ``shakespeare``: ``rnnkit train lm`` on tiny Shakespeare, characters, 90/10 split, for
+  ``--minutes`` (30); target: validation loss <= 1.50 nats/char;
+- ``wikitext``: ``rnnkit train lm`` on WikiText-2, words, for ``--wikitext-minutes`` (60);
+  target: validation perplexity <= 150;
+- ``throughput``: training tokens/s of one LM built on rnnkit layers and on torch.nn.LSTM, same
+  loop, same process, interleaved repeats, medians; target: rnnkit / torch.nn >= 0.95;
+- ``generation``: ms per token at batch 1 for a 2 x 650 LSTM with 10,000 words:
+  ``LanguageModel.step`` against torch.nn.LSTM called one step at a time; target: <= 0.6x.
+
+Quality parts train through the command line (``--max-minutes``) and score the validation file
+with ``rnnkit evaluate --json``; their run directories go to ``--out`` (default
+``runs/bench-lm``). Prints a Markdown table; ``--results FILE`` appends it to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+PARTS = ("shakespeare", "wikitext", "throughput", "generation")
+
+# tiny Shakespeare for 30 minutes on 2 cores: a 3 x 512 LSTM with dropout, about 8 epochs
+SHAKESPEARE = ["--level", "char", "--layers", "3", "--hidden", "512", "--embedding", "128",
+               "--dropout", "0.25", "--output-dropout", "0.25", "--batch-size", "32",
+               "--bptt", "128", "--lr", "2e-3", "--schedule", "cosine", "--warmup", "100",
+               "--min-lr-ratio", "0.02", "--clip", "1.0", "--eval-every", "1000"]
+# WikiText-2 for 60 minutes on 2 cores: 2 x 512 LSTM, adaptive softmax over the 33,278 words
+# (the full softmax would cost 4x the recurrent layers per token), dropout, Adam
+WIKITEXT = ["--level", "word", "--layers", "2", "--hidden", "512", "--embedding", "256",
+            "--adaptive", "2000,10000", "--dropout", "0.3", "--embedding-dropout", "0.1",
+            "--output-dropout", "0.3", "--batch-size", "32", "--bptt", "70", "--lr", "2e-3",
+            "--schedule", "cosine", "--warmup", "100", "--min-lr-ratio", "0.02", "--clip",
+            "0.5", "--eval-every", "2000"]
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    from rnnkit.cli import main
+
+    print("rnnkit " + " ".join(argv), file=sys.stderr, flush=True)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    return rc, buf.getvalue()
+
+
+def quality(name: str, args: argparse.Namespace) -> list[dict]:
+    """Train through ``rnnkit train lm`` for the part's minutes, evaluate the validation file."""
+    out = Path(args.out) / name
+    if name == "shakespeare":
+        data = ["--train", str(DATA / "tinyshakespeare" / "input.txt"), "--valid-fraction",
+                "0.1"]
+        extra, minutes, metric, target = SHAKESPEARE, args.minutes, "loss", 1.50
+    else:
+        data = ["--train", str(DATA / "wikitext-2" / "train.txt"), "--valid",
+                str(DATA / "wikitext-2" / "valid.txt")]
+        extra, minutes, metric, target = WIKITEXT, args.wikitext_minutes, "perplexity", 150.0
+    if not (DATA / ("tinyshakespeare" if name == "shakespeare" else "wikitext-2")).is_dir():
+        return [{"part": name, "value": "skipped: data not found", "target": "", "ok": ""}]
+    start = time.monotonic()
+    rc, text = _cli(["train", "lm", *data, *extra, "--out", str(out), "--overwrite",
+                     "--max-minutes", str(minutes), "--epochs", "1000", "--threads",
+                     str(args.threads), "--seed", str(args.seed), "--no-progress",
+                     "--sample-length", "0"])
+    seconds = time.monotonic() - start
+    if rc != 0:
+        return [{"part": name, "value": f"training failed (exit {rc})", "target": "", "ok": "no"}]
+    config = json.loads((out / "config.json").read_text())
+    if config["data"].get("valid"):
+        valid = config["data"]["valid"]
+    else:  # the held-out last 10% of the training file, as training saw it
+        text_all = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+        valid_path = out / "valid.txt"
+        valid_path.write_text(text_all[int(len(text_all) * 0.9):], encoding="utf-8")
+        valid = str(valid_path)
+    rc, text = _cli(["evaluate", str(out), "--data", valid, "--json"])
+    metrics = json.loads(text.strip().splitlines()[-1])
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = max((r["step"] for r in logs if r["kind"] == "train"), default=0)
+    value = metrics[metric]
+    unit = "nats/char" if metric == "loss" else "ppl"
+    return [{"part": f"{name}: validation {metric}", "value": f"{value:.3f} {unit}",
+             "target": f"<= {target}", "ok": "yes" if value <= target else "no",
+             "note": f"{steps} steps, {seconds / 60:.1f} min incl. evaluation, "
+                     f"{args.threads} threads"}]
+
+
+# -- throughput: the same LM on rnnkit layers and on torch.nn.LSTM ----------------------------
+class TorchLM(nn.Module):
+    """Embedding -> torch.nn.LSTM -> linear decoder: the reference for the throughput part."""
+
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, layers, batch_first=True, dropout=dropout)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def loss(self, x, y, state=None):
+        h, state = self.rnn(self.embedding(x), state)
+        logits = self.decoder(h.reshape(-1, h.shape[-1]))
+        return nn.functional.cross_entropy(logits, y.reshape(-1)), state
+
+
+def _train_rate(model: nn.Module, batches: list, steps: int) -> float:
+    """Tokens per second of ``steps`` training steps (stateful, clipped, AdamW)."""
+    from rnnkit.layers import detach_states
+
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    state = None
+    x, y = batches[0]
+    loss, state = model.loss(x, y, state)  # warm-up
+    loss.backward()
+    opt.zero_grad()
+    state = None
+    start = time.perf_counter()
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        loss, state = model.loss(x, y, state)
+        state = detach_states(state)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return steps * x.numel() / (time.perf_counter() - start)
+
+
+def throughput(args: argparse.Namespace) -> list[dict]:
+    from rnnkit.models.lm import LanguageModel, LMConfig
+
+    rows = []
+    # (vocab, embedding, hidden, layers, batch, bptt): a char model and a small word model
+    for V, E, H, L, B, T in ((67, 64, 384, 2, 32, 64), (10000, 200, 200, 2, 20, 35)):
+        torch.manual_seed(0)
+        ours = LanguageModel(LMConfig(vocab_size=V, embedding_size=E, hidden_size=H,
+                                      num_layers=L, dropout=0.1))
+        ref = TorchLM(V, E, H, L, 0.1)
+        g = torch.Generator().manual_seed(0)
+        batches = [(torch.randint(0, V, (B, T), generator=g),
+                    torch.randint(0, V, (B, T), generator=g)) for _ in range(4)]
+        r_ours, r_ref = [], []
+        for _ in range(args.repeats):  # interleaved
+            r_ours.append(_train_rate(ours, batches, args.steps))
+            r_ref.append(_train_rate(ref, batches, args.steps))
+        a, b = statistics.median(r_ours), statistics.median(r_ref)
+        rows.append({"part": f"throughput V={V} {L}x{H} B={B} T={T}",
+                     "value": f"{a:,.0f} vs {b:,.0f} tok/s = {a / b:.3f}x", "target": ">= 0.95",
+                     "ok": "yes" if a / b >= 0.95 else "no",
+                     "note": f"median of {args.repeats} x {args.steps} steps"})
+    return rows
+
+
+# -- generation latency -------------------------------------------------------------------------
+def _torch_step_latency(emb, lstm, dec, tokens: int) -> float:
+    state = None
+    tok = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(tokens):
+            h, state = lstm(emb(tok), state)
+            logits = dec(h[:, -1])
+            tok = logits.argmax(-1, keepdim=True)
+    return (time.perf_counter() - start) / tokens
+
+
+def _rnnkit_step_latency(model, tokens: int) -> float:
+    state = None
+    tok = torch.zeros(1, dtype=torch.long)
+    start = time.perf_counter()
+    for _ in range(tokens):
+        logits, state = model.step(tok, state)
+        tok = logits.argmax(-1)
+    return (time.perf_counter() - start) / tokens
+
+
+def generation(args: argparse.Namespace) -> list[dict]:
+    from rnnkit.models.lm import LanguageModel, LMConfig
+
+    V, E, H, L = 10000, 650, 650, 2
+    torch.manual_seed(0)
+    model = LanguageModel(LMConfig(vocab_size=V, embedding_size=E, hidden_size=H,
+                                   num_layers=L)).eval()
+    emb, lstm, dec = nn.Embedding(V, E), nn.LSTM(E, H, L, batch_first=True), nn.Linear(H, V)
+    for m in (emb, lstm, dec):
+        m.eval()
+    _rnnkit_step_latency(model, 20)
+    _torch_step_latency(emb, lstm, dec, 20)
+    ours, ref = [], []
+    for _ in range(args.repeats):  # interleaved
+        ours.append(_rnnkit_step_latency(model, args.tokens))
+        ref.append(_torch_step_latency(emb, lstm, dec, args.tokens))
+    a, b = statistics.median(ours) * 1e3, statistics.median(ref) * 1e3
+    return [{"part": "generation 2x650 LSTM, V=10k, batch 1",
+             "value": f"{a:.2f} vs {b:.2f} ms/token = {a / b:.3f}x", "target": "<= 0.6",
+             "ok": "yes" if a / b <= 0.6 else "no",
+             "note": f"median of {args.repeats} x {args.tokens} tokens"}]
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"### Language models (`benchmarks/lm_quality.py`, torch "
+             f"{torch.__version__}, {args.threads} threads)", "",
+             "| part | result | target | met | notes |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['part']} | {r['value']} | {r['target']} | {r['ok']} | "
+                     f"{r.get('note', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {', '.join(PARTS)}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="tiny Shakespeare training budget")
+    parser.add_argument("--wikitext-minutes", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing repeats")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per repeat")
+    parser.add_argument("--tokens", type=int, default=200, help="generated tokens per repeat")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench-lm")
+    parser.add_argument("--results", metavar="FILE", help="append the table to FILE")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    for part in parts:
+        if part in ("shakespeare", "wikitext"):
+            rows += quality(part, args)
+        elif part == "throughput":
+            rows += throughput(args)
+        else:
+            rows += generation(args)
+        print(table(rows, args), file=sys.stderr, flush=True)
+    out = table(rows, args)
+    print(out)
+    if args.results:
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write("\n" + out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
