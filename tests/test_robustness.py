@@ -259,3 +259,10 @@ def test_a_crash_mid_file_leaves_the_old_file(tmp_path: Path,
     monkeypatch.undo()
     assert torch.equal(ckpt.load_tensors(path)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_repeated_rollbacks_keep_halving_the_lr(tmp_path: Path) -> None:
+    trainer, log = _train(tmp_path, "rollback", (2, 4))
+    backs = [r for r in log if r["kind"] == "bad_step"]
+    assert [(r["to_step"], r["lr_scale"]) for r in backs] == [(0, 0.5), (0, 0.25)]
+    assert trainer.state["step"] == 12

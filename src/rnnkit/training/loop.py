@@ -20,8 +20,8 @@ epoch, computes the loss of one batch, and evaluates the model. The trainer does
   first one, acting before the bad step is applied, as ``on_nan`` says: ``"stop"`` (a
   :class:`TrainingError`; the last good checkpoint on disk is kept), ``"skip"`` (drop the
   step and go on; stop after ``MAX_BAD_STEPS`` bad steps in a row) or ``"rollback"`` (reload
-  the last good checkpoint, halve the learning rate and go on; stop after
-  ``MAX_ROLLBACKS`` rollbacks without an evaluation in between); each is logged
+  the last good checkpoint, halve the learning rate, again on each further rollback to it,
+  and go on; stop after ``MAX_ROLLBACKS`` rollbacks without an evaluation between); each is logged
   (``{"kind": "bad_step", "action": ...}`` in the log and a line on stderr);
 - data-parallel training over the ranks that ``torchrun`` starts (see
   :mod:`rnnkit.training.distributed`): every rank trains on its shard of the data through
@@ -355,9 +355,10 @@ class Trainer:
             return
         self.rollbacks += 1
         self._load_last()
-        self.schedule.scale *= 0.5
+        self.schedule.scale *= 0.5 ** self.rollbacks  # halved again on each further rollback
         self._say(f"step {step}: {reason}; rolled back to the checkpoint of step "
-                  f"{self.state['step']}, learning rate halved (--on-nan rollback)")
+                  f"{self.state['step']}, learning rate x{0.5 ** self.rollbacks:g} "
+                  f"(--on-nan rollback)")
         self._log({"kind": "bad_step", "step": step, "reason": reason, "action": "rollback",
                    "to_step": self.state["step"], "lr_scale": self.schedule.scale})
         raise _Rollback
