@@ -10,23 +10,32 @@ saturation and training logs, on any rnnkit model and engine.
     with trace(model, probes=False) as tr:
         model(x)
     [jacobian_stats(r) for r in tr.records]; [gate_stats(r) for r in tr.records]
+
+    diagnose_model(model, losses) -> Diagnosis; write_diagnosis(out, {"name": d}) -> REPORT.md
+
+The claims experiments live in ``rnnkit.diagnostics.claims`` (``rnnkit claims``).
 """
 
 from rnnkit.diagnostics.gates import GateStats, cell_gates, gate_stats, gate_values
 from rnnkit.diagnostics.gradient_flow import GradientFlow, LayerFlow, gradient_flow
 from rnnkit.diagnostics.jacobians import JacobianStats, jacobian_stats, step_jacobians
+from rnnkit.diagnostics.report import Diagnosis, diagnose_model, write_diagnosis
+from rnnkit.diagnostics.task_model import TaskModel, step_losses, train_on
 from rnnkit.diagnostics.trace import LayerRecord, Trace, recurrent_layers, trace
 from rnnkit.diagnostics.training_log import TrainingLog, read_training_log
 
 __all__ = [
+    "Diagnosis",
     "GateStats",
     "GradientFlow",
     "JacobianStats",
     "LayerFlow",
     "LayerRecord",
+    "TaskModel",
     "Trace",
     "TrainingLog",
     "cell_gates",
+    "diagnose_model",
     "gate_stats",
     "gate_values",
     "gradient_flow",
@@ -34,5 +43,8 @@ __all__ = [
     "read_training_log",
     "recurrent_layers",
     "step_jacobians",
+    "step_losses",
     "trace",
+    "train_on",
+    "write_diagnosis",
 ]
