@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rnnkit.diagnostics.claims.report import fmt, table
 from rnnkit.diagnostics.gates import GateStats, gate_stats
 from rnnkit.diagnostics.gradient_flow import GradientFlow, gradient_flow
 from rnnkit.diagnostics.jacobians import JacobianStats, jacobian_stats
+from rnnkit.diagnostics.markdown import fmt, table
 from rnnkit.diagnostics.plots import (
     plot_gates,
     plot_gradient_flow,

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit.diagnostics.claims.language import _char_data, lm_batch, lm_eval, train_lm
-from rnnkit.diagnostics.claims.report import ClaimResult, Scale, fmt, table, verdict
+from rnnkit.diagnostics.claims.report import ClaimResult, Scale, verdict
 from rnnkit.diagnostics.gradient_flow import gradient_flow
+from rnnkit.diagnostics.markdown import fmt, table
 from rnnkit.diagnostics.plots import line_plot
 from rnnkit.layers import CONNECTIONS
 from rnnkit.models import LanguageModel, LMConfig

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from rnnkit.data.synthetic import IGNORE, SyntheticTask
 from rnnkit.data.text import build_vocab, encode
-from rnnkit.diagnostics.claims.report import ClaimResult, Scale, fmt, table, verdict
+from rnnkit.diagnostics.claims.report import ClaimResult, Scale, verdict
+from rnnkit.diagnostics.markdown import fmt, table
 from rnnkit.diagnostics.plots import bar_plot, line_plot
 from rnnkit.diagnostics.task_model import TaskModel, score, train_on
 from rnnkit.models import LanguageModel, LMConfig

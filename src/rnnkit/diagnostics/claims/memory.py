@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from rnnkit.data.synthetic import adding_problem, agreement_task, copy_task
-from rnnkit.diagnostics.claims.report import ClaimResult, Scale, fmt, table, verdict
+from rnnkit.diagnostics.claims.report import ClaimResult, Scale, verdict
 from rnnkit.diagnostics.gradient_flow import gradient_flow
+from rnnkit.diagnostics.markdown import fmt, table
 from rnnkit.diagnostics.plots import line_plot, plot_gradient_flow, plot_training_logs
 from rnnkit.diagnostics.task_model import TaskModel, score, step_losses, train_on
 from rnnkit.diagnostics.training_log import read_training_log

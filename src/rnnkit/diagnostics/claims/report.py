@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from rnnkit.diagnostics.markdown import table
 
 
 @dataclass(frozen=True)
@@ -85,30 +86,6 @@ def verdict(*conditions: bool) -> str:
     if all(conditions):
         return HELD
     return NOT_HELD if not any(conditions) else PARTLY
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    """A number for a table: NaN/inf spelt out, small and large numbers in e-notation."""
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.{digits}g}"
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table; numbers formatted with :func:`fmt`."""
-    cells = [[(c if isinstance(c, str) else fmt(c)).replace("|", "\\|") for c in row]
-             for row in rows]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
 
 
 def write_report(out: Path, results: list[ClaimResult], scale: Scale, threads: int,
