@@ -429,7 +429,8 @@ class Trainer:
         self.model.train()
         start = self._start = time.monotonic()
         stopped = "epochs"
-        bar = tqdm(total=self.total_steps, initial=st["step"],
+        timed = cfg.max_minutes is not None and cfg.max_steps is None
+        bar = tqdm(total=None if timed else self.total_steps, initial=st["step"],
                    disable=not cfg.progress or not self.dist.is_main,
                    unit="step", dynamic_ncols=True, leave=True)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()

@@ -57,7 +57,9 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
                    help="replace an existing run in --out")
     g.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
     g.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
-    g.add_argument("--max-minutes", type=float, metavar="M", help="stop after M minutes")
+    g.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after M minutes of training (a resumed run counts its earlier "
+                        "minutes)")
     g.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
     g.add_argument("--batch-size", type=int, metavar="B", help="sequences per batch")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (default) or sgd")
