@@ -36,15 +36,18 @@ def _finite_positive(ys: Sequence[float]) -> bool:
 
 
 def line_plot(path: str | Path, series: Series, *, title: str, xlabel: str, ylabel: str,
-              logy: bool = False, hline: float | None = None) -> Path:
-    """One axis with a line per entry of ``series`` (label -> (xs, ys))."""
+              logy: bool = False, hline: float | None = None,
+              styles: Mapping[str, Mapping[str, object]] | None = None) -> Path:
+    """One axis with a line per entry of ``series`` (label -> (xs, ys)); ``styles``: label ->
+    matplotlib line options (color, linestyle, marker)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
     for label, (xs, ys) in series.items():
         ys = [y if math.isfinite(y) else math.nan for y in ys]
         if logy:
             ys = [y if y > 0 else math.nan for y in ys]
-        ax.plot(list(xs), ys, label=label, marker="." if len(xs) < 30 else None)
+        style = {"marker": "." if len(xs) < 30 else None, **(styles or {}).get(label, {})}
+        ax.plot(list(xs), ys, label=label, **style)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle=":", linewidth=1)
     if logy and any(_finite_positive(ys) for _, ys in series.values()):

@@ -130,9 +130,14 @@ def memory_horizon(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
             xs, ys = series.setdefault(key, ([], []))
             xs.append(r[3])
             ys.append(r[4])
+    colors = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
+    styles = {key: {"color": colors[key.split()[0]],
+                    "linestyle": "--" if "curriculum" in key else "-",
+                    "marker": "o" if " copy" in key else "s"} for key in series}
     plot = "claim2_memory_horizon.png"
-    line_plot(out / plot, series, title="accuracy against delay (chance: copy 0.25, "
-              "agreement 0.5)", xlabel="delay (steps)", ylabel="test accuracy", hline=0.9)
+    line_plot(out / plot, series, title="accuracy against delay (dashed: curriculum)",
+              xlabel="delay (steps); circles: copy (chance 0.25), squares: agreement (0.5)",
+              ylabel="test accuracy", hline=0.9, styles=styles)
     tasks = ("copy", "agreement")
     rnn_scratch = max(h[("rnn", t, False)] for t in tasks)
     lstm_any = min(max(h[("lstm", t, False)], h[("lstm", t, True)]) for t in tasks)
