@@ -41,19 +41,28 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
 
 class _StepNorms:
-    """Per-step layer normalisations ``LN(a) * weight + bias``, keeping what the backward needs
-    (references, no copies): each step's input, mean and reciprocal std; the gradients of the
-    inputs are collected too, to be stacked once at the end."""
+    """Per-step layer normalisations ``y_t = LN(a_t) * weight + bias`` over the last dimension.
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+    With ``steps`` (one (B, N) view per step of a (T, B, N) buffer, see :meth:`inputs`) the
+    caller writes each step's input there, and the backward pass overwrites it with that
+    input's gradient once it is no longer needed, so :meth:`input_grads` costs no memory.
+    Without, the inputs are views the caller keeps alive (the LSTM's cell buffer) and their
+    gradients are only returned. The gain and shift gradients are summed as the backward
+    pass goes (``dweight``, ``dbias``); nothing is recomputed at the end.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None,
+                 buf: Tensor | None = None) -> None:
         self.weight, self.bias = weight, bias
+        self.buf = buf
+        self.steps = None if buf is None else buf.unbind(0)
         self.a: list[Tensor] = []
         self.mean: list[Tensor] = []
         self.rstd: list[Tensor] = []
-        self.da: list[Tensor] = []
+        self.mask = (True, True, bias is not None)
 
     def forward(self, a: Tensor) -> Tensor:
-        """Normalise ``a`` (B, N) over N; to be called once per step, in order."""
+        """``LN(a) * weight + bias`` for the next step's input ``a`` (B, N); call in order."""
         y, mean, rstd = torch.native_layer_norm(a, a.shape[-1:], self.weight, self.bias,
                                                 LN_EPS)
         self.a.append(a)
@@ -61,21 +70,34 @@ class _StepNorms:
         self.rstd.append(rstd)
         return y
 
+    def start_backward(self, inputs: tuple[Tensor, ...] = (), weight_t: Tensor | None = None
+                       ) -> None:
+        """Zero the gain and shift gradients. A backward pass overwrote the stored inputs
+        with their gradients, so from the second one on (``retain_graph=True``) the inputs are
+        recomputed as ``inputs[t] @ weight_t``, step by step, bit for bit as in the forward."""
+        self.dweight = torch.zeros_like(self.weight)
+        self.dbias = None if self.bias is None else torch.zeros_like(self.bias)
+        self.passes = getattr(self, "passes", 0) + 1
+        if self.passes > 1 and self.steps is not None:
+            for x, a in zip(inputs, self.steps):
+                torch.mm(x, weight_t, out=a)
+
     def backward(self, t: int, dy: Tensor) -> Tensor:
-        """Gradient of step ``t``'s input from that of its output; kept for ``input_grads``."""
+        """The gradient of step ``t``'s input from that of its output (stored in the buffer
+        when there is one); the gain and shift gradients are accumulated."""
         a = self.a[t]
-        da = _LN_BACKWARD(dy, a, a.shape[-1:], self.mean[t], self.rstd[t], self.weight,
-                          None, (True, False, False))[0]
-        self.da.append(da)
+        da, dw, db = _LN_BACKWARD(dy, a, a.shape[-1:], self.mean[t], self.rstd[t],
+                                  self.weight, self.bias, self.mask)
+        self.dweight += dw
+        if db is not None:
+            self.dbias += db
+        if self.steps is not None:
+            return self.steps[t].copy_(da)
         return da
 
     def input_grads(self) -> Tensor:
-        """Every step's input gradient, (T, B, N), in time order."""
-        return torch.stack(self.da[::-1])
-
-    def normalized(self) -> Tensor:
-        """Every step's ``LN(a)`` before weight and bias, (T, B, N)."""
-        return (torch.stack(self.a) - torch.stack(self.mean)) * torch.stack(self.rstd)
+        """Every step's input gradient, (T, B, N), after the backward pass."""
+        return self.buf
 
 
 def _sum_tb(x: Tensor) -> Tensor:
@@ -129,6 +151,14 @@ class Kernel:
     def forward_step(self, t: int) -> None:
         raise NotImplementedError
 
+    def end_forward(self) -> None:
+        """Drop what only the forward pass needed (the input projection)."""
+        self.xp = self.XP = None
+
+    def start_backward(self) -> None:
+        """Allocate the gradient buffers: at backward time, not during the forward pass (lower
+        peak memory), and afresh for every backward pass (``retain_graph=True``)."""
+
     def backward_step(self, t: int, grads: list[Tensor], base: Tensor | None) -> list[Tensor]:
         raise NotImplementedError
 
@@ -148,7 +178,9 @@ class ElmanKernel(Kernel):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
-        self.da = torch.empty_like(xp)
+
+    def start_backward(self):
+        self.da = torch.empty_like(self.sbuf[0][1:])
         self.DA = self.da.unbind(0)
 
     def forward_step(self, t):
@@ -197,7 +229,6 @@ class LSTMKernel(Kernel):
         T, B, G = xp.shape
         H = self.H = G // 4
         self.gates = torch.empty_like(xp)  # (T, B, 4H) i, f, g, o after their nonlinearities
-        self.dgates = torch.empty_like(xp)  # (T, B, 4H) d loss / d pre-activation
         self.tc = xp.new_empty(T, B, H)  # tanh(c), or tanh(LN(c) * g_c + b_c)
         self.k = xp.new_empty(T, B, H)  # o * (1 - tc^2)
         self.ones = xp.new_ones(B, H)
@@ -205,22 +236,30 @@ class LSTMKernel(Kernel):
         self.Gt, self.IF = st(self.gates), st(self.gates, 0, 2 * H)
         self.Gi, self.Gf = st(self.gates, 0, H), st(self.gates, H, 2 * H)
         self.Gg, self.Go = st(self.gates, 2 * H, 3 * H), st(self.gates, 3 * H)
-        self.DG = st(self.dgates)
-        self.DGi, self.DGf = st(self.dgates, 0, H), st(self.dgates, H, 2 * H)
-        self.DGg, self.DGo = st(self.dgates, 2 * H, 3 * H), st(self.dgates, 3 * H)
         self.TC, self.K = self.tc.unbind(0), self.k.unbind(0)
         self.d = xp.new_empty(B, G)  # one step's activation derivatives
         self.Dg = self.d[:, 2 * H:3 * H]
         if self.ln:
-            self.norm_h = _StepNorms(self.g_hh)  # of W_hh h
+            self.norm_h = _StepNorms(self.g_hh, buf=torch.empty_like(xp))  # of W_hh h
             self.norm_c = _StepNorms(self.g_c, self.b_c)  # of c
-            self.dy = xp.new_empty(T, B, H)  # d loss / d (LN(c) * g_c + b_c)
+
+    def start_backward(self):
+        H = self.H
+        st = self._steps
+        self.dgates = torch.empty_like(self.gates)  # (T, B, 4H) d loss / d pre-activation
+        self.DG = st(self.dgates)
+        self.DGi, self.DGf = st(self.dgates, 0, H), st(self.dgates, H, 2 * H)
+        self.DGg, self.DGo = st(self.dgates, 2 * H, 3 * H), st(self.dgates, 3 * H)
+        if self.ln:
+            self.norm_h.start_backward(self.S[0], self.wt)
+            self.norm_c.start_backward()
 
     def forward_step(self, t):
         H, C = self.S
         gt = self.Gt[t]
         if self.ln:
-            torch.add(self.XP[t], self.norm_h.forward(torch.mm(H[t], self.wt)), out=gt)
+            a = torch.mm(H[t], self.wt, out=self.norm_h.steps[t])
+            torch.add(self.XP[t], self.norm_h.forward(a), out=gt)
         else:
             torch.addmm(self.XP[t], H[t], self.wt, out=gt)
         self.IF[t].sigmoid_()
@@ -237,8 +276,7 @@ class LSTMKernel(Kernel):
     def backward_step(self, t, grads, base):
         dh, dc = grads
         if self.ln:
-            dy = torch.mul(dh, self.K[t], out=self.dy[t])
-            dct = dc + self.norm_c.backward(t, dy)
+            dct = dc + self.norm_c.backward(t, dh * self.K[t])
         else:
             dct = torch.addcmul(dc, dh, self.K[t])
         torch.mul(dct, self.Gg[t], out=self.DGi[t])
@@ -260,9 +298,8 @@ class LSTMKernel(Kernel):
         h_prev = self.sbuf[0][:-1]
         if not self.ln:
             return (_grad_w(self.dgates, h_prev), None, None, None)
-        return (_grad_w(self.norm_h.input_grads(), h_prev),
-                _sum_tb(self.dgates * self.norm_h.normalized()),
-                _sum_tb(self.dy * self.norm_c.normalized()), _sum_tb(self.dy))
+        return (_grad_w(self.norm_h.input_grads(), h_prev), self.norm_h.dweight,
+                self.norm_c.dweight, self.norm_c.dbias)
 
 
 class PeepholeKernel(LSTMKernel):
@@ -274,7 +311,10 @@ class PeepholeKernel(LSTMKernel):
         self.p_i, self.p_f, self.p_o = self.p.unbind(0)
         H = self.H
         self.Do, self.Digf = self.d[:, 3 * H:], self.d[:, :3 * H]
-        self.DGigf = self._steps(self.dgates, 0, 3 * H)
+
+    def start_backward(self):
+        super().start_backward()
+        self.DGigf = self._steps(self.dgates, 0, 3 * self.H)
 
     def forward_step(self, t):
         H, C = self.S
@@ -325,14 +365,24 @@ class _GRUKernel(Kernel):
         H = self.H = G // 3
         self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
         self.hmn = xp.new_empty(T, B, H)  # h_prev - n
-        self.dxp = torch.empty_like(xp)
         self.ones = xp.new_ones(B, H)
         st = self._steps
         self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
         self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
         self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
         self.HMN = self.hmn.unbind(0)
+
+    def end_forward(self):
+        super().end_forward()
+        self.XPrz = self.XPn = None
+
+    def start_backward(self):
+        H = self.H
+        st = self._steps
+        self.dxp = torch.empty_like(self.gates)
         self.DXn = st(self.dxp, 2 * H)
+        self.DXrz, self.DXr = st(self.dxp, 0, 2 * H), st(self.dxp, 0, H)
+        self.DXz = st(self.dxp, H, 2 * H)
 
     def _blend(self, t: int, h: Tensor, n: Tensor) -> None:
         """``h_t = (1 - z) * n + z * h_prev``, keeping ``h_prev - n``."""
@@ -359,20 +409,28 @@ class GRUAfterKernel(_GRUKernel):
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         H = self.H
         self.gh = torch.empty_like(xp)  # recurrent projection + bias_hh
-        self.dgh = torch.empty_like(xp)  # d loss / d gh
         st = self._steps
         self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
+        if self.ln:
+            self.norm = _StepNorms(self.g_hh, self.b, buf=torch.empty_like(xp))
+
+    def start_backward(self):
+        super().start_backward()
+        H = self.H
+        st = self._steps
+        self.dgh = torch.empty_like(self.gh)  # d loss / d gh
         self.DGH, self.DGHrz = st(self.dgh), st(self.dgh, 0, 2 * H)
         self.DGHr, self.DGHz, self.DGHn = (st(self.dgh, 0, H), st(self.dgh, H, 2 * H),
                                            st(self.dgh, 2 * H))
         if self.ln:
-            self.norm = _StepNorms(self.g_hh, self.b)
+            self.norm.start_backward(self.S[0], self.wt)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            self.GH[t].copy_(self.norm.forward(torch.mm(h, self.wt)))
+            a = torch.mm(h, self.wt, out=self.norm.steps[t])
+            self.GH[t].copy_(self.norm.forward(a))
         elif self.b is not None:
             torch.addmm(self.b, h, self.wt, out=self.GH[t])
         else:
@@ -406,7 +464,7 @@ class GRUAfterKernel(_GRUKernel):
         h_prev = self.sbuf[0][:-1]
         da = self.norm.input_grads() if self.ln else self.dgh
         db = _sum_tb(self.dgh) if self.b is not None else None
-        dg = _sum_tb(self.dgh * self.norm.normalized()) if self.ln else None
+        dg = self.norm.dweight if self.ln else None
         return _grad_w(da, h_prev), db, dg
 
 
@@ -425,27 +483,31 @@ class GRUBeforeKernel(_GRUKernel):
         self.w_rz, self.w_n = self.w[:2 * H], self.w[2 * H:]
         self.wt_rz, self.wt_n = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
         self.rh = xp.new_empty(T, B, H)  # r * h_prev, the candidate's recurrent input
-        st = self._steps
         self.RH = self.rh.unbind(0)
-        self.DXrz, self.DXr = st(self.dxp, 0, 2 * H), st(self.dxp, 0, H)
-        self.DXz = st(self.dxp, H, 2 * H)
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
-            self.norm_rz, self.norm_n = _StepNorms(self.g_rz), _StepNorms(self.g_n)
+            self.norm_rz = _StepNorms(self.g_rz, buf=xp.new_empty(T, B, 2 * H))
+            self.norm_n = _StepNorms(self.g_n, buf=xp.new_empty(T, B, H))
+
+    def start_backward(self):
+        super().start_backward()
+        if self.ln:
+            self.norm_rz.start_backward(self.S[0], self.wt_rz)
+            self.norm_n.start_backward(self.RH, self.wt_n)
 
     def forward_step(self, t):
         (H,) = self.S
         h = H[t]
         if self.ln:
-            torch.add(self.XPrz[t], self.norm_rz.forward(torch.mm(h, self.wt_rz)),
-                      out=self.Grz[t])
+            a = torch.mm(h, self.wt_rz, out=self.norm_rz.steps[t])
+            torch.add(self.XPrz[t], self.norm_rz.forward(a), out=self.Grz[t])
         else:
             torch.addmm(self.XPrz[t], h, self.wt_rz, out=self.Grz[t])
         self.Grz[t].sigmoid_()
         rh = torch.mul(self.Gr[t], h, out=self.RH[t])
         if self.ln:
-            n = torch.add(self.XPn[t], self.norm_n.forward(torch.mm(rh, self.wt_n)),
-                          out=self.Gn[t])
+            a = torch.mm(rh, self.wt_n, out=self.norm_n.steps[t])
+            n = torch.add(self.XPn[t], self.norm_n.forward(a), out=self.Gn[t])
         else:
             n = torch.addmm(self.XPn[t], rh, self.wt_n, out=self.Gn[t])
         n.tanh_()
@@ -483,8 +545,7 @@ class GRUBeforeKernel(_GRUKernel):
         dw = torch.cat([_grad_w(da_rz, self.sbuf[0][:-1]), _grad_w(da_n, self.rh)])
         dg = None
         if self.ln:
-            nh = torch.cat([self.norm_rz.normalized(), self.norm_n.normalized()], dim=-1)
-            dg = _sum_tb(self.dxp * nh)
+            dg = torch.cat([self.norm_rz.dweight, self.norm_n.dweight])
         return dw, dg
 
 
@@ -501,13 +562,17 @@ class MinimalGRUKernel(Kernel):
         H = self.H = G // 2
         self.gates = torch.empty_like(xp)
         self.nmh = xp.new_empty(T, B, H)  # n - h_prev
-        self.dxp = torch.empty_like(xp)
         self.ones = xp.new_ones(B, H)
         st = self._steps
         self.Gt, self.Gu, self.Gn = st(self.gates), st(self.gates, 0, H), st(self.gates, H)
         self.NMH = self.nmh.unbind(0)
+
+    def start_backward(self):
+        H = self.H
+        st = self._steps
+        self.dxp = torch.empty_like(self.gates)
         self.DX, self.DXu, self.DXn = st(self.dxp), st(self.dxp, 0, H), st(self.dxp, H)
-        self.d = xp.new_empty(B, G)  # one step's activation derivatives
+        self.d = self.ones.new_empty(self.B, 2 * H)  # one step's activation derivatives
         self.Dn = self.d[:, H:]
 
     def forward_step(self, t):
@@ -606,6 +671,7 @@ class _Recurrence(Function):
                 m = masks[t]
                 for seq in kernel.S:
                     torch.where(m, seq[t + 1], seq[t], out=seq[t + 1])
+        kernel.end_forward()
         ctx.kernel = kernel
         ctx.mask = mask
         recorder = _RECORDER.get()
@@ -614,8 +680,12 @@ class _Recurrence(Function):
 
     @staticmethod
     def backward(ctx, *grad_seqs):
+        if torch.is_grad_enabled():
+            raise RuntimeError("engine='bptt' computes gradients by hand and cannot be "
+                               "differentiated twice (create_graph=True); use "
+                               "engine='reference' for higher-order gradients")
         kernel, mask = ctx.kernel, ctx.mask
-        del ctx.kernel
+        kernel.start_backward()
         T = kernel.T
         n = len(grad_seqs)
         steps = [None if g is None else g.unbind(0) for g in grad_seqs]
