@@ -26,10 +26,10 @@ DATA = ROOT.parent / "shared" / "data"
 PLATEAU = ["--schedule", "plateau", "--lr-factor", "0.5", "--patience", "6"]
 MODELS = {
     "bilstm-max": ["--pooling", "max", "--embed-dim", "128", "--hidden-size", "128",
-                   "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "1e-3",
+                   "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "3e-3",
                    "--weight-decay", "0.01", *PLATEAU],
     "bilstm-attention": ["--pooling", "attention", "--embed-dim", "128", "--hidden-size", "128",
-                         "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "1e-3",
+                         "--dropout", "0.5", "--lower", "--batch-size", "64", "--lr", "3e-3",
                          "--weight-decay", "0.01", *PLATEAU],
 }
 TARGET = 0.83
