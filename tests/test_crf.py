@@ -120,3 +120,28 @@ def test_bad_lengths_named():
     crf = CRF(2)
     with pytest.raises(ValueError, match="lengths"):
         crf.log_partition(torch.zeros(2, 3, 2), torch.tensor([0, 3]))
+
+
+@pytest.mark.parametrize("scheme", ["iob1", "bio", "bioes"])
+def test_constraints_allow_every_well_formed_sequence(scheme):
+    import random
+
+    from rnnkit.data.schemes import spans_to_tags
+
+    names = ["O"] + [f"{p}-{t}" for t in "AB" for p in "BIES"]
+    index = {n: i for i, n in enumerate(names)}
+    allowed, start, end = scheme_constraints(names, scheme)
+    rng = random.Random(1)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        spans, i = [], 0
+        while i < n:
+            if rng.random() < 0.6:
+                e = rng.randint(i + 1, n)
+                spans.append((i, e, rng.choice("AB")))
+                i = e
+            else:
+                i += 1
+        ids = [index[t] for t in spans_to_tags(spans, n, scheme)]
+        assert start[ids[0]] and end[ids[-1]]
+        assert all(allowed[a, b] for a, b in itertools.pairwise(ids))

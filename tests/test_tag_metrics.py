@@ -81,3 +81,26 @@ def test_token_accuracy_and_classification():
     assert c.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
     with pytest.raises(ValueError, match="gold has 2"):
         token_accuracy([["A"], ["B"]], [["A"]])
+
+
+def test_random_spans_survive_every_scheme():
+    import random
+
+    from rnnkit.data.schemes import spans_to_tags
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 12)
+        spans_, i = [], 0
+        while i < n:
+            if rng.random() < 0.5:
+                end = rng.randint(i + 1, n)
+                spans_.append((i, end, rng.choice(["A", "B"])))
+                i = end
+            else:
+                i += 1
+        for scheme in ("iob1", "bio", "bioes"):
+            tags = spans_to_tags(spans_, n, scheme)
+            assert spans(tags) == spans_
+            assert detect_scheme([tags]) in (scheme, "bio" if scheme == "iob1" else scheme,
+                                             "none" if not spans_ else scheme)
