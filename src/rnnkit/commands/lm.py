@@ -42,6 +42,21 @@ def bundled_shakespeare() -> str:
         encoding="utf-8")
 
 
+def _one_line(fn):
+    """Bad option values (ValueError, TypeError) become one-line RnnkitErrors."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, TypeError) as err:
+            if isinstance(err, RnnkitError):
+                raise
+            raise RnnkitError(str(err)) from None
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
 # -- rnnkit train lm ------------------------------------------------------------------------
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rnnkit train lm``."""
@@ -140,15 +155,11 @@ def _load_texts(data: dict) -> tuple[str, str | None]:
     return _split(text, data["valid_fraction"], source)
 
 
+@_one_line
 def train(args: argparse.Namespace) -> int:
     """``rnnkit train lm``: train, checkpoint into ``--out``, print the metrics and a sample."""
     run, saved = open_run(args, "lm")
-    try:
-        return _train(args, run, saved)
-    except (ValueError, TypeError) as err:
-        if isinstance(err, RnnkitError):
-            raise
-        raise RnnkitError(str(err)) from None
+    return _train(args, run, saved)
 
 
 def _train(args: argparse.Namespace, run: RunDir, saved: dict | None) -> int:
@@ -254,6 +265,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+@_one_line
 def evaluate(args: argparse.Namespace) -> int:
     """Print loss (nats/token), perplexity, tokens and, for characters, bits per character."""
     model, vocab, config = load_lm(args.run_dir, args.device)
@@ -306,17 +318,14 @@ def prompt_ids(prompt: str, vocab: Vocabulary, level: str) -> list[int]:
     return ids
 
 
+@_one_line
 def generate(args: argparse.Namespace) -> int:
     """Print the prompt and its continuation."""
     model, vocab, config = load_lm(args.run_dir, args.device)
     level = _level(config)
     ids = prompt_ids(args.prompt, vocab, level)
-    try:
-        new = model.generate(ids, args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             greedy=args.greedy)
-    except ValueError as err:
-        raise RnnkitError(str(err)) from None
+    new = model.generate(ids, args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, greedy=args.greedy)
     text = decode(new, vocab, level)
     sep = "" if level == "char" or not args.prompt else " "
     sys.stdout.write(args.prompt + sep + text + ("\n" if not text.endswith("\n") else ""))
