@@ -50,6 +50,8 @@ from rnnkit.training import (
     open_run,
     train_config,
 )
+from rnnkit.training.distributed import info as dist_info
+from rnnkit.training.distributed import main_first
 from rnnkit.training.options import saved_train_options
 
 TASK = "seq2seq"
@@ -175,9 +177,11 @@ def train(args: argparse.Namespace) -> int:
         raise RnnkitError("rnnkit train seq2seq needs --src and --tgt (or --tsv)")
     valid_pairs = _pairs(args.valid_src, args.valid_tgt, args.valid_tsv, "valid-")
     if saved is None:
-        src_vocab, tgt_vocab = train_vocabs(train_pairs, run.path, args.vocab_size,
-                                            joint=not args.separate_vocab,
-                                            model_type=args.spm_type)
+        with main_first():  # rank 0 trains the subword models, the other ranks read them
+            if dist_info().is_main:
+                train_vocabs(train_pairs, run.path, args.vocab_size,
+                             joint=not args.separate_vocab, model_type=args.spm_type)
+            src_vocab, tgt_vocab = load_vocabs(run.path)
         model_cfg = Seq2SeqConfig(
             len(src_vocab), len(tgt_vocab), cell=args.cell, embedding_size=args.embedding_size,
             encoder_hidden_size=args.encoder_hidden, decoder_hidden_size=args.decoder_hidden,
