@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 
 _FIELD = re.compile(r"^([A-Za-z]):(.*)$")
@@ -68,12 +69,7 @@ def read_abc(path: str | Path, condition_from: str = "filename", field_name: str
     """The tunes of one ``.abc`` file, labelled by ``condition_from`` (``"filename"`` or
     ``"field"``, the header field ``field_name``; a tune without it is labelled ``"none"``)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise DataError("no such file", path) from None
-    except OSError as err:  # a directory, no permission, ...
-        raise DataError(f"cannot read ({err.strerror or err})", path) from None
+    text = read_text(path, allow_empty=True)
     if condition_from not in ("filename", "field"):
         raise ValueError(f"condition_from must be 'filename' or 'field', got {condition_from!r}")
     tunes: list[Tune] = []

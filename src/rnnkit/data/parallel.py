@@ -33,22 +33,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
 def _read_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("no such file", path) from None
-    except OSError as err:  # a directory, no permission, ...
-        raise DataError(f"cannot read ({err.strerror or err})", path) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-    lines = text.split("\n")
+    lines = read_text(path, allow_empty=True).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r") for line in lines]
