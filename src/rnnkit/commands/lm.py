@@ -29,8 +29,8 @@ BUNDLED = "tinyshakespeare (bundled)"
 CELLS = ("lstm", "gru", "gru-before", "rnn", "rnn-relu", "peephole", "mingru")
 
 # the default run: a character-level LSTM on tiny Shakespeare in about 5 minutes on 2 cores
-DEFAULT_TRAIN = TrainConfig(epochs=100, max_minutes=4.8, lr=3e-3, schedule="cosine",
-                            warmup=50, min_lr_ratio=0.05, clip=1.0, eval_every=0,
+DEFAULT_TRAIN = TrainConfig(epochs=100, max_minutes=4.8, lr=4e-3, schedule="cosine",
+                            warmup=30, min_lr_ratio=0.05, clip=1.0, eval_every=0,
                             log_every=10)
 DEFAULTS = dict(level="char", cell="lstm", layers=2, hidden=384, embedding=64, dropout=0.1,
                 embedding_dropout=0.0, output_dropout=0.1, batch_size=32, bptt=64)
