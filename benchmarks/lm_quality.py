@@ -41,7 +41,7 @@ PARTS = ("shakespeare", "wikitext", "throughput", "generation")
 # tiny Shakespeare for 30 minutes on 2 cores: a 3 x 512 LSTM with dropout, about 8 epochs
 SHAKESPEARE = ["--level", "char", "--layers", "3", "--hidden", "512", "--embedding", "128",
                "--dropout", "0.25", "--output-dropout", "0.25", "--batch-size", "32",
-               "--bptt", "128", "--lr", "2e-3", "--schedule", "cosine", "--warmup", "100",
+               "--bptt", "128", "--lr", "3e-3", "--schedule", "cosine", "--warmup", "100",
                "--min-lr-ratio", "0.02", "--clip", "1.0", "--eval-every", "1000"]
 # WikiText-2 for 60 minutes on 2 cores: 2 x 512 LSTM, adaptive softmax over the 33,278 words
 # (the full softmax would cost 4x the recurrent layers per token), dropout, Adam
