@@ -22,9 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.cells.base import check_size
-from rnnkit.engines.native import call_native, flat_weights
 from rnnkit.layers.recurrent import check_probability, pack_like, unpack_input
-from rnnkit.layers.stacking import Bidirectional, stack
+from rnnkit.layers.stacking import stack
 
 _CELL_PATH = re.compile(r"^stack\.layers\.(\d+)\.(?:(fwd|bwd)\.)?cell\.(\w+)$")
 
@@ -87,29 +86,12 @@ class _RNNBase(nn.Module):
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
         """Each layer and direction's parameters, in torch.nn's order."""
-        return [list(d.cell.parameters()) for d in self._directions()]
+        return [list(d.cell.parameters()) for d in self.stack._directions()]
 
     def flatten_parameters(self) -> None:
         """Nothing to do: kept for code written for torch.nn."""
 
-    def _directions(self) -> list[nn.Module]:
-        out = []
-        for layer in self.stack.layers:
-            out += [layer.fwd, layer.bwd] if isinstance(layer, Bidirectional) else [layer]
-        return out
-
     # -- forward -------------------------------------------------------------------------------
-    def _fused(self, device: torch.device) -> bool:
-        """Whether one call of torch's kernel computes the whole stack, as in torch.nn."""
-        if self.stack.connection != "none" or self.stack.variational:
-            return False
-        for d in self._directions():
-            if (d.engine_for(device) != "native" or d.input_dropout or d.output_dropout
-                    or d.dropconnect or len(d.init_states)):
-                return False
-        return all(layer.merge == "concat" for layer in self.stack.layers
-                   if isinstance(layer, Bidirectional))
-
     def _state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
         n = self.num_layers * (2 if self.bidirectional else 1)
         out = self.proj_size or self.hidden_size
@@ -155,8 +137,8 @@ class _RNNBase(nn.Module):
                              f"got {x.shape[-1]}")
         B = x.shape[1]
         hx = self._check_hx(hx, B, unbatched)
-        if self._fused(x.device):
-            out, states = self._run_fused(x, input if packed is not None else None, hx)
+        if self.stack.fused_mode(x.device):  # one call of torch's kernel, as torch.nn
+            out, states = self.stack.run_fused(input if packed is not None else x, hx)
         else:
             out, states = self._run_stack(x, lengths, hx)
         if packed is not None and not isinstance(out, PackedSequence):
@@ -168,27 +150,6 @@ class _RNNBase(nn.Module):
             elif self.batch_first:
                 out = out.transpose(0, 1)
         return out, (states if self.kind == "LSTM" else states[0])
-
-    def _zero_states(self, like: Tensor) -> tuple[Tensor, ...]:
-        return tuple(like.new_zeros(shape) for shape in self._state_shapes(like.shape[1]))
-
-    def _run_fused(self, x: Tensor, packed: PackedSequence | None,
-                   hx: tuple[Tensor, ...] | None):
-        weights = [w for d in self._directions() for w in flat_weights(d.cell, d.cell.params())]
-        hx = self._zero_states(x) if hx is None else hx
-        mode = self._directions()[0].cell.native_mode
-        if packed is None:
-            return call_native(mode, x, hx, weights, self.bias, self.num_layers, self.dropout,
-                               self.training, self.bidirectional)
-        hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx) \
-            if packed.sorted_indices is not None else hx
-        data, states = call_native(mode, packed, hx, weights, self.bias, self.num_layers,
-                                   self.dropout, self.training, self.bidirectional)
-        if packed.unsorted_indices is not None:
-            states = tuple(s.index_select(1, packed.unsorted_indices) for s in states)
-        out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                             packed.unsorted_indices)
-        return out, states
 
     def _run_stack(self, x: Tensor, lengths: Tensor | None, hx: tuple[Tensor, ...] | None):
         D = 2 if self.bidirectional else 1

@@ -7,15 +7,17 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.cells.base import check_choice
+from rnnkit.cells.base import as_tuple, check_choice, check_state, from_tuple
 from rnnkit.cells.cells import make_cell
+from rnnkit.engines.native import call_native, flat_weights
 from rnnkit.layers.recurrent import (
     Recurrent,
     RecurrentOutput,
     RecurrentTrace,
     _TimeMajor,
+    check_lengths,
     check_probability,
     restore_layout,
     unpack_input,
@@ -90,6 +92,10 @@ class Bidirectional(nn.Module):
     @property
     def batch_first(self) -> bool:
         return self.fwd.batch_first
+
+    def fwd_bwd(self) -> tuple[Recurrent, Recurrent]:
+        """The two directions, forward first."""
+        return self.fwd, self.bwd
 
     @property
     def input_size(self) -> int:
@@ -213,10 +219,108 @@ class Stacked(nn.Module):
 
         With ``return_states=True``, ``states`` of the result lists each layer's per-step
         states (for a Bidirectional layer, a pair)."""
+        if isinstance(x, PackedSequence) and not return_states and self.fused_mode(x.data.device):
+            hx = self.flatten_states(states, x.data, int(x.batch_sizes[0]))
+            out, flat = self.run_fused(x, hx)
+            return RecurrentOutput(out, self.unflatten_states(flat))
         xt, packed_lengths, packed = unpack_input(x, self.batch_first)
         lengths = packed_lengths if packed is not None else lengths
         res = self.forward_time_major(xt, states, lengths, return_states)
         return _finish(res, self.batch_first, packed, return_states)
+
+    # -- one call of torch's fused kernel for the whole stack ---------------------------------
+    def _directions(self) -> list[Recurrent]:
+        out: list[Recurrent] = []
+        for layer in self.layers:
+            out += [layer.fwd, layer.bwd] if isinstance(layer, Bidirectional) else [layer]
+        return out
+
+    def fused_mode(self, device: torch.device) -> str | None:
+        """torch's kernel mode when one call of it computes the whole stack exactly as
+        torch.nn's multi-layer RNN/LSTM/GRU does (every layer on the native engine, the same
+        cell and sizes, no skip connections, no rnnkit-only dropout), else ``None``."""
+        if self.connection != "none" or self.variational:
+            return None
+        dirs = self._directions()
+        per_layer = 2 if isinstance(self.layers[0], Bidirectional) else 1
+        first = dirs[0].cell
+        for d in dirs:
+            c = d.cell
+            if (d.engine_for(device) != "native" or d.input_dropout or d.output_dropout
+                    or d.dropconnect or len(d.init_states) or type(c) is not type(first)
+                    or c.native_mode != first.native_mode or c.hidden_size != first.hidden_size
+                    or c.output_size != first.output_size
+                    or getattr(c, "bias", True) != getattr(first, "bias", True)):
+                return None
+        for layer in self.layers:
+            if (2 if isinstance(layer, Bidirectional) else 1) != per_layer or (
+                    isinstance(layer, Bidirectional) and layer.merge != "concat"):
+                return None
+        return first.native_mode
+
+    def flatten_states(self, states: Sequence | None, like: Tensor, batch_size: int
+                       ) -> tuple[Tensor, ...] | None:
+        """Per-layer states as torch.nn's ``(L * D, B, n)`` tensors (``None`` stays None;
+        a layer's ``None`` is its initial state)."""
+        if states is None:
+            return None
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.layers):
+            raise ValueError(f"states must be a list with one state per layer "
+                             f"({len(self.layers)}), got {type(states).__name__}")
+        per_dir = []
+        for layer, st in zip(self.layers, states):
+            dirs = layer.fwd_bwd() if isinstance(layer, Bidirectional) else (layer,)
+            if st is None:
+                st = (None,) * len(dirs)
+            elif isinstance(layer, Bidirectional):
+                if not isinstance(st, (tuple, list)) or len(st) != 2:
+                    raise TypeError("state of a Bidirectional layer must be a pair "
+                                    "(state_fwd, state_bwd)")
+            else:
+                st = (st,)
+            for d, s in zip(dirs, st):
+                if s is None:
+                    s = d.initial_state(batch_size, like)
+                else:
+                    check_state("state", d.cell, s, batch_size)
+                per_dir.append(as_tuple(s))
+        return tuple(torch.stack([s[j] for s in per_dir]) for j in range(len(per_dir[0])))
+
+    def unflatten_states(self, flat: tuple[Tensor, ...]) -> list:
+        """torch.nn's ``(L * D, B, n)`` states as this stack's per-layer states."""
+        out, i = [], 0
+        for layer in self.layers:
+            dirs = layer.fwd_bwd() if isinstance(layer, Bidirectional) else (layer,)
+            st = [from_tuple(d.cell, tuple(f[i + k] for f in flat)) for k, d in enumerate(dirs)]
+            i += len(dirs)
+            out.append(tuple(st) if isinstance(layer, Bidirectional) else st[0])
+        return out
+
+    def run_fused(self, x: Tensor | PackedSequence, hx: tuple[Tensor, ...] | None
+                  ) -> tuple[Tensor | PackedSequence, tuple[Tensor, ...]]:
+        """The whole stack in one call of torch's kernel, as torch.nn does it.
+
+        ``x``: time-major (T, B, I) or packed; ``hx``: ``(L * D, B, n)`` tensors or ``None``.
+        Returns the output (time-major, or packed like ``x``) and the final states."""
+        dirs = self._directions()
+        data = x.data if isinstance(x, PackedSequence) else x
+        mode = dirs[0].cell.native_mode
+        weights = [w for d in dirs for w in flat_weights(d.cell, d.cell.params())]
+        if hx is None:
+            B = int(x.batch_sizes[0]) if isinstance(x, PackedSequence) else x.shape[1]
+            sizes = dirs[0].cell.state_sizes()
+            hx = tuple(data.new_zeros(len(dirs), B, n) for n in sizes)
+        bidirectional = isinstance(self.layers[0], Bidirectional)
+        has_bias = bool(getattr(dirs[0].cell, "bias", True))
+        args = (weights, has_bias, len(self.layers), self.dropout, self.training, bidirectional)
+        if not isinstance(x, PackedSequence):
+            return call_native(mode, x, hx, *args)
+        if x.sorted_indices is not None:
+            hx = tuple(h.index_select(1, x.sorted_indices) for h in hx)
+        out, states = call_native(mode, x, hx, *args)
+        if x.unsorted_indices is not None:
+            states = tuple(s.index_select(1, x.unsorted_indices) for s in states)
+        return PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices), states
 
     def _drop(self, x: Tensor) -> Tensor:
         if not (self.training and self.dropout):
@@ -227,6 +331,8 @@ class Stacked(nn.Module):
 
     def forward_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None,
                            need_states: bool = False) -> _TimeMajor:
+        if not need_states and self.fused_mode(x.device):
+            return self._fused_time_major(x, states, lengths)
         n = len(self.layers)
         if states is None:
             states = [None] * n
@@ -261,6 +367,26 @@ class Stacked(nn.Module):
             inputs.append(y)
             h = y
         return _TimeMajor(h, finals, traces if need_states else None, checked)
+
+    def _fused_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None
+                          ) -> _TimeMajor:
+        T, B, I = x.shape
+        if self.input_size != I:
+            raise ValueError(f"input must have {self.input_size} features (the first layer's "
+                             f"input_size), got {I}")
+        hx = self.flatten_states(states, x, B)
+        if hx is None:  # zeros sized from x, which tracing (export) keeps symbolic
+            dirs = self._directions()
+            hx = tuple(x.new_zeros(len(dirs), B, n) for n in dirs[0].cell.state_sizes())
+        if lengths is not None:
+            lengths = check_lengths(lengths, B, T, x.device)
+        if lengths is None or bool((lengths == T).all()):
+            out, flat = self.run_fused(x, hx)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            out, flat = self.run_fused(packed, hx)
+            out, _ = pad_packed_sequence(out, total_length=T)
+        return _TimeMajor(out, self.unflatten_states(flat), None, lengths)
 
     def extra_repr(self) -> str:
         return f"connection={self.connection!r}, dropout={self.dropout}"

@@ -1,0 +1,61 @@
+"""A stack that torch's kernel computes in one call gives what layer-by-layer engines give."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from rnnkit.layers import stack
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_stack_equals_layer_by_layer(cell, bidirectional, packed):
+    torch.manual_seed(0)
+    fused = stack(cell, 3, 4, 2, bidirectional=bidirectional, engine="native").double()
+    slow = stack(cell, 3, 4, 2, bidirectional=bidirectional, engine="reference").double()
+    slow.load_state_dict(fused.state_dict())
+    assert fused.fused_mode(torch.device("cpu")) is not None
+    assert slow.fused_mode(torch.device("cpu")) is None
+    x = torch.randn(3, 6, 3, dtype=torch.double)
+    lengths = torch.tensor([6, 2, 5])
+    results = []
+    for model in (fused, slow):
+        xi = x.clone().requires_grad_()
+        if packed:
+            out, states = model(pack_padded_sequence(xi, lengths, batch_first=True,
+                                                     enforce_sorted=False))
+            out = out.data
+        else:
+            out, states = model(xi, lengths=lengths)
+        flat = [t for s in states for t in (s if isinstance(s, tuple) else (s,))]
+        flat = [u for t in flat for u in (t if isinstance(t, tuple) else (t,))]
+        loss = (out ** 2).sum() + sum((t ** 3).sum() for t in flat)
+        grads = torch.autograd.grad(loss, [xi, *model.parameters()])
+        results.append((out, flat, grads))
+    (o1, s1, g1), (o2, s2, g2) = results
+    torch.testing.assert_close(o1, o2, rtol=0, atol=1e-10)
+    for a, b in zip(s1 + list(g1), s2 + list(g2)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_initial_states_reach_the_fused_kernel():
+    torch.manual_seed(1)
+    fused = stack("lstm", 3, 4, 2, engine="native").double()
+    slow = stack("lstm", 3, 4, 2, engine="bptt").double()
+    slow.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 5, 3, dtype=torch.double)
+    states = [(torch.randn(2, 4, dtype=torch.double), torch.randn(2, 4, dtype=torch.double)),
+              None]
+    out1, st1 = fused(x, states)
+    out2, st2 = slow(x, states)
+    torch.testing.assert_close(out1, out2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(st1[1][1], st2[1][1], rtol=0, atol=1e-12)
+
+
+def test_skip_connections_and_extras_run_layer_by_layer():
+    cpu = torch.device("cpu")
+    assert stack("lstm", 4, 4, 2, connection="residual", engine="native").fused_mode(cpu) is None
+    assert stack("lstm", 4, 4, 2, dropconnect=0.1, engine="native").fused_mode(cpu) is None
+    assert stack("lstm", 4, 4, 2, learn_init=True, engine="native").fused_mode(cpu) is None
+    assert stack("lstm", 4, 4, 2, engine="native").fused_mode(cpu) == "LSTM"
