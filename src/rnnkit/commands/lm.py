@@ -80,7 +80,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--cell", choices=CELLS, default=None, help="recurrent cell (default lstm)")
     m.add_argument("--layers", type=int, default=None, help="recurrent layers (default 2)")
     m.add_argument("--hidden", type=int, default=None, help="hidden units per layer")
-    m.add_argument("--embedding", type=int, default=None, help="embedding size")
+    m.add_argument("--embedding", type=int, default=None,
+                   help="embedding size (default 64 for characters, --hidden for words)")
     m.add_argument("--engine", choices=("auto", "bptt", "native", "reference"), default="auto")
     m.add_argument("--connection", choices=("none", "residual", "dense", "highway"),
                    default="none", help="skip connections between layers")
@@ -107,7 +108,9 @@ def _pick(value: object, default: object) -> object:
     return default if value is None else value
 
 
-def _model_config(args: argparse.Namespace, vocab_size: int) -> LMConfig:
+def _model_config(args: argparse.Namespace, vocab_size: int, level: str) -> LMConfig:
+    """The model options; the embedding defaults to 64 for characters and to the hidden
+    size for words."""
     cutoffs = None
     if args.adaptive:
         try:
@@ -119,9 +122,9 @@ def _model_config(args: argparse.Namespace, vocab_size: int) -> LMConfig:
             raise RnnkitError(f"--adaptive: cutoffs must increase and lie in [1, {vocab_size})"
                               f" (the vocabulary size), got {cutoffs}")
     options = {"layer_norm": True} if args.layer_norm else {}
-    return LMConfig(vocab_size=vocab_size, embedding_size=_pick(args.embedding,
-                                                                DEFAULTS["embedding"]),
-                    hidden_size=_pick(args.hidden, DEFAULTS["hidden"]),
+    hidden = _pick(args.hidden, DEFAULTS["hidden"])
+    embedding = _pick(args.embedding, DEFAULTS["embedding"] if level == "char" else hidden)
+    return LMConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
                     num_layers=_pick(args.layers, DEFAULTS["layers"]),
                     cell=_pick(args.cell, DEFAULTS["cell"]), engine=args.engine,
                     connection=args.connection,
@@ -177,7 +180,7 @@ def _train(args: argparse.Namespace, run: RunDir, saved: dict | None) -> int:
         train_text, valid_text = _load_texts(data)
         vocab = build_vocab(train_text, data["level"], max_size=args.max_vocab,
                             min_freq=args.min_freq)
-        model_config = _model_config(args, len(vocab))
+        model_config = _model_config(args, len(vocab), data["level"])
         defaults = DEFAULT_TRAIN if args.train is None else TrainConfig(
             epochs=10, lr=2e-3, schedule="cosine", warmup=50, min_lr_ratio=0.05, clip=1.0)
         config = train_config(args, None, defaults)
