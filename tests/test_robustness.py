@@ -148,6 +148,19 @@ def test_a_run_holding_only_a_pickle_is_refused(tmp_path: Path) -> None:
         ckpt.load_tensors(run.path / "model.pt")
 
 
+@pytest.mark.parametrize("name", ["model.pt", "last/weights.pth", "extra.pkl"])
+def test_a_run_holding_a_pickle_beside_its_weights_is_refused(
+        tmp_path: Path, name: str, capsys: pytest.CaptureFixture) -> None:
+    run = _run_dir(tmp_path)
+    (run.path / name).parent.mkdir(exist_ok=True)
+    (run.path / name).write_bytes(PICKLE)
+    with pytest.raises(CheckpointError, match=rf"holds pickle files \({name}\).*refuses"):
+        run.read_config()
+    err = _cli_error(capsys, "export", str(run.path), "--onnx", str(tmp_path / "x.onnx"))
+    assert "holds pickle files" in err and name in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_a_pickled_resume_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.manual_seed(0)
     Trainer(nn.Linear(4, 1), Toy(), RunDir(tmp_path / "run"),

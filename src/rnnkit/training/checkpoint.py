@@ -270,9 +270,23 @@ class RunDir:
             raise ValueError("a run config must have a 'task' key")
         save_json(self.path / CONFIG, dict(config))
 
+    def check_no_pickles(self) -> None:
+        """:class:`CheckpointError` if the run directory (or its ``last/``) holds a pickle file
+        (``.pt``, ``.pth``, ``.bin``, ``.pkl``, ...): a run is safetensors and JSON only, and
+        one that holds a pickle is refused rather than loaded around it."""
+        found = [p for d in (self.path, self.last_path) if d.is_dir() for p in sorted(d.iterdir())
+                 if p.suffix.lower() in PICKLE_SUFFIXES]
+        if found:
+            names = ", ".join(str(p.relative_to(self.path)) for p in found)
+            raise CheckpointError(f"{self.path}: holds pickle files ({names}); rnnkit never "
+                                  f"unpickles (it can run arbitrary code) and refuses the run; "
+                                  f"remove them or convert tensors with safetensors")
+
     def read_config(self, task: str | None = None) -> dict:
-        """Read ``config.json``; with ``task``, refuse a run of another task."""
+        """Read ``config.json``; with ``task``, refuse a run of another task. A run directory
+        holding a pickle file is refused (:meth:`check_no_pickles`)."""
         self.check_exists()
+        self.check_no_pickles()
         path = self.path / CONFIG
         config = load_json(path)
         if not isinstance(config, dict) or "task" not in config:
