@@ -111,3 +111,21 @@ def test_the_guard_stops_on_nan_or_explosion_and_keeps_the_last_good_checkpoint(
     state = json.loads((run.path / "last" / "trainer.json").read_text())
     assert state["step"] == 4  # the good checkpoint, not overwritten by the bad step
     assert all(math.isfinite(p) for p in model.weight.detach().flatten().tolist())
+
+
+def test_the_hidden_state_is_carried_across_windows_and_detached(tmp_path):
+    model, task, _ = setup(tmp_path, "carry")
+    batches = list(task.train_batches(0, torch.Generator().manual_seed(0)))
+    out = task.loss(model, batches[0], None)
+    flat = [t for layer in out.carry for t in layer]  # LSTM layers: (h, c)
+    assert all(not t.requires_grad for t in flat)
+    assert out.tokens == batches[0].tokens
+    model.eval()
+    with torch.no_grad():
+        # the second window from the carried state equals both windows run as one sequence
+        joined_in = torch.cat([batches[0].inputs, batches[1].inputs], dim=1)
+        joined_t = torch.cat([batches[0].targets, batches[1].targets], dim=1)
+        whole, _ = model.loss(joined_in, joined_t, reduction="sum")
+        first, state = model.loss(batches[0].inputs, batches[0].targets, reduction="sum")
+        second, _ = model.loss(batches[1].inputs, batches[1].targets, state, reduction="sum")
+    assert torch.allclose(first + second, whole, atol=1e-4)
