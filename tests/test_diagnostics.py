@@ -278,4 +278,6 @@ def test_drop_in_bidirectional_lstm_is_traced_and_restored():
     out = model(x)[0]
     (g,) = torch.autograd.grad(out.pow(2).sum(), out)
     torch.testing.assert_close(ref.layers[3].total[0][-1] * 12, g[:, 0, 4:].norm())
-    assert model._fused(torch.device("cpu"))  # the fused path is back after the trace
+    # the one-call fused path is back after the trace
+    assert model.stack.fused_mode(torch.device("cpu")) == "LSTM"
+    assert "fused_mode" not in vars(model.stack)

@@ -22,7 +22,8 @@ Two ways to run the steps (``mode``):
   in between; that measures the engine's own backward without changing it, at T calls.
 
 Ordinary training never goes through this module: nothing is slowed down when no trace is
-active. Drop-in layers (``rnnkit.LSTM`` ...) are made to run layer by layer during a trace.
+active. Stacks that run torch's fused multi-layer kernel in one call (native stacks, the
+drop-ins ``rnnkit.LSTM`` ...) are made to run layer by layer during a trace.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rnnkit import engines
 from rnnkit.cells.base import Params, RecurrentCell, as_tuple, check_choice, from_tuple
 from rnnkit.engines import StateGradRecord, record_state_grads
 from rnnkit.layers.recurrent import Recurrent
+from rnnkit.layers.stacking import Stacked
 
 MODES = ("reference", "engine")
 
@@ -155,6 +157,10 @@ def _probe_run(original, mode: str, record_to: Trace, name: str, reverse: bool, 
     return engines.EngineResult(stacked[0], final, stacked if need_states else None)
 
 
+def _never_fused(device: torch.device) -> None:
+    return None
+
+
 @contextlib.contextmanager
 def trace(model: nn.Module, *, probes: bool = True, mode: str = "reference"
           ) -> Iterator[Trace]:
@@ -182,10 +188,12 @@ def trace(model: nn.Module, *, probes: bool = True, mode: str = "reference"
         return _probe_run(original, mode, result, cells[cell], reverse[cell], probes, engine,
                           cell, params, x, state, lengths, need_states)
 
-    dropins = [m for m in model.modules() if hasattr(m, "_fused") and hasattr(m, "stack")]
+    # stacks (and the drop-ins built on them) that would run torch's fused multi-layer kernel
+    # in one call run layer by layer during the trace
+    stacks = [m for m in model.modules() if isinstance(m, Stacked)]
     engines.run = run
-    for m in dropins:
-        m._fused = lambda device: False
+    for m in stacks:
+        m.fused_mode = _never_fused
     try:
         if mode == "engine":
             with record_state_grads() as record:
@@ -195,5 +203,5 @@ def trace(model: nn.Module, *, probes: bool = True, mode: str = "reference"
             yield result
     finally:
         engines.run = original
-        for m in dropins:
-            del m._fused
+        for m in stacks:
+            del m.fused_mode
