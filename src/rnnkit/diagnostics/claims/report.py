@@ -15,7 +15,7 @@ from rnnkit.diagnostics.markdown import table
 @dataclass(frozen=True)
 class Scale:
     """The size of every experiment: ``full`` (about 10 minutes each on 2 cores), ``quick``
-    (about 20-60 seconds each, ``--quick``) and ``tiny`` (seconds, for the test suite).
+    (30-70 seconds in all on one core, ``--quick``) and ``tiny`` (seconds, for the test suite).
 
     ``factor`` multiplies step counts; the fields name what they size.
     """
