@@ -14,10 +14,9 @@ from rnnkit.diagnostics.markdown import table
 
 @dataclass(frozen=True)
 class Scale:
-    """The size of every experiment: ``full`` (about 10 minutes each on 2 cores), ``quick``
-    (30-70 seconds in all on one core, ``--quick``) and ``tiny`` (seconds, for the test suite).
-
-    ``factor`` multiplies step counts; the fields name what they size.
+    """The size of every experiment: ``full`` (at most about 7 minutes each, about 18 minutes
+    in all on one thread of a shared machine), ``quick`` (30-70 seconds in all on one core,
+    ``--quick``) and ``tiny`` (seconds, for the test suite). The fields name what they size.
     """
 
     name: str
