@@ -17,6 +17,7 @@ the gates or the weights.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -648,12 +649,39 @@ def _needed(grads: tuple[Tensor | None, ...], needs: tuple[bool, ...]) -> tuple:
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: a run makes thousands of small tensor objects
+    (per-step views), all freed by reference counting, and the collections they would trigger
+    cost more than the steps at batch 1."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class _Recurrence(Function):
     """Runs a :class:`Kernel` forward and backward through time, handling padding."""
 
     @staticmethod
     def forward(ctx, kernel_cls, mask, xp, *rest):
+        with _gc_paused():
+            return _Recurrence._forward(ctx, kernel_cls, mask, xp, *rest)
+
+    @staticmethod
+    def backward(ctx, *grad_seqs):
+        with _gc_paused():
+            return _Recurrence._backward(ctx, *grad_seqs)
+
+    @staticmethod
+    def _forward(ctx, kernel_cls, mask, xp, *rest):
         n = kernel_cls.num_states
+        # plain tensors inside: views of tensors that require grad cost twice as much to make
+        xp = xp.detach()
+        rest = tuple(None if r is None else r.detach() for r in rest)
         states0, weights = rest[:n], rest[n:]
         T = xp.shape[0]
         sbuf = [xp.new_empty((T + 1, *s.shape)) for s in states0]
@@ -679,7 +707,7 @@ class _Recurrence(Function):
         return tuple(buf[1:] for buf in sbuf)
 
     @staticmethod
-    def backward(ctx, *grad_seqs):
+    def _backward(ctx, *grad_seqs):
         if torch.is_grad_enabled():
             raise RuntimeError("engine='bptt' computes gradients by hand and cannot be "
                                "differentiated twice (create_graph=True); use "
