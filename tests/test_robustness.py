@@ -279,3 +279,21 @@ def test_repeated_rollbacks_keep_halving_the_lr(tmp_path: Path) -> None:
     backs = [r for r in log if r["kind"] == "bad_step"]
     assert [(r["to_step"], r["lr_scale"]) for r in backs] == [(0, 0.5), (0, 0.25)]
     assert trainer.state["step"] == 12
+
+
+# -- clipping events in the log -----------------------------------------------------------------
+def test_every_clipped_step_is_counted_in_the_log(tmp_path: Path) -> None:
+    from rnnkit.diagnostics import read_training_log
+
+    torch.manual_seed(0)
+    run = RunDir(tmp_path / "run")
+    config = TrainConfig(epochs=3, clip=1e-6, log_every=5, progress=False)
+    Trainer(nn.Linear(4, 1), Toy(), run, config).fit()  # 12 steps, every one clipped
+    records = [json.loads(line) for line in run.log_path.read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 5, 10]
+    assert [r["clipped_steps"] for r in train] == [1, 4, 5]
+    assert all(r["clipped"] for r in train)
+    log = read_training_log(run.log_path)
+    assert log.clip_count() == 10 and log.clip_steps() == [1, 5, 10]
+    assert log.summary()["clipped_steps_total"] == 10

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.padding import length_batches, pad_ids
-from rnnkit.data.tsv import LabelledTexts, read_lines, read_tsv, tokenize
+from rnnkit.data.tsv import LabelledTexts, parse_column, read_lines, read_tsv, tokenize
 from rnnkit.data.vocab import PAD, UNK, Vocabulary
 from rnnkit.errors import DataError
 from rnnkit.metrics.classification import classification_scores
@@ -47,17 +47,13 @@ DEFAULTS = TrainConfig(epochs=10, lr=2e-3, clip=5.0, patience=3)
 BATCH_SIZE = 64
 
 
-def _column(value: str) -> int | str:
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
 def add_tsv_arguments(parser: argparse.ArgumentParser, run_defaults: bool = False) -> None:
     """``--text-column --label-column --header/--no-header``."""
     tail = " (default: the run's)" if run_defaults else ""
-    parser.add_argument("--text-column", type=_column, metavar="NAME|INDEX",
+    parser.add_argument("--text-column", type=parse_column, metavar="NAME|INDEX",
                         help="text column" + (tail or " (default 0, or 'sentence'/'text' when "
                                               "the header has it)"))
-    parser.add_argument("--label-column", type=_column, metavar="NAME|INDEX",
+    parser.add_argument("--label-column", type=parse_column, metavar="NAME|INDEX",
                         help="label column" + (tail or " (default 1, or 'label')"))
     parser.add_argument("--header", dest="header", action="store_const", const=True,
                         default=None, help="the first line names the columns")

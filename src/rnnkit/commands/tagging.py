@@ -27,7 +27,7 @@ from torch import nn
 from rnnkit.data.conll import TaggedCorpus, guess_format, read_tagged, write_tagged
 from rnnkit.data.padding import length_batches, pad_ids, word_characters
 from rnnkit.data.schemes import SCHEMES, check_scheme, convert_tags
-from rnnkit.data.tsv import read_lines, tokenize
+from rnnkit.data.tsv import parse_column, read_lines, tokenize
 from rnnkit.data.vocab import PAD, UNK, Vocabulary
 from rnnkit.errors import DataError
 from rnnkit.metrics.tagging import span_f1, token_accuracy
@@ -50,19 +50,15 @@ DEFAULTS = TrainConfig(epochs=20, lr=2e-3, clip=5.0, patience=0)
 BATCH_SIZE = 32
 
 
-def _column(value: str) -> int | str:
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
 def add_data_arguments(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
     """``--format --column --token-column`` (shared by train, evaluate and predict)."""
     parser.add_argument("--format", choices=["conllu", "conll"],
                         help="file format (default: conllu for *.conllu, else conll"
                         + ("" if defaults else "; default: the run's") + ")")
-    parser.add_argument("--column", type=_column, metavar="upos|xpos|INDEX",
+    parser.add_argument("--column", type=parse_column, metavar="upos|xpos|INDEX",
                         help="tag column (default: upos for CoNLL-U, the last column for CoNLL"
                         + ("" if defaults else "; default: the run's") + ")")
-    parser.add_argument("--token-column", type=_column, metavar="INDEX",
+    parser.add_argument("--token-column", type=parse_column, metavar="INDEX",
                         help="token column (default: FORM for CoNLL-U, 0 for CoNLL)")
 
 
@@ -310,9 +306,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="F", help="output file (default: stdout)")
     parser.add_argument("--input-format", choices=["conllu", "conll", "text"],
                         help="default: conllu for *.conllu, text for *.txt, else the run's")
-    parser.add_argument("--column", type=_column, metavar="upos|xpos|INDEX",
+    parser.add_argument("--column", type=parse_column, metavar="upos|xpos|INDEX",
                         help="column to write the tags into (default: the run's)")
-    parser.add_argument("--token-column", type=_column, metavar="INDEX")
+    parser.add_argument("--token-column", type=parse_column, metavar="INDEX")
     parser.add_argument("--batch-size", type=int, default=64)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rnnkit.data.schemes import check_scheme, check_tag, convert_tags, detect_scheme
+from rnnkit.data.text import read_text
 from rnnkit.errors import DataError, RnnkitError
 
 FORMATS = ("conllu", "conll")
@@ -99,15 +100,7 @@ def guess_format(path: str | Path) -> str:
 
 
 def _read_lines(path: str | Path) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("no such file", path) from None
-    except OSError as err:  # a directory, no permission, ...
-        raise DataError(f"cannot read ({err.strerror or err})", path) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-    return text.splitlines(keepends=True)
+    return read_text(path, allow_empty=True).splitlines(keepends=True)
 
 
 def _split(line: str, separator: str) -> list[str]:

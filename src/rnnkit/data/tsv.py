@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rnnkit.data.text import read_text
 from rnnkit.errors import DataError
 
 HEADER_WORDS = ("label", "text", "sentence")
@@ -31,16 +32,13 @@ class LabelledTexts:
         return len(self.texts)
 
 
+def parse_column(value: str) -> int | str:
+    """A column given on the command line: an index (``"1"``, ``"-1"``) or a header name."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
 def _lines(path: str | Path) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("no such file", path) from None
-    except OSError as err:  # a directory, no permission, ...
-        raise DataError(f"cannot read ({err.strerror or err})", path) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from None
-    return [ln.rstrip("\r\n") for ln in text.splitlines()]
+    return [ln.rstrip("\r\n") for ln in read_text(path, allow_empty=True).splitlines()]
 
 
 def _resolve(column: int | str, name: str, header: list[str] | None, width: int,

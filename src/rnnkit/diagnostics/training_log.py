@@ -6,6 +6,7 @@ line; its training records (``"kind": "train"``, every ``log_every`` steps) hold
 - ``step`` (int): the optimiser step;
 - ``loss`` (float or null/"nan"/"inf"): the training loss of that step;
 - ``grad_norm`` (float): the global gradient norm *before* clipping;
+- ``clipped_steps`` (int, optional): how many steps since the previous record were clipped;
 - ``clipped`` (bool, optional): whether clipping scaled the gradient down. When a record lacks
   it, it is ``grad_norm > clip`` for the ``clip`` threshold given to the reader (the run's
   ``config.json`` ``train.clip``), else False.
@@ -49,6 +50,7 @@ class TrainingLog:
     loss: list[float] = field(default_factory=list)
     grad_norm: list[float] = field(default_factory=list)
     clipped: list[bool] = field(default_factory=list)
+    clipped_between: list[int] = field(default_factory=list)
     grad_norm_given: list[bool] = field(default_factory=list)
     path: str = ""
 
@@ -58,6 +60,12 @@ class TrainingLog:
     def clip_steps(self) -> list[int]:
         """The steps at which the gradient was clipped."""
         return [s for s, c in zip(self.steps, self.clipped) if c]
+
+    def clip_count(self) -> int:
+        """Every clipped step up to the last record, logged or not: the trainer writes, in
+        ``clipped_steps``, how many steps since the previous record were clipped (a record
+        without it counts as its own step only)."""
+        return sum(self.clipped_between)
 
     def clip_fraction(self) -> float:
         """Share of steps at which the gradient was clipped (0 for an empty log)."""
@@ -102,6 +110,7 @@ class TrainingLog:
             "max_grad_norm": max(norms) if norms else math.nan,
             "median_grad_norm": sorted(norms)[len(norms) // 2] if norms else math.nan,
             "clip_events": len(self.clip_steps()),
+            "clipped_steps_total": self.clip_count(),
             "clip_fraction": self.clip_fraction(),
             "loss_spikes": self.loss_spikes(factor, window),
             "nonfinite_steps": self.nonfinite_steps(),
@@ -144,4 +153,8 @@ def read_training_log(path: str | Path, clip: float | None = None) -> TrainingLo
         if not isinstance(clipped, bool):
             raise DataError(f"'clipped' must be true or false, got {clipped!r}", path, number)
         log.clipped.append(clipped)
+        between = record.get("clipped_steps", int(clipped))
+        if isinstance(between, bool) or not isinstance(between, int) or between < 0:
+            raise DataError(f"'clipped_steps' must be a count, got {between!r}", path, number)
+        log.clipped_between.append(between)
     return log

@@ -434,6 +434,7 @@ class Trainer:
                    disable=not cfg.progress or not self.dist.is_main,
                    unit="step", dynamic_ncols=True, leave=True)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
+        window_clipped = 0  # steps whose gradient clipping scaled down since the last record
         try:
             while st["epoch"] < cfg.epochs and stopped == "epochs":
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["epoch"])
@@ -466,13 +467,17 @@ class Trainer:
                         self.losses.append(value)
                         window_loss += value * tokens
                         window_tokens += tokens
+                        clipped = cfg.clip > 0 and norm > cfg.clip
+                        window_clipped += clipped
                         if st["step"] % max(1, cfg.log_every) == 0 or st["step"] == 1:
                             now = time.monotonic()
                             mean = window_loss / max(1, window_tokens)
                             speed = window_tokens / max(1e-9, now - window_start)
                             self._log({"kind": "train", "step": st["step"],
                                        "epoch": st["epoch"], "loss": value, "mean_loss": mean,
-                                       "grad_norm": norm, "lr": lr, "tokens_per_s": speed})
+                                       "grad_norm": norm, "clipped": clipped,
+                                       "clipped_steps": window_clipped, "lr": lr,
+                                       "tokens_per_s": speed})
                             post = {"loss": f"{mean:.3f}", "tok/s": f"{speed:,.0f}"}
                             if self.task.perplexity:
                                 post["ppl"] = f"{math.exp(min(mean, 50)):.1f}"
@@ -480,6 +485,7 @@ class Trainer:
                                 post["val"] = f"{self.metrics[self.task.monitor]:.3f}"
                             bar.set_postfix(post, refresh=False)
                             window_loss, window_tokens, window_start = 0.0, 0, now
+                            window_clipped = 0
                         bar.update(1)
                         if cfg.eval_every and st["step"] % cfg.eval_every == 0:
                             self.evaluate(scheduled=True)
