@@ -1,7 +1,7 @@
-"""``rnnkit claims`` and ``rnnkit diagnose`` end to end, at a tiny scale.
+"""``rnnkit claims`` and ``rnnkit diagnose`` end to end.
 
-The CI test of ``rnnkit claims`` uses the hidden ``--scale tiny`` (seconds in all): ``--quick``
-is about 2 minutes on one core, too long for the test suite; both run the same code.
+``rnnkit claims --quick`` (what issue 6 asks CI to run, about 30 s to 2 minutes on one core)
+runs once; the detailed checks use the hidden ``--scale tiny`` (seconds), the same code.
 """
 
 from __future__ import annotations
@@ -25,6 +25,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _images(report: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+
+
+def test_claims_quick_writes_the_report_and_plots(tmp_path):
+    out = tmp_path / "claims"
+    assert main(["claims", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    report = (out / "REPORT.md").read_text(encoding="utf-8")
+    rows = [ln for ln in report.split("\n## ")[0].splitlines() if re.match(r"\| [1-7] \|", ln)]
+    assert len(rows) == 7
+    images = _images(report)
+    assert len(images) >= 8 and all((out / n).read_bytes()[:8] == PNG for n in images)
 
 
 def test_claims_end_to_end_writes_report_and_plots(tmp_path, capsys):

@@ -224,10 +224,7 @@ def train(args: argparse.Namespace) -> int:
 def load(run_dir: str | Path) -> tuple[Classifier, dict, Vocabulary, Vocabulary]:
     """``(model (eval mode, best weights), config, words, labels)`` of a classifier run."""
     run = RunDir(run_dir)
-    config = run.read_config(task=TASK)
-    model = Classifier(EncoderConfig.from_dict(config["model"]))
-    run.load_weights(model)
-    model.eval()
+    model, config = run.load_model(TASK, lambda m: Classifier(EncoderConfig.from_dict(m)))
     return model, config, run.load_vocab(), run.load_vocab("labels.json")
 
 

@@ -171,10 +171,8 @@ def train(args: argparse.Namespace) -> int:
 def load_run(run_dir: str) -> tuple[ConditionalLM, Vocabulary]:
     """The trained model (best weights, eval mode) and its character vocabulary."""
     run = RunDir(run_dir)
-    config = run.read_config(task=TASK)
-    model = ConditionalLM(ConditionalLMConfig.from_dict(config["model"]))
-    run.load_weights(model)
-    return model.eval(), run.load_vocab()
+    model, _ = run.load_model(TASK, lambda m: ConditionalLM(ConditionalLMConfig.from_dict(m)))
+    return model, run.load_vocab()
 
 
 def generate_tunes(model: ConditionalLM, vocab: Vocabulary, label: str, num: int = 1,

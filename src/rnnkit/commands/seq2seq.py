@@ -234,11 +234,9 @@ def train(args: argparse.Namespace) -> int:
 def load_run(run_dir: str | Path) -> tuple[Seq2Seq, SubwordVocab, SubwordVocab, dict]:
     """The trained model (best weights, eval mode), its vocabularies and its config."""
     run = RunDir(run_dir)
-    config = run.read_config(task=TASK)
-    model = Seq2Seq(Seq2SeqConfig.from_dict(config["model"]))
-    run.load_weights(model)
+    model, config = run.load_model(TASK, lambda m: Seq2Seq(Seq2SeqConfig.from_dict(m)))
     src_vocab, tgt_vocab = load_vocabs(run.path)
-    return model.eval(), src_vocab, tgt_vocab, config
+    return model, src_vocab, tgt_vocab, config
 
 
 @torch.no_grad()

@@ -258,10 +258,7 @@ def train(args: argparse.Namespace) -> int:
 def load(run_dir: str | Path) -> tuple[Tagger, dict, Vocabulary, Vocabulary, Vocabulary]:
     """``(model (eval mode, best weights), config, words, chars, tags)`` of a tagger run."""
     run = RunDir(run_dir)
-    config = run.read_config(task=TASK)
-    model = Tagger(TaggerConfig.from_dict(config["model"]))
-    run.load_weights(model)
-    model.eval()
+    model, config = run.load_model(TASK, lambda m: Tagger(TaggerConfig.from_dict(m)))
     return (model, config, run.load_vocab(), run.load_vocab("chars.json"),
             run.load_vocab("tags.json"))
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,18 @@ class RunDir:
     # weights
     def save_weights(self, model: nn.Module, name: str = WEIGHTS) -> None:
         save_weights(model, self.path / name)
+
+    def load_model(self, task: str, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+        """The run's model, built by ``build(config["model"])``, with its best weights and in
+        eval mode, and the run's config; a model section that cannot be used is a
+        :class:`CheckpointError` naming ``config.json``."""
+        config = self.read_config(task=task)
+        try:
+            model = build(config["model"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{self.path / CONFIG}: invalid model section ({err})") from None
+        self.load_weights(model)
+        return model.eval(), config
 
     def load_weights(self, model: nn.Module, name: str = WEIGHTS) -> None:
         """Load the best weights into ``model``."""
