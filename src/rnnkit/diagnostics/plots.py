@@ -35,6 +35,16 @@ def _finite_positive(ys: Sequence[float]) -> bool:
     return any(math.isfinite(y) and y > 0 for y in ys)
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (creating its folder) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def line_plot(path: str | Path, series: Series, *, title: str, xlabel: str, ylabel: str,
               logy: bool = False, hline: float | None = None,
               styles: Mapping[str, Mapping[str, object]] | None = None) -> Path:
@@ -58,12 +68,7 @@ def line_plot(path: str | Path, series: Series, *, title: str, xlabel: str, ylab
     if series:
         ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def bar_plot(path: str | Path, groups: Mapping[str, Mapping[str, float]], *, title: str,
@@ -80,12 +85,7 @@ def bar_plot(path: str | Path, groups: Mapping[str, Mapping[str, float]], *, tit
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gradient_flow(path: str | Path, flows: Mapping[str, GradientFlow], *,
@@ -150,9 +150,4 @@ def plot_training_logs(path: str | Path, logs: Mapping[str, TrainingLog], *,
     ax1.legend(fontsize="small")
     ax1.grid(True, alpha=0.3)
     ax2.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

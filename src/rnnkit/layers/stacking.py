@@ -322,6 +322,17 @@ class Stacked(nn.Module):
             states = tuple(s.index_select(1, x.unsorted_indices) for s in states)
         return PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices), states
 
+    def connect(self, index: int, inp: Tensor, y: Tensor) -> Tensor:
+        """Layer ``index``'s output ``y`` combined with its input ``inp`` by the residual or
+        highway connection (unchanged where the sizes differ or for "none" and "dense", whose
+        combination is the concatenation of the next layer's input). Any shape (..., H)."""
+        if self.connection not in ("residual", "highway") or not self._skips(self.layers[index]):
+            return y
+        if self.connection == "residual":
+            return y + inp
+        t = torch.sigmoid(self.gates[index](inp))
+        return t * y + (1 - t) * inp
+
     def _drop(self, x: Tensor) -> Tensor:
         if not (self.training and self.dropout):
             return x
@@ -344,7 +355,7 @@ class Stacked(nn.Module):
         h = x
         checked = None
         mask = None
-        for i, (layer, gate) in enumerate(zip(self.layers, self.gates)):
+        for i, layer in enumerate(self.layers):
             inp = torch.cat(inputs, dim=-1) if self.connection == "dense" and i else h
             res = layer.forward_time_major(self._drop(inp) if i else inp, states[i],
                                            lengths, need_states)
@@ -354,11 +365,7 @@ class Stacked(nn.Module):
                 steps = torch.arange(x.shape[0], device=x.device)
                 mask = (steps[:, None] < checked[None, :]).unsqueeze(-1).to(y.dtype)
             if self.connection in ("residual", "highway") and self._skips(layer):
-                if self.connection == "residual":
-                    y = y + inp
-                else:
-                    t = torch.sigmoid(gate(inp))
-                    y = t * y + (1 - t) * inp
+                y = self.connect(i, inp, y)
                 if mask is not None:
                     y = y * mask
             finals.append(res.state)

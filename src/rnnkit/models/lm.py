@@ -229,7 +229,7 @@ class LanguageModel(nn.Module):
         rnn = self.rnn
         inputs, h = [x], x
         new_state = []
-        for i, (layer, gate) in enumerate(zip(rnn.layers, rnn.gates)):
+        for i, layer in enumerate(rnn.layers):
             inp = torch.cat(inputs, dim=-1) if rnn.connection == "dense" and i else h
             if fast[i] is not None:
                 w, b = fast[i]
@@ -244,12 +244,7 @@ class LanguageModel(nn.Module):
             else:
                 y, st = layer.cell.step(inp, state[i])
                 new_state.append(st)
-            if rnn.connection in ("residual", "highway") and rnn._skips(layer):
-                if rnn.connection == "residual":
-                    y = y + inp
-                else:
-                    t = torch.sigmoid(gate(inp))
-                    y = t * y + (1 - t) * inp
+            y = rnn.connect(i, inp, y)
             inputs.append(y)
             h = y
         if self.proj is not None:
