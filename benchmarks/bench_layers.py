@@ -7,7 +7,8 @@ themselves and of the drop-ins ``rnnkit.LSTM`` / ``rnnkit.GRU`` (engine="native"
 is the median of interleaved repeats (each candidate once per round, after warm-up), reported
 as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
 subprocess, the growth of ``ru_maxrss`` (resident-set high-water mark) over its value after
-set-up, during one forward+backward.
+set-up, during one forward+backward (glibc malloc with a fixed mmap threshold, so that the
+resident set follows the live tensors).
 
     python benchmarks/bench_layers.py                      # everything, 2 threads
     python benchmarks/bench_layers.py --quick              # one small shape, to check it runs
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -188,7 +190,13 @@ def peak_memory(cell_label: str, engine: str, shape: tuple[int, int, int, int],
     """:func:`memory_child` run in a fresh subprocess; KiB."""
     cmd = [sys.executable, __file__, "--memory-child", json.dumps([cell_label, engine,
                                                                   list(shape), threads])]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # glibc's malloc raises its mmap threshold as large blocks are freed, and serves later ones
+    # from a heap it keeps resident: the high-water mark then misses what a run allocates (it
+    # read 0 for every cell) and counts whatever the heap held before. A fixed threshold gives
+    # every block over 64 KiB its own mapping, returned to the system when freed, so the
+    # resident set follows the live tensors.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return int(res.stdout.strip().splitlines()[-1])
 
 

@@ -6,7 +6,12 @@ Structure (DESIGN.md, "the winning structure"):
    (``input_projection``), with every bias that can be folded into it;
 2. a tight forward loop that keeps only what the backward needs (a :class:`Kernel`);
 3. a hand-written backward-through-time loop (``Kernel.backward_step``), storing the gradient of
-   each step's recurrent pre-activation;
+   each step's recurrent pre-activation. Everything of a step's gradient that does not depend on
+   the incoming gradient (activation derivatives times their partners, e.g. ``g * i (1 - i)``
+   for the LSTM's input gate) is computed for all T steps at once before the loop
+   (``Kernel.start_backward``) into the buffer that the loop then multiplies in place by the
+   incoming gradient, so a step costs a handful of calls (at small batches the Python cost per
+   call is what counts);
 4. the recurrent weight gradients as one GEMM over all steps at the end
    (``dW_hh = sum_t dA_t^T h_{t-1}``).
 
@@ -17,6 +22,7 @@ the gates or the weights.
 
 from __future__ import annotations
 
+import copy
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +54,9 @@ class _StepNorms:
     caller writes each step's input there, and the backward pass overwrites it with that
     input's gradient once it is no longer needed, so :meth:`input_grads` costs no memory.
     Without, the inputs are views the caller keeps alive (the LSTM's cell buffer) and their
-    gradients are only returned. The gain and shift gradients are summed as the backward
-    pass goes (``dweight``, ``dbias``); nothing is recomputed at the end.
+    gradients are only returned. Each step's gain and shift gradients are kept (a list
+    append costs far less than a tensor addition at small batches) and summed at the end
+    (``dweight``, ``dbias``); nothing is recomputed.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None,
@@ -73,11 +80,12 @@ class _StepNorms:
 
     def start_backward(self, inputs: tuple[Tensor, ...] = (), weight_t: Tensor | None = None
                        ) -> None:
-        """Zero the gain and shift gradients. A backward pass overwrote the stored inputs
-        with their gradients, so from the second one on (``retain_graph=True``) the inputs are
-        recomputed as ``inputs[t] @ weight_t``, step by step, bit for bit as in the forward."""
-        self.dweight = torch.zeros_like(self.weight)
-        self.dbias = None if self.bias is None else torch.zeros_like(self.bias)
+        """Forget the gain and shift gradients of a previous pass. A backward pass overwrote
+        the stored inputs with their gradients, so from the second one on
+        (``retain_graph=True``) the inputs are recomputed as ``inputs[t] @ weight_t``, step by
+        step, bit for bit as in the forward."""
+        self.dweights: list[Tensor] = []
+        self.dbiases: list[Tensor] = []
         self.passes = getattr(self, "passes", 0) + 1
         if self.passes > 1 and self.steps is not None:
             for x, a in zip(inputs, self.steps):
@@ -89,9 +97,9 @@ class _StepNorms:
         a = self.a[t]
         da, dw, db = _LN_BACKWARD(dy, a, a.shape[-1:], self.mean[t], self.rstd[t],
                                   self.weight, self.bias, self.mask)
-        self.dweight += dw
+        self.dweights.append(dw)
         if db is not None:
-            self.dbias += db
+            self.dbiases.append(db)
         if self.steps is not None:
             return self.steps[t].copy_(da)
         return da
@@ -100,10 +108,27 @@ class _StepNorms:
         """Every step's input gradient, (T, B, N), after the backward pass."""
         return self.buf
 
+    @property
+    def dweight(self) -> Tensor:
+        """The gain's gradient, summed over the steps, after the backward pass."""
+        return torch.stack(self.dweights).sum(0)
+
+    @property
+    def dbias(self) -> Tensor | None:
+        """The shift's gradient (None without a shift), after the backward pass."""
+        return None if self.bias is None else torch.stack(self.dbiases).sum(0)
+
 
 def _sum_tb(x: Tensor) -> Tensor:
     """Sum over the time and batch dimensions of (T, B, N)."""
     return x.sum((0, 1))
+
+
+def _dot_tb(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum((0, 1))`` for (T, B, N) tensors, an eighth of the steps at a time (no
+    full-size product in memory)."""
+    chunk = -(-a.shape[0] // 8)
+    return sum(_sum_tb(a[lo:lo + chunk] * b[lo:lo + chunk]) for lo in range(0, a.shape[0], chunk))
 
 
 def _grad_w(da: Tensor, h: Tensor) -> Tensor:
@@ -116,19 +141,22 @@ def _mm(base: Tensor | None, a: Tensor, w: Tensor) -> Tensor:
     return torch.mm(a, w) if base is None else torch.addmm(base, a, w)
 
 
-def _sigmoid_grad(s: Tensor) -> Tensor:
-    """``s * (1 - s)`` in one call: the derivative of a sigmoid whose output is ``s``."""
-    return torch.addcmul(s, s, s, value=-1)
-
-
 class Kernel:
     """One cell's forward and backward step for :class:`_Recurrence`.
 
+    ``xp`` is the input projection, (T, B, G), the kernel's own: the gates of step t are
+    written over ``xp[t]`` once it is read, so the forward pass keeps no second (T, B, G).
     ``sbuf`` holds the state sequences, (T + 1, B, n) each, with the initial state at index 0;
     ``self.S[j][t]`` is the view of state j before step t. ``forward_step(t)`` reads
     ``S[j][t]`` and writes ``S[j][t + 1]``. Everything is preallocated and every per-step view
     is made once (``unbind``), so a step costs only its arithmetic: at batch 1 the Python
     overhead per operation is the cost that matters.
+
+    ``start_backward()`` turns the buffers the forward pass kept (named in ``consumed``) into
+    the backward pass's, in place: each step's gradient factors that do not depend on the
+    incoming gradient, computed for all steps at once. The backward pass thus needs little
+    more memory than the forward pass kept. A backward pass that must leave the graph intact
+    (``retain_graph=True``) runs on :meth:`keep`, a copy with copies of those buffers.
 
     ``backward_step(t, grads, base)`` receives the gradients of the states after step t and
     returns those of the states before it; ``base`` (or None) is to be added to the gradient
@@ -136,6 +164,7 @@ class Kernel:
     """
 
     num_states: ClassVar[int] = 1
+    consumed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...], sbuf: list[Tensor]):
         self.xp = xp
@@ -149,6 +178,19 @@ class Kernel:
         """Per-step views of ``buf[:, :, lo:hi]``."""
         return buf[..., lo:hi].unbind(0)
 
+    def _views(self) -> None:
+        """(Re)make the per-step views of the ``consumed`` buffers."""
+
+    def keep(self) -> Kernel:
+        """A copy whose ``consumed`` buffers are copies, for a backward pass that must leave
+        this kernel as the forward pass left it."""
+        other = copy.copy(self)
+        for name in self.consumed:
+            buf = getattr(self, name)
+            setattr(other, name, None if buf is None else buf.clone())
+        other._views()
+        return other
+
     def forward_step(self, t: int) -> None:
         raise NotImplementedError
 
@@ -157,13 +199,17 @@ class Kernel:
         self.xp = self.XP = None
 
     def start_backward(self) -> None:
-        """Allocate the gradient buffers: at backward time, not during the forward pass (lower
-        peak memory), and afresh for every backward pass (``retain_graph=True``)."""
+        """Prepare the backward loop (see the class docstring)."""
 
     def backward_step(self, t: int, grads: list[Tensor], base: Tensor | None) -> list[Tensor]:
         raise NotImplementedError
 
+    def end_backward(self) -> None:
+        """Drop what only the backward loop needed, before the weight gradients are made."""
+
     def input_grad(self) -> Tensor:
+        """The gradient of the input projection, (T, B, G); called after
+        :meth:`weight_grads`, it may reuse buffers those needed."""
         raise NotImplementedError
 
     def weight_grads(self) -> tuple[Tensor | None, ...]:
@@ -181,7 +227,11 @@ class ElmanKernel(Kernel):
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
 
     def start_backward(self):
-        self.da = torch.empty_like(self.sbuf[0][1:])
+        h = self.sbuf[0][1:]
+        if self.relu:  # 1 where h > 0: the derivative of relu
+            self.da = torch.sign(h)
+        else:
+            self.da = torch.addcmul(torch.ones_like(h[0]), h, h, value=-1)  # 1 - h^2
         self.DA = self.da.unbind(0)
 
     def forward_step(self, t):
@@ -194,12 +244,7 @@ class ElmanKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        h = self.S[0][t + 1]
-        if self.relu:
-            da = torch.mul(dh, h > 0, out=self.DA[t])
-        else:
-            da = torch.addcmul(dh, dh * h, h, value=-1, out=self.DA[t])
-        return [_mm(base, da, self.w)]
+        return [_mm(base, self.DA[t].mul_(dh), self.w)]
 
     def input_grad(self):
         return self.da
@@ -216,11 +261,17 @@ class LSTMKernel(Kernel):
     """LSTM, optionally layer-normalised; weights: (weight_hh, ln_hh_weight, ln_c_weight,
     ln_c_bias), the last three ``None`` without layer norm.
 
-    Kept per step: the gates after their nonlinearities (i, f, g, o), ``tanh`` of the
-    (normalised) cell and ``k = o * (1 - tanh^2)``, the factor by which dh reaches the cell.
+    Kept per step: the gates after their nonlinearities (i, f, g, o), and with layer norm
+    ``tanh`` of the normalised cell (without, ``tanh(c)`` is recomputed from the cells, a few
+    steps at a time, which keeps the peak memory of the backward pass low). Before the
+    backward loop, the gates become what multiplies each gate's incoming gradient,
+    ``g i(1-i)``, ``c_prev f(1-f)``, ``i (1-g^2)`` (all three times dL/dc_t) and
+    ``tanh(c) o(1-o)`` (times dL/dh_t), and ``k = o (1 - tanh(c)^2)``, the factor by which dh
+    reaches the cell, is computed; f is kept aside.
     """
 
     num_states = 2
+    consumed = ("gates", "tc")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -228,29 +279,47 @@ class LSTMKernel(Kernel):
         self.ln = self.g_hh is not None
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         T, B, G = xp.shape
-        H = self.H = G // 4
-        self.gates = torch.empty_like(xp)  # (T, B, 4H) i, f, g, o after their nonlinearities
-        self.tc = xp.new_empty(T, B, H)  # tanh(c), or tanh(LN(c) * g_c + b_c)
-        self.k = xp.new_empty(T, B, H)  # o * (1 - tc^2)
-        self.ones = xp.new_ones(B, H)
-        st = self._steps
-        self.Gt, self.IF = st(self.gates), st(self.gates, 0, 2 * H)
-        self.Gi, self.Gf = st(self.gates, 0, H), st(self.gates, H, 2 * H)
-        self.Gg, self.Go = st(self.gates, 2 * H, 3 * H), st(self.gates, 3 * H)
-        self.TC, self.K = self.tc.unbind(0), self.k.unbind(0)
-        self.d = xp.new_empty(B, G)  # one step's activation derivatives
-        self.Dg = self.d[:, 2 * H:3 * H]
+        self.H = G // 4
+        self.gates = xp  # (T, B, 4H) i, f, g, o after their nonlinearities, over xp
+        # tanh(LN(c) * g_c + b_c) of every step; without layer norm, one step's tanh(c)
+        self.tc = xp.new_empty(T if self.ln else 1, B, self.H)
+        self._views()
         if self.ln:
             self.norm_h = _StepNorms(self.g_hh, buf=torch.empty_like(xp))  # of W_hh h
             self.norm_c = _StepNorms(self.g_c, self.b_c)  # of c
 
+    def _views(self):
+        H, st = self.H, self._steps
+        self.Gt, self.IF = st(self.gates), st(self.gates, 0, 2 * H)
+        self.Gi, self.Gf = st(self.gates, 0, H), st(self.gates, H, 2 * H)
+        self.Gg, self.Go = st(self.gates, 2 * H, 3 * H), st(self.gates, 3 * H)
+        self.TC = self.tc.unbind(0) if self.ln else (self.tc[0],) * self.T
+
     def start_backward(self):
-        H = self.H
+        H, T = self.H, self.T
+        i, f, g, o = self.gates.split(H, -1)
+        c_prev = self.sbuf[1][:-1]
+        # k = o (1 - tc^2) and o's factor from tc = tanh(c), an eighth of the steps at a time:
+        # with layer norm, k is written over the kept tc; without, tc is recomputed
+        k = self.tc if self.ln else torch.empty_like(c_prev)
+        chunk = -(-T // 8)
+        for lo in range(0, T, chunk):
+            steps = slice(lo, lo + chunk)
+            ks, os = k[steps], o[steps]
+            tc = ks.clone() if self.ln else torch.tanh(self.sbuf[1][lo + 1:lo + 1 + chunk])
+            torch.addcmul(os, os, torch.mul(tc, tc, out=ks), value=-1, out=ks)
+            torch.addcmul(os, os, os, value=-1, out=os).mul_(tc)
+        self.tc = self.TC = None
+        tmp = torch.addcmul(torch.ones_like(g[0]), g, g, value=-1).mul_(i)
+        torch.addcmul(i, i, i, value=-1, out=i).mul_(g)
+        g.copy_(tmp)
+        self.f = tmp.copy_(f)
+        torch.addcmul(f, f, f, value=-1, out=f).mul_(c_prev)
+        self.dgates = d = self.gates  # d loss / d pre-activation, once the loop is done
+        self.K, self.F = k.unbind(0), self.f.unbind(0)
         st = self._steps
-        self.dgates = torch.empty_like(self.gates)  # (T, B, 4H) d loss / d pre-activation
-        self.DG = st(self.dgates)
-        self.DGi, self.DGf = st(self.dgates, 0, H), st(self.dgates, H, 2 * H)
-        self.DGg, self.DGo = st(self.dgates, 2 * H, 3 * H), st(self.dgates, 3 * H)
+        self.DG, self.DGo = st(d), st(d, 3 * H)
+        self.DGifg = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
         if self.ln:
             self.norm_h.start_backward(self.S[0], self.wt)
             self.norm_c.start_backward()
@@ -271,8 +340,7 @@ class LSTMKernel(Kernel):
             tc = torch.tanh(self.norm_c.forward(c), out=self.TC[t])
         else:
             tc = torch.tanh(c, out=self.TC[t])
-        h = torch.mul(o, tc, out=H[t + 1])
-        torch.addcmul(o, h, tc, value=-1, out=self.K[t])
+        torch.mul(o, tc, out=H[t + 1])
 
     def backward_step(self, t, grads, base):
         dh, dc = grads
@@ -280,17 +348,15 @@ class LSTMKernel(Kernel):
             dct = dc + self.norm_c.backward(t, dh * self.K[t])
         else:
             dct = torch.addcmul(dc, dh, self.K[t])
-        torch.mul(dct, self.Gg[t], out=self.DGi[t])
-        torch.mul(dct, self.S[1][t], out=self.DGf[t])
-        torch.mul(dct, self.Gi[t], out=self.DGg[t])
-        torch.mul(dh, self.TC[t], out=self.DGo[t])
-        g = self.Gg[t]
-        d = torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
-        torch.addcmul(self.ones, g, g, value=-1, out=self.Dg)
-        dg = self.DG[t].mul_(d)
+        self.DGifg[t].mul_(dct.unsqueeze(1))
+        self.DGo[t].mul_(dh)
+        dg = self.DG[t]
         if self.ln:
             dg = self.norm_h.backward(t, dg)
-        return [_mm(base, dg, self.w), dct * self.Gf[t]]
+        return [_mm(base, dg, self.w), dct * self.F[t]]
+
+    def end_backward(self):
+        self.K = self.F = self.f = None
 
     def input_grad(self):
         return self.dgates
@@ -304,23 +370,23 @@ class LSTMKernel(Kernel):
 
 
 class PeepholeKernel(LSTMKernel):
-    """Peephole LSTM; weights: (weight_hh, peephole). Buffers as :class:`LSTMKernel`."""
+    """Peephole LSTM; weights: (weight_hh, peephole). Buffers as :class:`LSTMKernel` (the
+    gradient factors are the same; the peepholes add ``p * c`` terms to the cell's gradient)."""
 
     def __init__(self, xp, weights, sbuf):
         w, self.p = weights
         super().__init__(xp, (w, None, None, None), sbuf)
         self.p_i, self.p_f, self.p_o = self.p.unbind(0)
-        H = self.H
-        self.Do, self.Digf = self.d[:, 3 * H:], self.d[:, :3 * H]
 
     def start_backward(self):
         super().start_backward()
-        self.DGigf = self._steps(self.dgates, 0, 3 * self.H)
+        H = self.H
+        self.DGi, self.DGf = self._steps(self.dgates, 0, H), self._steps(self.dgates, H, 2 * H)
 
     def forward_step(self, t):
         H, C = self.S
         c_prev = C[t]
-        gt = torch.addmm(self.XP[t], H[t], self.wt, out=self.Gt[t])
+        torch.addmm(self.XP[t], H[t], self.wt, out=self.Gt[t])
         self.Gi[t].addcmul_(self.p_i, c_prev)
         self.Gf[t].addcmul_(self.p_f, c_prev)
         self.IF[t].sigmoid_()
@@ -328,22 +394,14 @@ class PeepholeKernel(LSTMKernel):
         c = torch.mul(self.Gf[t], c_prev, out=C[t + 1]).addcmul_(self.Gi[t], g)
         o = self.Go[t].addcmul_(self.p_o, c).sigmoid_()
         tc = torch.tanh(c, out=self.TC[t])
-        h = torch.mul(o, tc, out=H[t + 1])
-        torch.addcmul(o, h, tc, value=-1, out=self.K[t])
-        del gt
+        torch.mul(o, tc, out=H[t + 1])
 
     def backward_step(self, t, grads, base):
         dh, dc = grads
-        g = self.Gg[t]
-        torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
-        torch.addcmul(self.ones, g, g, value=-1, out=self.Dg)
-        do = torch.mul(dh, self.TC[t], out=self.DGo[t]).mul_(self.Do)
+        do = self.DGo[t].mul_(dh)
         dct = torch.addcmul(dc, dh, self.K[t]).addcmul_(do, self.p_o)
-        torch.mul(dct, g, out=self.DGi[t])
-        torch.mul(dct, self.S[1][t], out=self.DGf[t])
-        torch.mul(dct, self.Gi[t], out=self.DGg[t])
-        self.DGigf[t].mul_(self.Digf)
-        dc_prev = (dct * self.Gf[t]).addcmul_(self.DGi[t], self.p_i).addcmul_(
+        self.DGifg[t].mul_(dct.unsqueeze(1))
+        dc_prev = (dct * self.F[t]).addcmul_(self.DGi[t], self.p_i).addcmul_(
             self.DGf[t], self.p_f)
         return [_mm(base, self.DG[t], self.w), dc_prev]
 
@@ -351,78 +409,85 @@ class PeepholeKernel(LSTMKernel):
         H = self.H
         c = self.sbuf[1]
         d = self.dgates
-        dp = torch.stack([_sum_tb(d[..., :H] * c[:-1]), _sum_tb(d[..., H:2 * H] * c[:-1]),
-                          _sum_tb(d[..., 3 * H:] * c[1:])])
+        dp = torch.stack([_dot_tb(d[..., :H], c[:-1]), _dot_tb(d[..., H:2 * H], c[:-1]),
+                          _dot_tb(d[..., 3 * H:], c[1:])])
         return _grad_w(d, self.sbuf[0][:-1]), dp
 
 
 class _GRUKernel(Kernel):
     """What both GRU kernels share: r, z, n after their nonlinearities (``gates``), the
-    input projection split at the candidate, ``h_prev - n`` and the candidate's gradient."""
+    input projection split at the candidate and ``h_prev - n``."""
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
-        T, B, G = xp.shape
-        H = self.H = G // 3
-        self.gates = torch.empty_like(xp)  # r, z, n after their nonlinearities
-        self.hmn = xp.new_empty(T, B, H)  # h_prev - n
-        self.ones = xp.new_ones(B, H)
-        st = self._steps
+        self.H = xp.shape[2] // 3
+        self.gates = xp  # r, z, n after their nonlinearities, written over xp
+        self.XPrz, self.XPn = self._steps(xp, 0, 2 * self.H), self._steps(xp, 2 * self.H)
+
+    def _views(self):
+        H, st = self.H, self._steps
         self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
         self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
-        self.XPrz, self.XPn = st(xp, 0, 2 * H), st(xp, 2 * H)
         self.HMN = self.hmn.unbind(0)
 
     def end_forward(self):
         super().end_forward()
         self.XPrz = self.XPn = None
 
-    def start_backward(self):
-        H = self.H
-        st = self._steps
-        self.dxp = torch.empty_like(self.gates)
-        self.DXn = st(self.dxp, 2 * H)
-        self.DXrz, self.DXr = st(self.dxp, 0, 2 * H), st(self.dxp, 0, H)
-        self.DXz = st(self.dxp, H, 2 * H)
-
     def _blend(self, t: int, h: Tensor, n: Tensor) -> None:
         """``h_t = (1 - z) * n + z * h_prev``, keeping ``h_prev - n``."""
         torch.addcmul(n, self.Gz[t], torch.sub(h, n, out=self.HMN[t]), out=self.S[0][t + 1])
 
-    def _candidate_grad(self, t: int, dh: Tensor) -> tuple[Tensor, Tensor]:
-        """``(dh * z, d loss / d n's pre-activation)``, the latter written to ``dxp``."""
-        n = self.Gn[t]
-        dhz = dh * self.Gz[t]
-        dn = torch.sub(dh, dhz, out=self.DXn[t]).mul_(torch.addcmul(self.ones, n, n, value=-1))
-        return dhz, dn
+    def _candidate_factor(self, out: Tensor) -> Tensor:
+        """``out = (1 - z)(1 - n^2)``, (T, B, H): what dL/dh_t becomes for n's
+        pre-activation; ``out`` may be n's own slot of the gates."""
+        z, n = self.gates[..., self.H:2 * self.H], self.gates[..., 2 * self.H:]
+        q = torch.addcmul(torch.ones_like(n[0]), n, n, value=-1, out=out)
+        return q.addcmul_(q, z, value=-1)
+
+    def _direct(self, t: int, dh: Tensor, base: Tensor | None) -> Tensor:
+        """``base + dh * z``: the part of dL/dh_{t-1} that does not pass through a weight."""
+        return dh * self.Gz[t] if base is None else torch.addcmul(base, dh, self.Gz[t])
 
 
 class GRUAfterKernel(_GRUKernel):
     """torch.nn.GRU's cell (reset after the product), optionally layer-normalised;
     ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight).
 
-    Kept per step: r, z, n, the recurrent projection ``gh`` (3H) and ``h_prev - n``."""
+    Kept per step: r, z, n, the recurrent projection ``gh`` (3H) and ``h_prev - n``. Before
+    the backward loop, ``gh`` becomes ``[r(1-r) q gh_n, z(1-z)(h_prev - n), q r]`` and
+    ``h_prev - n`` becomes ``q = (1-z)(1-n^2)``: each step multiplies both by dL/dh_t in
+    place, which makes them d loss / d gh and d loss / d n's pre-activation."""
+
+    consumed = ("gates", "gh", "hmn")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         self.w, self.b, self.g_hh = weights
         self.ln = self.g_hh is not None
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
-        H = self.H
         self.gh = torch.empty_like(xp)  # recurrent projection + bias_hh
-        st = self._steps
-        self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
+        self.hmn = torch.empty_like(xp[..., :self.H])  # h_prev - n
+        self._views()
         if self.ln:
             self.norm = _StepNorms(self.g_hh, self.b, buf=torch.empty_like(xp))
 
+    def _views(self):
+        super()._views()
+        H, st = self.H, self._steps
+        self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
+
     def start_backward(self):
-        super().start_backward()
         H = self.H
-        st = self._steps
-        self.dgh = torch.empty_like(self.gh)  # d loss / d gh
-        self.DGH, self.DGHrz = st(self.dgh), st(self.dgh, 0, 2 * H)
-        self.DGHr, self.DGHz, self.DGHn = (st(self.dgh, 0, H), st(self.dgh, H, 2 * H),
-                                           st(self.dgh, 2 * H))
+        r, z, _ = self.gates.split(H, -1)
+        d = self.dgh = self.gh  # d loss / d gh, once the loop is done
+        dr, dz, dn = d.split(H, -1)
+        torch.addcmul(z, z, z, value=-1, out=dz).mul_(self.hmn)
+        q = self.dn = self._candidate_factor(self.hmn)
+        torch.addcmul(r, r, r, value=-1, out=dr).mul_(q).mul_(dn)
+        torch.mul(q, r, out=dn)
+        self.DGH, self.DN = self._steps(d), q.unbind(0)
+        self.DGH3 = d.unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
         if self.ln:
             self.norm.start_backward(self.S[0], self.wt)
 
@@ -442,24 +507,16 @@ class GRUAfterKernel(_GRUKernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        dhz, dn = self._candidate_grad(t, dh)
-        torch.mul(dn, self.GHn[t], out=self.DGHr[t])
-        torch.mul(dh, self.HMN[t], out=self.DGHz[t])
-        self.DGHrz[t].mul_(_sigmoid_grad(self.Grz[t]))
-        dgh = self.DGH[t]
-        torch.mul(dn, self.Gr[t], out=self.DGHn[t])
-        if base is not None:
-            dhz += base
-        if self.ln:
-            da = self.norm.backward(t, dgh)
-        else:
-            da = dgh
-        return [torch.addmm(dhz, da, self.w)]
+        self.DGH3[t].mul_(dh.unsqueeze(1))
+        self.DN[t].mul_(dh)
+        da = self.norm.backward(t, self.DGH[t]) if self.ln else self.DGH[t]
+        return [torch.addmm(self._direct(t, dh, base), da, self.w)]
 
     def input_grad(self):
         H = self.H
-        self.dxp[..., :2 * H] = self.dgh[..., :2 * H]
-        return self.dxp
+        self.gates[..., :2 * H] = self.dgh[..., :2 * H]  # the gates are no longer needed
+        self.gates[..., 2 * H:] = self.dn
+        return self.gates
 
     def weight_grads(self):
         h_prev = self.sbuf[0][:-1]
@@ -473,7 +530,12 @@ class GRUBeforeKernel(_GRUKernel):
     """The original GRU (reset before the product), optionally layer-normalised;
     ``xp`` holds every bias; weights: (weight_hh, ln_hh_weight).
 
-    Kept per step: r, z, n, ``r * h_prev`` and ``h_prev - n``."""
+    Kept per step: r, z, n and, side by side in ``aux``, ``r * h_prev`` and ``h_prev - n``.
+    Before the backward loop, ``aux`` becomes ``[r(1-r) h_prev, z(1-z)(h_prev - n)]`` and n
+    becomes ``(1-z)(1-n^2)``; each step multiplies the r factor by dL/d(r h_prev) and the
+    others by dL/dh_t. ``r * h_prev`` is recomputed for the weight gradient."""
+
+    consumed = ("gates", "aux")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -483,18 +545,32 @@ class GRUBeforeKernel(_GRUKernel):
         H = self.H
         self.w_rz, self.w_n = self.w[:2 * H], self.w[2 * H:]
         self.wt_rz, self.wt_n = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
-        self.rh = xp.new_empty(T, B, H)  # r * h_prev, the candidate's recurrent input
-        self.RH = self.rh.unbind(0)
+        self.aux = xp.new_empty(T, B, 2 * H)
+        self._views()
         if self.ln:
             self.g_rz, self.g_n = self.g_hh[:2 * H], self.g_hh[2 * H:]
             self.norm_rz = _StepNorms(self.g_rz, buf=xp.new_empty(T, B, 2 * H))
             self.norm_n = _StepNorms(self.g_n, buf=xp.new_empty(T, B, H))
 
+    def _views(self):
+        # r * h_prev, the candidate's recurrent input, and h_prev - n
+        self.rh, self.hmn = self.aux.split(self.H, -1)
+        super()._views()
+        self.RH = self.rh.unbind(0)
+
     def start_backward(self):
-        super().start_backward()
-        if self.ln:
+        if self.ln:  # first: a second pass recomputes their inputs from r * h_prev
             self.norm_rz.start_backward(self.S[0], self.wt_rz)
             self.norm_n.start_backward(self.RH, self.wt_n)
+        H = self.H
+        r, z, n = self.gates.split(H, -1)
+        self.rh.addcmul_(self.rh, r, value=-1)  # r (1 - r) h_prev
+        fz = self.hmn.mul_(z)
+        fz.addcmul_(fz, z, value=-1)  # z (1 - z)(h_prev - n)
+        self.rh = self.hmn = self.RH = self.HMN = None
+        self._candidate_factor(n)
+        st = self._steps
+        self.DXrz, self.DXr, self.DXz = st(self.aux), st(self.aux, 0, H), st(self.aux, H)
 
     def forward_step(self, t):
         (H,) = self.S
@@ -516,34 +592,30 @@ class GRUBeforeKernel(_GRUKernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        dhz, dn = self._candidate_grad(t, dh)
-        if self.ln:
-            da_n = self.norm_n.backward(t, dn)
-        else:
-            da_n = dn
-        drh = torch.mm(da_n, self.w_n)
-        torch.mul(drh, self.S[0][t], out=self.DXr[t])
-        torch.mul(dh, self.HMN[t], out=self.DXz[t])
-        drz = self.DXrz[t].mul_(_sigmoid_grad(self.Grz[t]))
-        if self.ln:
-            da_rz = self.norm_rz.backward(t, drz)
-        else:
-            da_rz = drz
-        dhz.addcmul_(drh, self.Gr[t])
-        if base is not None:
-            dhz += base
-        return [torch.addmm(dhz, da_rz, self.w_rz)]
+        dn = self.Gn[t].mul_(dh)
+        drh = torch.mm(self.norm_n.backward(t, dn) if self.ln else dn, self.w_n)
+        self.DXr[t].mul_(drh)
+        self.DXz[t].mul_(dh)
+        drz = self.DXrz[t]
+        da_rz = self.norm_rz.backward(t, drz) if self.ln else drz
+        direct = self._direct(t, dh, base).addcmul_(drh, self.Gr[t])
+        return [torch.addmm(direct, da_rz, self.w_rz)]
 
     def input_grad(self):
-        return self.dxp
+        self.gates[..., :2 * self.H] = self.aux  # after the weight gradients: r was needed
+        return self.gates
 
     def weight_grads(self):
-        H = self.H
+        H, T = self.H, self.T
+        h_prev, r = self.sbuf[0][:-1], self.gates[..., :H]
         if self.ln:
             da_rz, da_n = self.norm_rz.input_grads(), self.norm_n.input_grads()
         else:
-            da_rz, da_n = self.dxp[..., :2 * H], self.dxp[..., 2 * H:]
-        dw = torch.cat([_grad_w(da_rz, self.sbuf[0][:-1]), _grad_w(da_n, self.rh)])
+            da_rz, da_n = self.aux, self.gates[..., 2 * H:]
+        chunk = -(-T // 8)
+        dw_n = sum(_grad_w(da_n[lo:lo + chunk], r[lo:lo + chunk] * h_prev[lo:lo + chunk])
+                   for lo in range(0, T, chunk))
+        dw = torch.cat([_grad_w(da_rz, h_prev), dw_n])
         dg = None
         if self.ln:
             dg = torch.cat([self.norm_rz.dweight, self.norm_n.dweight])
@@ -553,28 +625,40 @@ class GRUBeforeKernel(_GRUKernel):
 class MinimalGRUKernel(Kernel):
     """The notes' minimal GRU; ``xp`` holds every bias; weights: (weight_hh,).
 
-    Kept per step: u, n and ``n - h_prev``."""
+    Kept per step: u, n and ``n - h_prev``. Before the backward loop, the gates become
+    ``[u(1-u)(n - h_prev), u(1-n^2)]`` (u is kept aside); each step multiplies them by
+    dL/dh_t in place."""
+
+    consumed = ("gates", "nmh")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
         T, B, G = xp.shape
-        H = self.H = G // 2
-        self.gates = torch.empty_like(xp)
-        self.nmh = xp.new_empty(T, B, H)  # n - h_prev
-        self.ones = xp.new_ones(B, H)
-        st = self._steps
+        self.H = G // 2
+        self.gates = xp  # u, n after their nonlinearities, written over xp
+        self.nmh = xp.new_empty(T, B, self.H)  # n - h_prev
+        self._views()
+
+    def _views(self):
+        H, st = self.H, self._steps
         self.Gt, self.Gu, self.Gn = st(self.gates), st(self.gates, 0, H), st(self.gates, H)
         self.NMH = self.nmh.unbind(0)
 
     def start_backward(self):
         H = self.H
-        st = self._steps
-        self.dxp = torch.empty_like(self.gates)
-        self.DX, self.DXu, self.DXn = st(self.dxp), st(self.dxp, 0, H), st(self.dxp, H)
-        self.d = self.ones.new_empty(self.B, 2 * H)  # one step's activation derivatives
-        self.Dn = self.d[:, H:]
+        u, n = self.gates.split(H, -1)
+        torch.addcmul(torch.ones_like(n[0]), n, n, value=-1, out=n).mul_(u)
+        fu = self.nmh.mul_(u)
+        fu.addcmul_(fu, u, value=-1)  # u (1 - u)(n - h_prev)
+        self.u = u.clone()
+        u.copy_(fu)
+        self.nmh = self.NMH = None
+        self.dxp = self.gates
+        self.U = self.u.unbind(0)
+        self.DX2 = self.gates.unflatten(-1, (2, H)).unbind(0)  # (B, 2, H) per step
+        self.DX = self._steps(self.gates)
 
     def forward_step(self, t):
         (H,) = self.S
@@ -585,16 +669,11 @@ class MinimalGRUKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        u, n = self.Gu[t], self.Gn[t]
-        direct = torch.addcmul(dh, dh, u, value=-1)
+        direct = torch.addcmul(dh, dh, self.U[t], value=-1)
         if base is not None:
             direct += base
-        torch.mul(dh, self.NMH[t], out=self.DXu[t])
-        torch.mul(dh, u, out=self.DXn[t])
-        d = torch.addcmul(self.Gt[t], self.Gt[t], self.Gt[t], value=-1, out=self.d)
-        torch.addcmul(self.ones, n, n, value=-1, out=self.Dn)
-        dx = self.DX[t].mul_(d)
-        return [torch.addmm(direct, dx, self.w)]
+        self.DX2[t].mul_(dh.unsqueeze(1))
+        return [torch.addmm(direct, self.DX[t], self.w)]
 
     def input_grad(self):
         return self.dxp
@@ -647,6 +726,13 @@ def record_state_grads() -> Iterator[StateGradRecord]:
 
 def _needed(grads: tuple[Tensor | None, ...], needs: tuple[bool, ...]) -> tuple:
     return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+def _keep_graph() -> bool:
+    """Whether the running backward pass keeps the graph (``retain_graph=True``); True when
+    this torch cannot tell, which costs memory, never correctness."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if probe is None else bool(probe())
 
 
 @contextmanager
@@ -713,6 +799,14 @@ class _Recurrence(Function):
                                "differentiated twice (create_graph=True); use "
                                "engine='reference' for higher-order gradients")
         kernel, mask = ctx.kernel, ctx.mask
+        if kernel is None:
+            raise RuntimeError("Trying to backward through an engine='bptt' recurrence a second "
+                               "time: its buffers were freed by the first backward pass; pass "
+                               "retain_graph=True to the first backward call")
+        if _keep_graph():
+            kernel = kernel.keep()
+        else:  # the buffers become gradients in place, and go once they are returned
+            ctx.kernel = None
         kernel.start_backward()
         T = kernel.T
         n = len(grad_seqs)
@@ -730,8 +824,9 @@ class _Recurrence(Function):
             for t in range(T - 1, 0, -1):
                 grads = step(t, grads, None if after is None else after[t - 1])
             grads = step(0, grads, None)
-            return (None, None, kernel.input_grad(), *grads,
-                    *_needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:]))
+            kernel.end_backward()
+            weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
+            return (None, None, kernel.input_grad(), *grads, *weight_grads)
         for t in range(T - 1, -1, -1):
             if record is not None:
                 for buf, g in zip(seen, grads):
@@ -747,6 +842,7 @@ class _Recurrence(Function):
                 grads = step(t, inside, base)
                 grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
             grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
+        kernel.end_backward()
         if record is not None:
             recorder, index = record
             recorder.runs[index] = tuple(seen)
@@ -818,6 +914,7 @@ def run_bptt(
     tensor per state tensor, the state after every step (carried through padding).
     """
     kernel, bias, ln_weight, weights = _plan(cell, params)
+    # a fresh tensor that nothing else holds (the kernel writes the gates over it) and whose
+    # autograd producers keep no reference to it (linear, layer norm and add save inputs only)
     xp = _project(x, params["weight_ih"], bias, ln_weight)
-    # autograd needs contiguous, non-aliased buffers to write the input gradient into
     return _Recurrence.apply(kernel, mask, xp, *state, *weights)
