@@ -165,6 +165,9 @@ class Kernel:
 
     num_states: ClassVar[int] = 1
     consumed: ClassVar[tuple[str, ...]] = ()
+    #: True when the kernel receives the layer input x instead of the input projection xp
+    #: (and returns dL/dx and the input weights' gradients itself)
+    owns_projection: ClassVar[bool] = False
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...], sbuf: list[Tensor]):
         self.xp = xp
@@ -217,22 +220,31 @@ class Kernel:
 
 
 class ElmanKernel(Kernel):
-    """``h = g(xp + W_hh h_prev)``, g = tanh or relu; weights: (weight_hh,)."""
+    """``h = g(W_ih x + b + W_hh h_prev)``, g = tanh or relu; weights: (weight_hh, weight_ih,
+    bias or None).
+
+    This kernel makes its own input projection (``owns_projection``), and so its backward
+    pass can turn dL/dh into dL/dx, dL/dW_ih and dL/db an eighth of the steps at a time: the
+    pre-activations' gradient is never held whole, and the layer's peak memory is its outputs
+    and dL/dx.
+    """
 
     relu = False
+    owns_projection: ClassVar[bool] = True
 
-    def __init__(self, xp, weights, sbuf):
-        super().__init__(xp, weights, sbuf)
-        (self.w,) = weights
+    def __init__(self, x, weights, sbuf):
+        self.w, self.w_ih, self.b = weights
+        self.x = x
+        super().__init__(F.linear(x, self.w_ih, self.b), weights, sbuf)
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
 
     def start_backward(self):
-        h = self.sbuf[0][1:]
-        if self.relu:  # 1 where h > 0: the derivative of relu
-            self.da = torch.sign(h)
-        else:
-            self.da = torch.addcmul(torch.ones_like(h[0]), h, h, value=-1)  # 1 - h^2
-        self.DA = self.da.unbind(0)
+        self.chunk = -(-self.T // 8)
+        self.da = torch.empty_like(self.sbuf[0][1:1 + self.chunk])  # one chunk of steps
+        self.ones = torch.ones_like(self.da[0])
+        self.dx = torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)
+        self.dw, self.dw_ih = torch.zeros_like(self.w), torch.zeros_like(self.w_ih)
+        self.db = None if self.b is None else torch.zeros_like(self.b)
 
     def forward_step(self, t):
         H = self.S[0]
@@ -244,13 +256,37 @@ class ElmanKernel(Kernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        return [_mm(base, self.DA[t].mul_(dh), self.w)]
+        lo = t - t % self.chunk
+        if t == min(lo + self.chunk, self.T) - 1:  # the chunk's first step, going backward
+            h, d = self.sbuf[0][lo + 1:t + 2], self.da[:t + 1 - lo]
+            if self.relu:  # 1 where h > 0: the derivative of relu
+                torch.sign(h, out=d)
+            else:
+                torch.addcmul(self.ones, h, h, value=-1, out=d)
+            self.DA = d.unbind(0)
+        out = _mm(base, self.DA[t - lo].mul_(dh), self.w)
+        if t == lo:
+            self._emit(lo, lo + len(self.DA))
+        return [out]
+
+    def _emit(self, lo: int, hi: int) -> None:
+        """The gradients that steps lo..hi-1 contribute beyond the recurrence."""
+        da = self.da[:hi - lo].reshape(-1, self.w.shape[0])
+        x = self.x[lo:hi].reshape(-1, self.x.shape[-1])
+        torch.mm(da, self.w_ih, out=self.dx[lo:hi].view(-1, self.x.shape[-1]))
+        self.dw_ih.addmm_(da.t(), x)
+        self.dw.addmm_(da.t(), self.sbuf[0][lo:hi].reshape(-1, self.w.shape[1]))
+        if self.db is not None:
+            self.db += da.sum(0)
+
+    def end_backward(self):
+        self.da = self.DA = None
 
     def input_grad(self):
-        return self.da
+        return self.dx
 
     def weight_grads(self):
-        return (_grad_w(self.da, self.sbuf[0][:-1]),)
+        return self.dw, self.dw_ih, self.db
 
 
 class ReluKernel(ElmanKernel):
@@ -871,7 +907,8 @@ def _plan(cell: RecurrentCell, p: Params) -> tuple[type[Kernel], Tensor | None, 
     g = p.get
     if isinstance(cell, ElmanCell):
         kernel = ReluKernel if cell.nonlinearity == "relu" else ElmanKernel
-        return kernel, _bias_sum(g("bias_ih"), g("bias_hh")), None, (p["weight_hh"],)
+        return kernel, None, None, (p["weight_hh"], p["weight_ih"],
+                                    _bias_sum(g("bias_ih"), g("bias_hh")))
     if isinstance(cell, LSTMCell):
         if cell.proj_size:
             raise ValueError("engine='bptt' does not support LSTMCell with proj_size > 0; "
@@ -914,6 +951,8 @@ def run_bptt(
     tensor per state tensor, the state after every step (carried through padding).
     """
     kernel, bias, ln_weight, weights = _plan(cell, params)
+    if kernel.owns_projection:
+        return _Recurrence.apply(kernel, mask, x, *state, *weights)
     # a fresh tensor that nothing else holds (the kernel writes the gates over it) and whose
     # autograd producers keep no reference to it (linear, layer norm and add save inputs only)
     xp = _project(x, params["weight_ih"], bias, ln_weight)
