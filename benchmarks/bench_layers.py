@@ -8,7 +8,7 @@ is the median of interleaved repeats (each candidate once per round, after warm-
 as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
 subprocess, the growth of ``ru_maxrss`` (resident-set high-water mark) over its value after
 set-up, during one forward+backward (glibc malloc with a fixed mmap threshold, so that the
-resident set follows the live tensors).
+resident set follows the live tensors; the smallest of three runs).
 
     python benchmarks/bench_layers.py                      # everything, 2 threads
     python benchmarks/bench_layers.py --quick              # one small shape, to check it runs
@@ -186,18 +186,22 @@ def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
 
 
 def peak_memory(cell_label: str, engine: str, shape: tuple[int, int, int, int],
-                threads: int) -> int:
-    """:func:`memory_child` run in a fresh subprocess; KiB."""
+                threads: int, runs: int = 3) -> int:
+    """:func:`memory_child` run in ``runs`` fresh subprocesses; the smallest, KiB.
+
+    glibc's malloc raises its mmap threshold as large blocks are freed and serves later ones
+    from a heap it keeps resident: the high-water mark then misses what a run allocates (it
+    read 0 for every cell) and counts whatever the heap held before. A fixed 8 KiB threshold
+    gives every block bigger than that its own mapping, returned to the system when freed, so
+    the resident set follows the live tensors. What remains is noise that only adds (small
+    blocks on the heap): the smallest of a few runs is the estimate.
+    """
     cmd = [sys.executable, __file__, "--memory-child", json.dumps([cell_label, engine,
                                                                   list(shape), threads])]
-    # glibc's malloc raises its mmap threshold as large blocks are freed, and serves later ones
-    # from a heap it keeps resident: the high-water mark then misses what a run allocates (it
-    # read 0 for every cell) and counts whatever the heap held before. A fixed threshold gives
-    # every block over 64 KiB its own mapping, returned to the system when freed, so the
-    # resident set follows the live tensors.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return int(res.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "8192"}
+    return min(int(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                  env=env).stdout.strip().splitlines()[-1])
+               for _ in range(runs))
 
 
 # -- targets ---------------------------------------------------------------------------------

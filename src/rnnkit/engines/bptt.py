@@ -198,8 +198,12 @@ class Kernel:
         raise NotImplementedError
 
     def end_forward(self) -> None:
-        """Drop what only the forward pass needed (the input projection)."""
+        """Drop what only the forward pass needed: the input projection, and the transposed
+        copies of the recurrent weights unless layer norm recomputes its inputs with them in a
+        second backward pass (retain_graph=True)."""
         self.xp = self.XP = None
+        if not getattr(self, "ln", False):
+            self.wt = self.wt_rz = self.wt_n = None
 
     def start_backward(self) -> None:
         """Prepare the backward loop (see the class docstring)."""
