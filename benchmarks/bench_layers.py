@@ -269,6 +269,19 @@ def format_table(shape, medians, r, memory, markdown: bool) -> str:
     return "\n".join([title, fmt.format(*head), *(fmt.format(*row) for row in rows)]) + "\n"
 
 
+def format_memory(shape, memory: dict[str, dict[str, int]], markdown: bool) -> str:
+    """The peak-memory table of one shape (``--memory-only``), MiB."""
+    rows = [[cell, f"{m['bptt'] / 1024:.1f}", f"{m['reference'] / 1024:.1f}"]
+            for cell, m in memory.items() if "bptt" in m and "reference" in m]
+    title = "T={}, B={}, input={}, hidden={}: peak memory, MiB".format(*shape)
+    head = ["cell", "bptt", "reference"]
+    if markdown:
+        lines = [f"#### {title}", "", "| " + " | ".join(head) + " |", "|---|---:|---:|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return "\n".join([title, *("  ".join(f"{x:>10}" for x in row) for row in [head, *rows])]
+                     ) + "\n"
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     """``"35,20,200,200;64,64,512,512"`` -> shapes."""
     shapes = []
@@ -303,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds each timed measurement lasts at least (repeated calls)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the peak-memory runs (they need no quiet machine)")
     ap.add_argument("--quick", action="store_true",
                     help=f"one small shape {QUICK_SHAPE}, one repeat: checks that it runs")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
@@ -325,17 +340,22 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for shape in args.shapes:
         candidates = build_candidates(shape, args.cells, args.engines)
-        medians = measure(candidates, shape, args.repeats, args.warmup, args.min_time)
-        r = ratios(medians)
         memory = None
         if not args.no_memory:
+            labels = {c.label for c in candidates}
             memory = {}
             for cell in args.cells:
                 for engine in ("bptt", "reference"):
-                    if engine in args.engines and f"{cell} [{engine}]" in medians:
+                    if engine in args.engines and f"{cell} [{engine}]" in labels:
                         memory.setdefault(cell, {})[engine] = peak_memory(
                             cell, engine, shape, args.threads)
-        print(format_table(shape, medians, r, memory, args.markdown))
+        if args.memory_only:
+            r = {}
+            print(format_memory(shape, memory or {}, args.markdown))
+        else:
+            medians = measure(candidates, shape, args.repeats, args.warmup, args.min_time)
+            r = ratios(medians)
+            print(format_table(shape, medians, r, memory, args.markdown))
         if args.targets:
             for text, ok in check_targets(shape, r, memory):
                 failures += not ok
