@@ -68,11 +68,11 @@ class _StepNorms:
         self.mean: list[Tensor] = []
         self.rstd: list[Tensor] = []
         self.mask = (True, True, bias is not None)
+        self.shape = weight.shape  # the normalised shape, (N,)
 
     def forward(self, a: Tensor) -> Tensor:
         """``LN(a) * weight + bias`` for the next step's input ``a`` (B, N); call in order."""
-        y, mean, rstd = torch.native_layer_norm(a, a.shape[-1:], self.weight, self.bias,
-                                                LN_EPS)
+        y, mean, rstd = torch.native_layer_norm(a, self.shape, self.weight, self.bias, LN_EPS)
         self.a.append(a)
         self.mean.append(mean)
         self.rstd.append(rstd)
@@ -95,8 +95,8 @@ class _StepNorms:
         """The gradient of step ``t``'s input from that of its output (stored in the buffer
         when there is one); the gain and shift gradients are accumulated."""
         a = self.a[t]
-        da, dw, db = _LN_BACKWARD(dy, a, a.shape[-1:], self.mean[t], self.rstd[t],
-                                  self.weight, self.bias, self.mask)
+        da, dw, db = _LN_BACKWARD(dy, a, self.shape, self.mean[t], self.rstd[t], self.weight,
+                                  self.bias, self.mask)
         self.dweights.append(dw)
         if db is not None:
             self.dbiases.append(db)
@@ -353,10 +353,11 @@ class LSTMKernel(Kernel):
         tmp = torch.addcmul(torch.ones_like(g[0]), g, g, value=-1).mul_(i)
         torch.addcmul(i, i, i, value=-1, out=i).mul_(g)
         g.copy_(tmp)
-        self.f = tmp.copy_(f)
+        f_copy = tmp.copy_(f)
         torch.addcmul(f, f, f, value=-1, out=f).mul_(c_prev)
         self.dgates = d = self.gates  # d loss / d pre-activation, once the loop is done
-        self.K, self.F = k.unbind(0), self.f.unbind(0)
+        self.k, self.f = k, f_copy
+        self.K, self.F = k.unbind(0), f_copy.unbind(0)
         st = self._steps
         self.DG, self.DGo = st(d), st(d, 3 * H)
         self.DGifg = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
@@ -396,7 +397,7 @@ class LSTMKernel(Kernel):
         return [_mm(base, dg, self.w), dct * self.F[t]]
 
     def end_backward(self):
-        self.K = self.F = self.f = None
+        self.k = self.K = self.f = self.F = None
 
     def input_grad(self):
         return self.dgates
@@ -410,40 +411,39 @@ class LSTMKernel(Kernel):
 
 
 class PeepholeKernel(LSTMKernel):
-    """Peephole LSTM; weights: (weight_hh, peephole). Buffers as :class:`LSTMKernel` (the
-    gradient factors are the same; the peepholes add ``p * c`` terms to the cell's gradient)."""
+    """Peephole LSTM; weights: (weight_hh, peephole). Buffers as :class:`LSTMKernel`, and so is
+    the backward step: the peepholes' terms fold into its per-step factors before the loop,
+    ``k + p_o tc o(1-o)`` (c_t reaches the loss through o_t too) and
+    ``f + p_i g i(1-i) + p_f c_prev f(1-f)`` (c_{t-1} reaches it through i_t and f_t too)."""
 
     def __init__(self, xp, weights, sbuf):
         w, self.p = weights
         super().__init__(xp, (w, None, None, None), sbuf)
-        self.p_i, self.p_f, self.p_o = self.p.unbind(0)
+        self.p_if, self.p_o = self.p[:2], self.p[2]  # (2, H) for i and f, (H,) for o
+        self.C1 = sbuf[1].unsqueeze(2).unbind(0)  # (B, 1, H) per step
+
+    def _views(self):
+        super()._views()
+        self.IF2 = self.gates[..., :2 * self.H].unflatten(-1, (2, self.H)).unbind(0)
 
     def start_backward(self):
         super().start_backward()
         H = self.H
-        self.DGi, self.DGf = self._steps(self.dgates, 0, H), self._steps(self.dgates, H, 2 * H)
+        d = self.dgates
+        self.f.addcmul_(d[..., :H], self.p[0]).addcmul_(d[..., H:2 * H], self.p[1])
+        self.k.addcmul_(d[..., 3 * H:], self.p_o)
 
     def forward_step(self, t):
         H, C = self.S
         c_prev = C[t]
         torch.addmm(self.XP[t], H[t], self.wt, out=self.Gt[t])
-        self.Gi[t].addcmul_(self.p_i, c_prev)
-        self.Gf[t].addcmul_(self.p_f, c_prev)
+        self.IF2[t].addcmul_(self.p_if, self.C1[t])
         self.IF[t].sigmoid_()
         g = self.Gg[t].tanh_()
         c = torch.mul(self.Gf[t], c_prev, out=C[t + 1]).addcmul_(self.Gi[t], g)
         o = self.Go[t].addcmul_(self.p_o, c).sigmoid_()
         tc = torch.tanh(c, out=self.TC[t])
         torch.mul(o, tc, out=H[t + 1])
-
-    def backward_step(self, t, grads, base):
-        dh, dc = grads
-        do = self.DGo[t].mul_(dh)
-        dct = torch.addcmul(dc, dh, self.K[t]).addcmul_(do, self.p_o)
-        self.DGifg[t].mul_(dct.unsqueeze(1))
-        dc_prev = (dct * self.F[t]).addcmul_(self.DGi[t], self.p_i).addcmul_(
-            self.DGf[t], self.p_f)
-        return [_mm(base, self.DG[t], self.w), dc_prev]
 
     def weight_grads(self):
         H = self.H
@@ -494,27 +494,29 @@ class GRUAfterKernel(_GRUKernel):
     """torch.nn.GRU's cell (reset after the product), optionally layer-normalised;
     ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight).
 
-    Kept per step: r, z, n, the recurrent projection ``gh`` (3H) and ``h_prev - n``. Before
-    the backward loop, ``gh`` becomes ``[r(1-r) q gh_n, z(1-z)(h_prev - n), q r]`` and
-    ``h_prev - n`` becomes ``q = (1-z)(1-n^2)``: each step multiplies both by dL/dh_t in
-    place, which makes them d loss / d gh and d loss / d n's pre-activation."""
+    Kept per step: r, z, n and, side by side in ``gh4``, the recurrent projection ``gh`` (3H)
+    and ``h_prev - n``. Before the backward loop, ``gh`` becomes
+    ``[r(1-r) q gh_n, z(1-z)(h_prev - n), q r]`` and ``h_prev - n`` becomes
+    ``q = (1-z)(1-n^2)``: each step multiplies all four by dL/dh_t in place (one call), which
+    makes them d loss / d gh and d loss / d n's pre-activation."""
 
-    consumed = ("gates", "gh", "hmn")
+    consumed = ("gates", "gh4")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         self.w, self.b, self.g_hh = weights
         self.ln = self.g_hh is not None
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
-        self.gh = torch.empty_like(xp)  # recurrent projection + bias_hh
-        self.hmn = torch.empty_like(xp[..., :self.H])  # h_prev - n
+        self.gh4 = xp.new_empty(*xp.shape[:2], 4 * self.H)
         self._views()
         if self.ln:
             self.norm = _StepNorms(self.g_hh, self.b, buf=torch.empty_like(xp))
 
     def _views(self):
-        super()._views()
         H, st = self.H, self._steps
+        # the recurrent projection + bias_hh, and h_prev - n
+        self.gh, self.hmn = self.gh4[..., :3 * H], self.gh4[..., 3 * H:]
+        super()._views()
         self.GH, self.GHrz, self.GHn = st(self.gh), st(self.gh, 0, 2 * H), st(self.gh, 2 * H)
 
     def start_backward(self):
@@ -526,8 +528,8 @@ class GRUAfterKernel(_GRUKernel):
         q = self.dn = self._candidate_factor(self.hmn)
         torch.addcmul(r, r, r, value=-1, out=dr).mul_(q).mul_(dn)
         torch.mul(q, r, out=dn)
-        self.DGH, self.DN = self._steps(d), q.unbind(0)
-        self.DGH3 = d.unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
+        self.DGH = self._steps(d)
+        self.D4 = self.gh4.unflatten(-1, (4, H)).unbind(0)  # (B, 4, H) per step
         if self.ln:
             self.norm.start_backward(self.S[0], self.wt)
 
@@ -547,8 +549,7 @@ class GRUAfterKernel(_GRUKernel):
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
-        self.DGH3[t].mul_(dh.unsqueeze(1))
-        self.DN[t].mul_(dh)
+        self.D4[t].mul_(dh.unsqueeze(1))
         da = self.norm.backward(t, self.DGH[t]) if self.ln else self.DGH[t]
         return [torch.addmm(self._direct(t, dh, base), da, self.w)]
 
