@@ -164,11 +164,21 @@ def ratios(medians: dict[str, dict[str, float]], baseline: str = BASELINE
 
 # -- peak memory, one fresh process per measurement -------------------------------------------
 
+def _status_kib(key: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
 def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
                  threads: int) -> int:
-    """In a fresh process: KiB the resident-set high-water mark grows by during one
-    forward+backward of ``cell_label`` under ``engine``, beyond set-up (libraries warmed on
-    a two-step input)."""
+    """In a fresh process: KiB the resident set's high-water mark rises above the resident
+    set during one forward+backward of ``cell_label`` under ``engine``, after set-up
+    (libraries warmed on a two-step input). The mark is reset first (``clear_refs``): set-up
+    (importing torch) peaks higher than a small run would, which hid small runs entirely."""
     torch.set_num_threads(threads)
     T, B, I, H = shape
     name, opts = CELLS[cell_label]
@@ -178,11 +188,16 @@ def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
     out.sum().backward()
     del out
     layer.zero_grad(set_to_none=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the high-water mark := the resident set now
+        before, peak = _status_kib("VmRSS"), lambda: _status_kib("VmHWM")
+    except OSError:  # no procfs: the mark since start, which can hide small runs
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
     out, _ = layer(x)
     out.sum().backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return after - before
+    return peak() - before
 
 
 def peak_memory(cell_label: str, engine: str, shape: tuple[int, int, int, int],

@@ -256,7 +256,7 @@ def test_bptt_second_backward_without_retain_graph_is_refused() -> None:
     x = torch.randn(2, 5, 3, dtype=torch.double, requires_grad=True)
     out, _ = layer(x)
     out.sum().backward()
-    with pytest.raises(RuntimeError, match="second time.*retain_graph=True"):
+    with pytest.raises(RuntimeError, match=r"second time.*retain_graph=True"):
         out.sum().backward()
 
 
