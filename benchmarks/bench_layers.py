@@ -6,8 +6,8 @@ For each shape (T, B, input, hidden) of DESIGN.md it times forward+backward and 
 themselves and of the drop-ins ``rnnkit.LSTM`` / ``rnnkit.GRU`` (engine="native"). Every time
 is the median of interleaved repeats (each candidate once per round, after warm-up), reported
 as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
-subprocess, the growth of ``ru_maxrss`` (resident-set high-water mark) over its value after
-set-up, during one forward+backward (glibc malloc with a fixed mmap threshold, so that the
+subprocess, the rise of the resident set's high-water mark (reset after set-up) above the
+resident set, during one forward+backward (glibc malloc with a fixed mmap threshold, so that the
 resident set follows the live tensors; the smallest of three runs).
 
     python benchmarks/bench_layers.py                      # everything, 2 threads
@@ -350,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"time-major input; median of {args.repeats} interleaved repeats; ratios to "
-          f"{BASELINE} (forward+backward, and forward-only under no_grad); peak memory: growth "
-          f"of ru_maxrss in a fresh process during one forward+backward\n")
+          f"{BASELINE} (forward+backward, and forward-only under no_grad); peak memory: the "
+          f"rise of the resident set's high-water mark in a fresh process during one "
+          f"forward+backward (8 KiB mmap threshold, smallest of 3 runs)\n")
     failures = 0
     for shape in args.shapes:
         candidates = build_candidates(shape, args.cells, args.engines)
