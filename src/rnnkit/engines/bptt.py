@@ -165,6 +165,8 @@ class Kernel:
 
     num_states: ClassVar[int] = 1
     consumed: ClassVar[tuple[str, ...]] = ()
+    #: whether the input (xp, or x) needs a gradient; set before each backward pass
+    needs_input_grad = True
     #: True when the kernel receives the layer input x instead of the input projection xp
     #: (and returns dL/dx and the input weights' gradients itself)
     owns_projection: ClassVar[bool] = False
@@ -246,7 +248,8 @@ class ElmanKernel(Kernel):
         self.chunk = -(-self.T // 8)
         self.da = torch.empty_like(self.sbuf[0][1:1 + self.chunk])  # one chunk of steps
         self.ones = torch.ones_like(self.da[0])
-        self.dx = torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)
+        self.dx = (torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)
+                   if self.needs_input_grad else None)
         self.dw, self.dw_ih = torch.zeros_like(self.w), torch.zeros_like(self.w_ih)
         self.db = None if self.b is None else torch.zeros_like(self.b)
 
@@ -277,7 +280,8 @@ class ElmanKernel(Kernel):
         """The gradients that steps lo..hi-1 contribute beyond the recurrence."""
         da = self.da[:hi - lo].reshape(-1, self.w.shape[0])
         x = self.x[lo:hi].reshape(-1, self.x.shape[-1])
-        torch.mm(da, self.w_ih, out=self.dx[lo:hi].view(-1, self.x.shape[-1]))
+        if self.dx is not None:
+            torch.mm(da, self.w_ih, out=self.dx[lo:hi].view(-1, self.x.shape[-1]))
         self.dw_ih.addmm_(da.t(), x)
         self.dw.addmm_(da.t(), self.sbuf[0][lo:hi].reshape(-1, self.w.shape[1]))
         if self.db is not None:
@@ -848,6 +852,7 @@ class _Recurrence(Function):
             kernel = kernel.keep()
         else:  # the buffers become gradients in place, and go once they are returned
             ctx.kernel = None
+        kernel.needs_input_grad = ctx.needs_input_grad[2]
         kernel.start_backward()
         T = kernel.T
         n = len(grad_seqs)
