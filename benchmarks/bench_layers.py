@@ -7,8 +7,9 @@ themselves and of the drop-ins ``rnnkit.LSTM`` / ``rnnkit.GRU`` (engine="native"
 is the median of interleaved repeats (each candidate once per round, after warm-up), reported
 as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
 subprocess, the rise of the resident set's high-water mark (reset after set-up) above the
-resident set, during one forward+backward (glibc malloc with a fixed mmap threshold, so that the
-resident set follows the live tensors; the smallest of three runs).
+resident set, during one forward+backward after a first one of the same size (glibc malloc
+with a fixed mmap threshold, so that the resident set follows the live tensors; the smallest
+of three runs).
 
     python benchmarks/bench_layers.py                      # everything, 2 threads
     python benchmarks/bench_layers.py --quick              # one small shape, to check it runs
@@ -176,18 +177,21 @@ def _status_kib(key: str) -> int:
 def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
                  threads: int) -> int:
     """In a fresh process: KiB the resident set's high-water mark rises above the resident
-    set during one forward+backward of ``cell_label`` under ``engine``, after set-up
-    (libraries warmed on a two-step input). The mark is reset first (``clear_refs``): set-up
-    (importing torch) peaks higher than a small run would, which hid small runs entirely."""
+    set during one forward+backward of ``cell_label`` under ``engine``, in steady state: after
+    one forward+backward of the same size (the libraries' workspaces for those shapes are
+    then allocated, as in any training loop after its first step). The mark is reset first
+    (``clear_refs``): set-up (importing torch) peaks higher than a small run would, which hid
+    small runs entirely."""
     torch.set_num_threads(threads)
     T, B, I, H = shape
     name, opts = CELLS[cell_label]
     layer = Recurrent(make_cell(name, I, H, **opts), batch_first=False, engine=engine)
     x = torch.randn(T, B, I, requires_grad=True)
-    out, _ = layer(x[:2].detach().requires_grad_())
+    out, _ = layer(x)
     out.sum().backward()
     del out
     layer.zero_grad(set_to_none=True)
+    x.grad = None
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the high-water mark := the resident set now
