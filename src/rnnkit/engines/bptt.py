@@ -460,7 +460,8 @@ class PeepholeKernel(LSTMKernel):
 
 class _GRUKernel(Kernel):
     """What both GRU kernels share: r, z, n after their nonlinearities (``gates``), the
-    input projection split at the candidate and ``h_prev - n``."""
+    input projection split at the candidate, the blend (``lerp``, one call) and the
+    factors that depend on z and n."""
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -472,15 +473,18 @@ class _GRUKernel(Kernel):
         H, st = self.H, self._steps
         self.Grz, self.Gr = st(self.gates, 0, 2 * H), st(self.gates, 0, H)
         self.Gz, self.Gn = st(self.gates, H, 2 * H), st(self.gates, 2 * H)
-        self.HMN = self.hmn.unbind(0)
 
     def end_forward(self):
         super().end_forward()
         self.XPrz = self.XPn = None
 
     def _blend(self, t: int, h: Tensor, n: Tensor) -> None:
-        """``h_t = (1 - z) * n + z * h_prev``, keeping ``h_prev - n``."""
-        torch.addcmul(n, self.Gz[t], torch.sub(h, n, out=self.HMN[t]), out=self.S[0][t + 1])
+        """``h_t = (1 - z) * n + z * h_prev`` in one call."""
+        torch.lerp(n, h, self.Gz[t], out=self.S[0][t + 1])
+
+    def _h_minus_n(self, out: Tensor) -> Tensor:
+        """``out = h_prev - n`` for every step, (T, B, H), before the backward loop."""
+        return torch.sub(self.sbuf[0][:-1], self.gates[..., 2 * self.H:], out=out)
 
     def _candidate_factor(self, out: Tensor) -> Tensor:
         """``out = (1 - z)(1 - n^2)``, (T, B, H): what dL/dh_t becomes for n's
@@ -498,11 +502,11 @@ class GRUAfterKernel(_GRUKernel):
     """torch.nn.GRU's cell (reset after the product), optionally layer-normalised;
     ``xp = [LN](W_ih x) + b_ih``; weights: (weight_hh, bias_hh, ln_hh_weight).
 
-    Kept per step: r, z, n and, side by side in ``gh4``, the recurrent projection ``gh`` (3H)
-    and ``h_prev - n``. Before the backward loop, ``gh`` becomes
-    ``[r(1-r) q gh_n, z(1-z)(h_prev - n), q r]`` and ``h_prev - n`` becomes
-    ``q = (1-z)(1-n^2)``: each step multiplies all four by dL/dh_t in place (one call), which
-    makes them d loss / d gh and d loss / d n's pre-activation."""
+    Kept per step: r, z, n and the recurrent projection ``gh`` (3H), in ``gh4`` beside a slot
+    that the backward pass fills. Before the backward loop, ``gh`` becomes
+    ``[r(1-r) q gh_n, z(1-z)(h_prev - n), q r]`` and the slot ``q = (1-z)(1-n^2)``: each step
+    multiplies all four by dL/dh_t in place (one call), which makes them d loss / d gh and
+    d loss / d n's pre-activation."""
 
     consumed = ("gates", "gh4")
 
@@ -528,7 +532,7 @@ class GRUAfterKernel(_GRUKernel):
         r, z, _ = self.gates.split(H, -1)
         d = self.dgh = self.gh  # d loss / d gh, once the loop is done
         dr, dz, dn = d.split(H, -1)
-        torch.addcmul(z, z, z, value=-1, out=dz).mul_(self.hmn)
+        torch.addcmul(z, z, z, value=-1, out=dz).mul_(self._h_minus_n(self.hmn))
         q = self.dn = self._candidate_factor(self.hmn)
         torch.addcmul(r, r, r, value=-1, out=dr).mul_(q).mul_(dn)
         torch.mul(q, r, out=dn)
@@ -575,10 +579,11 @@ class GRUBeforeKernel(_GRUKernel):
     """The original GRU (reset before the product), optionally layer-normalised;
     ``xp`` holds every bias; weights: (weight_hh, ln_hh_weight).
 
-    Kept per step: r, z, n and, side by side in ``aux``, ``r * h_prev`` and ``h_prev - n``.
-    Before the backward loop, ``aux`` becomes ``[r(1-r) h_prev, z(1-z)(h_prev - n)]`` and n
-    becomes ``(1-z)(1-n^2)``; each step multiplies the r factor by dL/d(r h_prev) and the
-    others by dL/dh_t. ``r * h_prev`` is recomputed for the weight gradient."""
+    Kept per step: r, z, n and, in ``aux`` beside a slot that the backward pass fills,
+    ``r * h_prev``. Before the backward loop, ``aux`` becomes
+    ``[r(1-r) h_prev, z(1-z)(h_prev - n)]`` and n becomes ``(1-z)(1-n^2)``; each step
+    multiplies the r factor by dL/d(r h_prev) and the others by dL/dh_t. ``r * h_prev`` is
+    recomputed for the weight gradient."""
 
     consumed = ("gates", "aux")
 
@@ -610,9 +615,9 @@ class GRUBeforeKernel(_GRUKernel):
         H = self.H
         r, z, n = self.gates.split(H, -1)
         self.rh.addcmul_(self.rh, r, value=-1)  # r (1 - r) h_prev
-        fz = self.hmn.mul_(z)
+        fz = self._h_minus_n(self.hmn).mul_(z)
         fz.addcmul_(fz, z, value=-1)  # z (1 - z)(h_prev - n)
-        self.rh = self.hmn = self.RH = self.HMN = None
+        self.rh = self.hmn = self.RH = None
         self._candidate_factor(n)
         st = self._steps
         self.DXrz, self.DXr, self.DXz = st(self.aux), st(self.aux, 0, H), st(self.aux, H)
@@ -670,36 +675,32 @@ class GRUBeforeKernel(_GRUKernel):
 class MinimalGRUKernel(Kernel):
     """The notes' minimal GRU; ``xp`` holds every bias; weights: (weight_hh,).
 
-    Kept per step: u, n and ``n - h_prev``. Before the backward loop, the gates become
+    Kept per step: u and n. Before the backward loop, the gates become
     ``[u(1-u)(n - h_prev), u(1-n^2)]`` (u is kept aside); each step multiplies them by
     dL/dh_t in place."""
 
-    consumed = ("gates", "nmh")
+    consumed = ("gates",)
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
         (self.w,) = weights
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
-        T, B, G = xp.shape
-        self.H = G // 2
+        self.H = xp.shape[2] // 2
         self.gates = xp  # u, n after their nonlinearities, written over xp
-        self.nmh = xp.new_empty(T, B, self.H)  # n - h_prev
         self._views()
 
     def _views(self):
         H, st = self.H, self._steps
         self.Gt, self.Gu, self.Gn = st(self.gates), st(self.gates, 0, H), st(self.gates, H)
-        self.NMH = self.nmh.unbind(0)
 
     def start_backward(self):
         H = self.H
         u, n = self.gates.split(H, -1)
-        torch.addcmul(torch.ones_like(n[0]), n, n, value=-1, out=n).mul_(u)
-        fu = self.nmh.mul_(u)
+        fu = torch.sub(n, self.sbuf[0][:-1]).mul_(u)
         fu.addcmul_(fu, u, value=-1)  # u (1 - u)(n - h_prev)
+        torch.addcmul(torch.ones_like(n[0]), n, n, value=-1, out=n).mul_(u)
         self.u = u.clone()
         u.copy_(fu)
-        self.nmh = self.NMH = None
         self.dxp = self.gates
         self.U = self.u.unbind(0)
         self.DX2 = self.gates.unflatten(-1, (2, H)).unbind(0)  # (B, 2, H) per step
@@ -710,7 +711,7 @@ class MinimalGRUKernel(Kernel):
         h = H[t]
         torch.addmm(self.XP[t], h, self.wt, out=self.Gt[t])
         u, n = self.Gu[t].sigmoid_(), self.Gn[t].tanh_()
-        torch.addcmul(h, u, torch.sub(n, h, out=self.NMH[t]), out=H[t + 1])
+        torch.lerp(h, n, u, out=H[t + 1])
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
