@@ -44,7 +44,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
            "--dev", dev, "--out", str(out), "--overwrite", "--max-minutes", str(args.minutes),
            "--epochs", str(args.epochs), "--threads", str(args.threads), "--seed",
            str(args.seed), "--no-progress", "--eval-every", str(args.eval_every),
-           *MODELS[name]]
+           *MODELS[name], *args.extra]
     print("rnnkit " + " ".join(cmd), file=sys.stderr)
     start = time.monotonic()
     if main(cmd) != 0:
@@ -71,12 +71,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-classification")
     parser.add_argument("--results", type=Path, help="append the table to this file")
+    parser.add_argument("extra", nargs="*",
+                        help="more 'rnnkit train classifier' options, after --")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"data not found: {args.data}")
     rows = [run(name, args) for name in args.only.split(",")]
+    extra = f", extra options `{' '.join(args.extra)}`" if args.extra else ""
     lines = [f"### SST-2 classification ({args.threads} threads, {args.minutes:g} min budget "
-             f"per model, seed {args.seed}, {time.strftime('%Y-%m-%d')})", "",
+             f"per model, seed {args.seed}{extra}, {time.strftime('%Y-%m-%d')})", "",
              "| model | dev accuracy | dev macro-F1 | target | train minutes |",
              "|---|---|---|---|---|"]
     for r in rows:
