@@ -127,8 +127,18 @@ def _sum_tb(x: Tensor) -> Tensor:
 def _dot_tb(a: Tensor, b: Tensor) -> Tensor:
     """``(a * b).sum((0, 1))`` for (T, B, N) tensors, an eighth of the steps at a time (no
     full-size product in memory)."""
-    chunk = -(-a.shape[0] // 8)
-    return sum(_sum_tb(a[lo:lo + chunk] * b[lo:lo + chunk]) for lo in range(0, a.shape[0], chunk))
+    return sum(_sum_tb(a[s] * b[s]) for s in _chunks(a.shape[0]))
+
+
+def _chunk_size(T: int) -> int:
+    """Steps per chunk when whole-sequence work is done a part at a time: an eighth of T."""
+    return -(-T // 8)
+
+
+def _chunks(T: int) -> Iterator[slice]:
+    """The step ranges of :func:`_chunk_size` chunks covering T steps, in order."""
+    size = _chunk_size(T)
+    return (slice(lo, lo + size) for lo in range(0, T, size))
 
 
 def _grad_w(da: Tensor, h: Tensor) -> Tensor:
@@ -245,7 +255,7 @@ class ElmanKernel(Kernel):
         self.wt = self.w.t().contiguous()  # (H, G): forward GEMMs read it row-major
 
     def start_backward(self):
-        self.chunk = -(-self.T // 8)
+        self.chunk = _chunk_size(self.T)
         self.da = torch.empty_like(self.sbuf[0][1:1 + self.chunk])  # one chunk of steps
         self.ones = torch.ones_like(self.da[0])
         self.dx = (torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)
@@ -346,11 +356,10 @@ class LSTMKernel(Kernel):
         # k = o (1 - tc^2) and o's factor from tc = tanh(c), an eighth of the steps at a time:
         # with layer norm, k is written over the kept tc; without, tc is recomputed
         k = self.tc if self.ln else torch.empty_like(c_prev)
-        chunk = -(-T // 8)
-        for lo in range(0, T, chunk):
-            steps = slice(lo, lo + chunk)
+        c = self.sbuf[1][1:]
+        for steps in _chunks(T):
             ks, os = k[steps], o[steps]
-            tc = ks.clone() if self.ln else torch.tanh(self.sbuf[1][lo + 1:lo + 1 + chunk])
+            tc = ks.clone() if self.ln else torch.tanh(c[steps])
             torch.addcmul(os, os, torch.mul(tc, tc, out=ks), value=-1, out=ks)
             torch.addcmul(os, os, os, value=-1, out=os).mul_(tc)
         self.tc = self.TC = None
@@ -662,9 +671,7 @@ class GRUBeforeKernel(_GRUKernel):
             da_rz, da_n = self.norm_rz.input_grads(), self.norm_n.input_grads()
         else:
             da_rz, da_n = self.aux, self.gates[..., 2 * H:]
-        chunk = -(-T // 8)
-        dw_n = sum(_grad_w(da_n[lo:lo + chunk], r[lo:lo + chunk] * h_prev[lo:lo + chunk])
-                   for lo in range(0, T, chunk))
+        dw_n = sum(_grad_w(da_n[s], r[s] * h_prev[s]) for s in _chunks(T))
         dw = torch.cat([_grad_w(da_rz, h_prev), dw_n])
         dg = None
         if self.ln:
