@@ -266,17 +266,8 @@ def check_targets(shape: tuple[int, int, int, int], r: dict[str, dict[str, float
 
 # -- printing --------------------------------------------------------------------------------
 
-def format_table(shape, medians, r, memory, markdown: bool) -> str:
-    T, B, I, H = shape
-    head = ["layer", "fwd+bwd ms", "x LSTM", "fwd ms", "x LSTM", "peak MiB"]
-    rows = []
-    for label, t in medians.items():
-        c_label, _, engine = label.partition(" [")
-        mem = (memory or {}).get(c_label, {}).get(engine.rstrip("]"))
-        rows.append([label, f"{1e3 * t['fb']:.2f}", f"{r[label]['fb']:.2f}",
-                     f"{1e3 * t['f']:.2f}", f"{r[label]['f']:.2f}",
-                     "" if mem is None else f"{mem / 1024:.1f}"])
-    title = f"T={T}, B={B}, input={I}, hidden={H}"
+def render(title: str, head: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """A table with a title: Markdown, or plain text in aligned columns."""
     if markdown:
         lines = [f"#### {title}", "", "| " + " | ".join(head) + " |",
                  "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -288,17 +279,24 @@ def format_table(shape, medians, r, memory, markdown: bool) -> str:
     return "\n".join([title, fmt.format(*head), *(fmt.format(*row) for row in rows)]) + "\n"
 
 
+def format_table(shape, medians, r, memory, markdown: bool) -> str:
+    head = ["layer", "fwd+bwd ms", "x LSTM", "fwd ms", "x LSTM", "peak MiB"]
+    rows = []
+    for label, t in medians.items():
+        c_label, _, engine = label.partition(" [")
+        mem = (memory or {}).get(c_label, {}).get(engine.rstrip("]"))
+        rows.append([label, f"{1e3 * t['fb']:.2f}", f"{r[label]['fb']:.2f}",
+                     f"{1e3 * t['f']:.2f}", f"{r[label]['f']:.2f}",
+                     "" if mem is None else f"{mem / 1024:.1f}"])
+    return render("T={}, B={}, input={}, hidden={}".format(*shape), head, rows, markdown)
+
+
 def format_memory(shape, memory: dict[str, dict[str, int]], markdown: bool) -> str:
     """The peak-memory table of one shape (``--memory-only``), MiB."""
     rows = [[cell, f"{m['bptt'] / 1024:.1f}", f"{m['reference'] / 1024:.1f}"]
             for cell, m in memory.items() if "bptt" in m and "reference" in m]
     title = "T={}, B={}, input={}, hidden={}: peak memory, MiB".format(*shape)
-    head = ["cell", "bptt", "reference"]
-    if markdown:
-        lines = [f"#### {title}", "", "| " + " | ".join(head) + " |", "|---|---:|---:|"]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-    return "\n".join([title, *("  ".join(f"{x:>10}" for x in row) for row in [head, *rows])]
-                     ) + "\n"
+    return render(title, ["cell", "bptt", "reference"], rows, markdown)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:

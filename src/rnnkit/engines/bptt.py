@@ -177,6 +177,10 @@ class Kernel:
     consumed: ClassVar[tuple[str, ...]] = ()
     #: whether the input (xp, or x) needs a gradient; set before each backward pass
     needs_input_grad = True
+    #: layer normalisation inside the recurrence (a kernel that has it sets it per instance)
+    ln = False
+    #: the transposed copies of recurrent weights that only the forward GEMMs read
+    transposed: ClassVar[tuple[str, ...]] = ("wt",)
     #: True when the kernel receives the layer input x instead of the input projection xp
     #: (and returns dL/dx and the input weights' gradients itself)
     owns_projection: ClassVar[bool] = False
@@ -214,8 +218,9 @@ class Kernel:
         copies of the recurrent weights unless layer norm recomputes its inputs with them in a
         second backward pass (retain_graph=True)."""
         self.xp = self.XP = None
-        if not getattr(self, "ln", False):
-            self.wt = self.wt_rz = self.wt_n = None
+        if not self.ln:
+            for name in self.transposed:
+                setattr(self, name, None)
 
     def start_backward(self) -> None:
         """Prepare the backward loop (see the class docstring)."""
@@ -595,6 +600,7 @@ class GRUBeforeKernel(_GRUKernel):
     recomputed for the weight gradient."""
 
     consumed = ("gates", "aux")
+    transposed = ("wt_rz", "wt_n")
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
