@@ -15,6 +15,11 @@ Structure (DESIGN.md, "the winning structure"):
 4. the recurrent weight gradients as one GEMM over all steps at the end
    (``dW_hh = sum_t dA_t^T h_{t-1}``).
 
+The LSTM's loops of 2 and 3 also exist in C++ (``engines/csrc/lstm_loops.cpp``, built on first
+use by :mod:`rnnkit.engines.compiled`): a step there is its GEMM plus one fused pass over the
+batch rows, which at small batches is what brings a step near torch's fused one
+(``LSTMKernel.forward_loop`` / ``backward_loop`` choose).
+
 Padding (``mask``) is handled once, in :class:`_Recurrence`: a step outside its sequence carries
 the state unchanged, so its gradient flows straight to the previous step and nothing of it reaches
 the gates or the weights.
@@ -43,6 +48,7 @@ from rnnkit.cells.cells import (
     MinimalGRUCell,
     PeepholeLSTMCell,
 )
+from rnnkit.engines import compiled
 
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
@@ -213,6 +219,35 @@ class Kernel:
     def forward_step(self, t: int) -> None:
         raise NotImplementedError
 
+    def forward_loop(self, mask: Tensor | None) -> None:
+        """Run :meth:`forward_step` over all steps; ``mask`` (T, B, 1) bool or None: a row
+        outside its sequence keeps its state."""
+        step = self.forward_step
+        if mask is None:
+            for t in range(self.T):
+                step(t)
+            return
+        for t, m in enumerate(mask.unbind(0)):
+            step(t)
+            for seq in self.S:
+                torch.where(m, seq[t + 1], seq[t], out=seq[t + 1])
+
+    def backward_loop(self, grads: list[Tensor], afters: tuple[Tensor | None, ...],
+                      mask: Tensor | None) -> list[Tensor] | None:
+        """Run :meth:`backward_step` from the last step to the first: ``grads`` are the last
+        states' gradients, ``afters`` the gradients of the state sequences (T, B, n) from the
+        outputs, None where unused. Returns the initial states' gradients, or None to leave a
+        case (here: padding, or a used sequence other than h's) to the general loop of
+        :class:`_Recurrence`."""
+        after = afters[0]
+        if mask is not None or any(a is not None for a in afters[1:]):
+            return None
+        step = self.backward_step
+        steps = None if after is None else after.unbind(0)
+        for t in range(self.T - 1, 0, -1):
+            grads = step(t, grads, None if steps is None else steps[t - 1])
+        return step(0, grads, None)
+
     def end_forward(self) -> None:
         """Drop what only the forward pass needed: the input projection, and the transposed
         copies of the recurrent weights unless layer norm recomputes its inputs with them in a
@@ -316,6 +351,11 @@ class ReluKernel(ElmanKernel):
     relu = True
 
 
+#: the largest batch x hidden size that LSTMKernel runs on the compiled loops (measured:
+#: benchmarks/bench_fused.py: the compiled loops win below ~1024 and lose above)
+_FUSED_MAX = 512
+
+
 class LSTMKernel(Kernel):
     """LSTM, optionally layer-normalised; weights: (weight_hh, ln_hh_weight, ln_c_weight,
     ln_c_bias), the last three ``None`` without layer norm.
@@ -331,6 +371,9 @@ class LSTMKernel(Kernel):
 
     num_states = 2
     consumed = ("gates", "tc")
+    #: whether the compiled loops (engines/csrc/lstm_loops.cpp, the same calls as
+    #: forward_step and backward_step) may run the steps
+    compiled: ClassVar[bool] = True
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -401,6 +444,45 @@ class LSTMKernel(Kernel):
             tc = torch.tanh(c, out=self.TC[t])
         torch.mul(o, tc, out=H[t + 1])
 
+    def _loops(self):
+        """The compiled loops (engines/csrc/lstm_loops.cpp) when they suit this run: CPU,
+        contiguous buffers and a small batch (``_FUSED_MAX`` values of h per step), where a
+        step's dozen tensor calls cost more in dispatch than in arithmetic; else None."""
+        if not (self.compiled and self.B * self.H <= _FUSED_MAX and self.gates.device.type == "cpu"
+                and self.gates.is_contiguous()):
+            return None
+        return compiled.loops()
+
+    def forward_loop(self, mask):
+        loops = self._loops()
+        if loops is None:
+            return super().forward_loop(mask)
+        ln = self.ln
+        self.stats = loops.lstm_forward(self.gates, *self.sbuf, self.wt, self.tc, mask,
+                                        self.norm_h.buf if ln else None, self.g_hh, self.g_c,
+                                        self.b_c, LN_EPS)
+        if ln:  # what _StepNorms.forward records, for a backward pass in Python
+            self.norm_h.a, self.norm_c.a = list(self.norm_h.steps), list(self.S[1][1:])
+            self.norm_h.mean, self.norm_h.rstd, self.norm_c.mean, self.norm_c.rstd = (
+                list(x.unbind(0)) for x in self.stats)
+
+    def backward_loop(self, grads, afters, mask):
+        loops = self._loops()
+        if loops is None or not (self.k.is_contiguous() and self.f.is_contiguous()):
+            return super().backward_loop(grads, afters, mask)
+        ln = self.ln
+        stats = []
+        if ln:
+            nh, nc = self.norm_h, self.norm_c
+            stats = getattr(self, "stats", None) or [
+                torch.stack(x) for x in (nh.mean, nh.rstd, nc.mean, nc.rstd)]
+        out = loops.lstm_backward(self.dgates, self.k, self.f, self.w, *grads, *afters, mask,
+                                  self.sbuf[1], nh.buf if ln else None, self.g_hh, self.g_c,
+                                  self.b_c, stats)
+        if ln:  # the sums _StepNorms would have made of its per-step lists
+            nh.dweights, nc.dweights, nc.dbiases = [out[2]], [out[3]], out[4:]
+        return out[:2]
+
     def backward_step(self, t, grads, base):
         dh, dc = grads
         if self.ln:
@@ -433,6 +515,8 @@ class PeepholeKernel(LSTMKernel):
     the backward step: the peepholes' terms fold into its per-step factors before the loop,
     ``k + p_o tc o(1-o)`` (c_t reaches the loss through o_t too) and
     ``f + p_i g i(1-i) + p_f c_prev f(1-f)`` (c_{t-1} reaches it through i_t and f_t too)."""
+
+    compiled = False  # its forward step differs from the LSTM's
 
     def __init__(self, xp, weights, sbuf):
         w, self.p = weights
@@ -813,6 +897,7 @@ class _Recurrence(Function):
 
     @staticmethod
     def forward(ctx, kernel_cls, mask, xp, *rest):
+        ctx.set_materialize_grads(False)  # an unused state sequence's gradient comes as None
         with _gc_paused():
             return _Recurrence._forward(ctx, kernel_cls, mask, xp, *rest)
 
@@ -833,17 +918,7 @@ class _Recurrence(Function):
         for buf, s in zip(sbuf, states0):
             buf[0] = s
         kernel = kernel_cls(xp, weights, sbuf)
-        step = kernel.forward_step
-        if mask is None:
-            for t in range(T):
-                step(t)
-        else:
-            masks = mask.unbind(0)
-            for t in range(T):
-                step(t)
-                m = masks[t]
-                for seq in kernel.S:
-                    torch.where(m, seq[t + 1], seq[t], out=seq[t + 1])
+        kernel.forward_loop(mask)
         kernel.end_forward()
         ctx.kernel = kernel
         ctx.mask = mask
@@ -878,15 +953,12 @@ class _Recurrence(Function):
         record = ctx.record
         if record is not None:
             seen = [buf.new_zeros(buf.shape[0] - 1, *buf.shape[1:]) for buf in kernel.sbuf]
-        if masks is None and record is None and all(g is None for g in steps[1:]):
-            # the common case (no padding, no recording, only h's sequence used), kept tight
-            after = steps[0]
-            for t in range(T - 1, 0, -1):
-                grads = step(t, grads, None if after is None else after[t - 1])
-            grads = step(0, grads, None)
-            kernel.end_backward()
-            weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
-            return (None, None, kernel.input_grad(), *grads, *weight_grads)
+        if record is None:  # the common case, kept tight
+            done = kernel.backward_loop(grads, grad_seqs, mask)
+            if done is not None:
+                kernel.end_backward()
+                weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
+                return (None, None, kernel.input_grad(), *done, *weight_grads)
         for t in range(T - 1, -1, -1):
             if record is not None:
                 for buf, g in zip(seen, grads):

@@ -1,0 +1,60 @@
+"""The ``bptt`` engine's compiled step loops (``engines/csrc/*.cpp``), built on first use.
+
+At small batches a step of the recurrence is a dozen tiny tensor operations, and from Python
+each costs more in the interpreter than in arithmetic. The C++ loops make the same ATen calls in
+the same order as the Python ones, so their results are bit-identical; they are built once per
+machine with ``torch.utils.cpp_extension`` (a C++ compiler is needed; the build is cached in
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Without a compiler, or with
+``RNNKIT_NO_COMPILED=1`` in the environment, the engine runs its Python loops and warns once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+_SOURCES = [Path(__file__).with_name("csrc") / "lstm_loops.cpp"]
+_state: dict[str, object] = {"module": None, "tried": False, "enabled": True}
+
+
+def _build() -> ModuleType | None:
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    if not any(Path(root).glob("*/rnnkit_bptt_loops/*.so")):
+        print("rnnkit: building the bptt engine's C++ step loops (once per machine, about a "
+              "minute)", file=sys.stderr)
+    # torch builds without optimisation unless told; -O3 makes the fused loops ~1.4x faster
+    return cpp_extension.load(name="rnnkit_bptt_loops", sources=[str(s) for s in _SOURCES],
+                              extra_cflags=["-O3"], verbose=False)
+
+
+def loops() -> ModuleType | None:
+    """The compiled loops module, or None when they are disabled or cannot be built."""
+    if not _state["enabled"] or os.environ.get("RNNKIT_NO_COMPILED", "") not in ("", "0"):
+        return None
+    if not _state["tried"]:
+        _state["tried"] = True
+        try:
+            _state["module"] = _build()
+        except Exception as exc:  # no compiler, no ninja, a failed build: run the Python loops
+            warnings.warn(f"rnnkit: the bptt engine's C++ step loops could not be built ({exc}); "
+                          "using its Python loops, which are slower at small batches",
+                          RuntimeWarning, stacklevel=2)
+    return _state["module"]  # type: ignore[return-value]
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Run the ``bptt`` engine's Python step loops inside the block (for comparisons)."""
+    was = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = was

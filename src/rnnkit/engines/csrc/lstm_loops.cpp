@@ -1,0 +1,282 @@
+// The bptt engine's LSTM step loops (plain and layer-normalised) with each step's elementwise
+// work fused into one pass.
+//
+// These compute what LSTMKernel.forward_step and LSTMKernel.backward_step in
+// rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
+// them (tests/test_engines.py compares the two). A step is one GEMM (ATen) plus one loop over
+// the batch rows here, instead of a dozen ATen calls: at small batches each of those costs a
+// few microseconds of dispatch and setup for a few hundred numbers of arithmetic. The
+// transcendental functions here are scalar, so at large batches the vectorised ATen calls of
+// the Python loops are faster; bptt.py chooses (LSTMKernel._loops).
+//
+// Shapes: T steps, B batch rows, H hidden units, G = 4H; gate order i, f, g, o; every tensor
+// contiguous. Layer norm (Ba et al. 2016) as rnnkit's LSTMCell: the recurrent term
+// LN(W_hh h) * g_hh (no shift) and the cell LN(c) * g_c + b_c, biased variance.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+using TensorList = std::vector<Tensor>;
+
+namespace {
+
+template <typename S>
+inline S sigmoid(S x) {
+  return S(1) / (S(1) + std::exp(-x));
+}
+
+// mean and 1 / sqrt(biased variance + eps) of x[0:n], two passes
+template <typename S>
+inline void moments(const S* x, int64_t n, double eps, S* mean, S* rstd) {
+  S sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += x[j];
+  const S m = sum / S(n);
+  S var = 0;
+  for (int64_t j = 0; j < n; ++j) var += (x[j] - m) * (x[j] - m);
+  *mean = m;
+  *rstd = S(1) / std::sqrt(var / S(n) + S(eps));
+}
+
+template <typename S>
+const S* ptr_or_null(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<S>() : nullptr;
+}
+
+// One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm)
+// and receives the gates; with layer norm, a = h_{t-1} W_hh^T is normalised and added first.
+template <typename S>
+void forward_step(S* gt, const S* a, const S* g_hh, const S* c_prev, S* c, S* tc, S* h,
+                  const S* h_prev, const S* g_c, const S* b_c, S* mh, S* rh, S* mc, S* rc,
+                  const bool* mask, int64_t B, int64_t H, double eps) {
+  const int64_t G = 4 * H;
+  for (int64_t b = 0; b < B; ++b) {
+    S* gr = gt + b * G;
+    if (a != nullptr) {
+      const S* ar = a + b * G;
+      moments(ar, G, eps, mh + b, rh + b);
+      const S m = mh[b], r = rh[b];
+      for (int64_t j = 0; j < G; ++j) gr[j] += (ar[j] - m) * r * g_hh[j];
+    }
+    for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j]);
+    for (int64_t j = 2 * H; j < 3 * H; ++j) gr[j] = std::tanh(gr[j]);
+    for (int64_t j = 3 * H; j < G; ++j) gr[j] = sigmoid(gr[j]);
+    const S* i = gr;
+    const S* f = gr + H;
+    const S* g = gr + 2 * H;
+    const S* o = gr + 3 * H;
+    S* cr = c + b * H;
+    S* hr = h + b * H;
+    const S* cp = c_prev + b * H;
+    for (int64_t j = 0; j < H; ++j) cr[j] = f[j] * cp[j] + i[j] * g[j];
+    if (g_c != nullptr) {
+      moments(cr, H, eps, mc + b, rc + b);
+      const S m = mc[b], r = rc[b];
+      S* tr = tc + b * H;
+      for (int64_t j = 0; j < H; ++j) {
+        const S y = (cr[j] - m) * r * g_c[j] + (b_c != nullptr ? b_c[j] : S(0));
+        tr[j] = std::tanh(y);
+        hr[j] = o[j] * tr[j];
+      }
+    } else {
+      for (int64_t j = 0; j < H; ++j) hr[j] = o[j] * std::tanh(cr[j]);
+    }
+    if (mask != nullptr && !mask[b]) {  // outside its sequence the row keeps its state
+      for (int64_t j = 0; j < H; ++j) {
+        hr[j] = h_prev[b * H + j];
+        cr[j] = cp[j];
+      }
+    }
+  }
+}
+
+// One step's elementwise backward, all rows, given dh, dc (the gradients of h_t, c_t that
+// reach the gates: zero for rows outside their sequence). dg holds the step's gate factors
+// and receives dL/d(gate pre-activation); with layer norm, a (the recurrent term's input)
+// receives its gradient and the gain (and shift) gradients are added to dg_hh, dg_c, db_c.
+// dc_prev receives dL/dc_{t-1} through this step.
+template <typename S>
+void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, const S* c, S* a,
+                   const S* g_hh, const S* mh, const S* rh, const S* g_c, const S* mc,
+                   const S* rc, S* dg_hh, S* dg_c, S* db_c, S* dc_prev, S* dct, int64_t B,
+                   int64_t H) {
+  const int64_t G = 4 * H;
+  for (int64_t b = 0; b < B; ++b) {
+    const S* dhr = dh + b * H;
+    const S* dcr = dc + b * H;
+    const S* kr = k + b * H;
+    if (g_c != nullptr) {  // c_t reaches h_t through tanh(LN(c_t) g_c + b_c)
+      const S* cr = c + b * H;
+      const S m = mc[b], r = rc[b];
+      S s1 = 0, s2 = 0;
+      for (int64_t j = 0; j < H; ++j) {
+        const S dy = dhr[j] * kr[j];
+        const S xhat = (cr[j] - m) * r;
+        const S dyw = dy * g_c[j];
+        s1 += dyw;
+        s2 += dyw * xhat;
+        dg_c[j] += dy * xhat;
+        if (db_c != nullptr) db_c[j] += dy;
+      }
+      s1 /= S(H);
+      s2 /= S(H);
+      for (int64_t j = 0; j < H; ++j) {
+        const S xhat = (cr[j] - m) * r;
+        dct[j] = dcr[j] + r * (dhr[j] * kr[j] * g_c[j] - s1 - xhat * s2);
+      }
+    } else {
+      for (int64_t j = 0; j < H; ++j) dct[j] = dcr[j] + dhr[j] * kr[j];
+    }
+    S* dgr = dg + b * G;
+    const S* fr = f + b * H;
+    S* dcp = dc_prev + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      dgr[j] *= dct[j];
+      dgr[H + j] *= dct[j];
+      dgr[2 * H + j] *= dct[j];
+      dgr[3 * H + j] *= dhr[j];
+      dcp[j] = dct[j] * fr[j];
+    }
+    if (a != nullptr) {  // the recurrent term's layer norm, over all G gate inputs
+      S* ar = a + b * G;
+      const S m = mh[b], r = rh[b];
+      S s1 = 0, s2 = 0;
+      for (int64_t j = 0; j < G; ++j) {
+        const S xhat = (ar[j] - m) * r;
+        const S dyw = dgr[j] * g_hh[j];
+        s1 += dyw;
+        s2 += dyw * xhat;
+        dg_hh[j] += dgr[j] * xhat;
+      }
+      s1 /= S(G);
+      s2 /= S(G);
+      for (int64_t j = 0; j < G; ++j) {
+        const S xhat = (ar[j] - m) * r;
+        ar[j] = r * (dgr[j] * g_hh[j] - s1 - xhat * s2);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Forward over all steps.
+//   gates (T, B, G): the input projection; step t's gates (after their nonlinearities) are
+//     written over gates[t].
+//   h, c (T + 1, B, H): index 0 holds the initial state; step t writes index t + 1.
+//   wt (H, G): the transposed recurrent weight.
+//   mask (T, B, 1) bool or none: outside its sequence a row keeps its state.
+//   With layer norm (a_hh given): a_hh (T, B, G) receives h_t W_hh^T, tc (T, B, H)
+//   tanh(LN(c_t) g_c + b_c); g_hh (G), g_c (H), b_c (H) or none.
+// Returns the per-step means and rstds (T, B, 1) of the two layer norms (none without).
+TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, OptTensor mask,
+                        OptTensor a_hh, OptTensor g_hh, OptTensor g_c, OptTensor b_c,
+                        double eps) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
+  const bool ln = a_hh.has_value();
+  auto opts = gates.options();
+  TensorList stats;
+  if (ln) {
+    for (int i = 0; i < 4; ++i) stats.push_back(at::empty({T, B, 1}, opts));
+  }
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_forward", [&] {
+    using S = scalar_t;
+    const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+    S* hp = h.data_ptr<S>();
+    S* cp = c.data_ptr<S>();
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor gt = gates.select(0, t);
+      S* a = nullptr;
+      if (ln) {
+        Tensor at_ = a_hh->select(0, t);
+        at::mm_out(at_, h.select(0, t), wt);
+        a = at_.data_ptr<S>();
+      } else {
+        at::addmm_out(gt, gt, h.select(0, t), wt);
+      }
+      const int64_t s = t * B;
+      forward_step<S>(gt.data_ptr<S>(), a, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
+                      ln ? tc.data_ptr<S>() + s * H : nullptr, hp + (s + B) * H, hp + s * H,
+                      ptr_or_null<S>(g_c), ptr_or_null<S>(b_c),
+                      ln ? stats[0].data_ptr<S>() + s : nullptr,
+                      ln ? stats[1].data_ptr<S>() + s : nullptr,
+                      ln ? stats[2].data_ptr<S>() + s : nullptr,
+                      ln ? stats[3].data_ptr<S>() + s : nullptr,
+                      m == nullptr ? nullptr : m + s, B, H, eps);
+    }
+  });
+  return stats;
+}
+
+// Backward over all steps, from the last states' gradients dh, dc.
+//   dgates (T, B, G): the per-step factors of LSTMKernel.start_backward; receives
+//     dL/d(gate pre-activation) (with layer norm, of the normalised recurrent term).
+//   k, f (T, B, H): o (1 - tc^2) and the forget gates. w (G, H): the recurrent weight.
+//   after, after_c (T, B, H) or none: dL/dh_t, dL/dc_t from the outputs. mask (T, B, 1) bool
+//   or none.
+//   With layer norm: c (T + 1, B, H) the cells, a_hh (T, B, G) the recurrent term's inputs
+//   (overwritten with their gradients), the gains and shift, stats as lstm_forward returns.
+// Returns dh_0, dc_0 and, with layer norm, the gradients of g_hh, g_c and b_c (if given).
+TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh, Tensor dc,
+                         OptTensor after, OptTensor after_c, OptTensor mask, Tensor c,
+                         OptTensor a_hh,
+                         OptTensor g_hh, OptTensor g_c, OptTensor b_c, TensorList stats) {
+  const int64_t T = dgates.size(0), B = dgates.size(1), H = k.size(2);
+  const bool ln = a_hh.has_value();
+  Tensor dg_hh, dg_c, db_c;
+  if (ln) {
+    dg_hh = at::zeros({4 * H}, dgates.options());
+    dg_c = at::zeros({H}, dgates.options());
+    if (b_c.has_value()) db_c = at::zeros({H}, dgates.options());
+  }
+  Tensor dct = at::empty({H}, dgates.options());
+  AT_DISPATCH_FLOATING_TYPES(dgates.scalar_type(), "rnnkit_lstm_backward", [&] {
+    using S = scalar_t;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor base;  // added to dL/dh_{t-1}
+      Tensor carried_c;
+      if (mask.has_value()) {  // outside its sequence a row's gradient passes straight through
+        const Tensor m = mask->select(0, t);
+        base = at::where(m, 0.0, dh);
+        carried_c = at::where(m, 0.0, dc);
+        dh = at::where(m, dh, 0.0);
+        dc = at::where(m, dc, 0.0);
+        if (t > 0 && after.has_value()) base = base + after->select(0, t - 1);
+      } else if (t > 0 && after.has_value()) {
+        base = after->select(0, t - 1);
+      }
+      dh = dh.contiguous();
+      dc = dc.contiguous();
+      Tensor dg = dgates.select(0, t);
+      Tensor dc_prev = at::empty_like(dc);
+      const int64_t s = t * B;
+      backward_step<S>(
+          dh.data_ptr<S>(), dc.data_ptr<S>(), k.data_ptr<S>() + s * H, f.data_ptr<S>() + s * H,
+          dg.data_ptr<S>(), ln ? c.data_ptr<S>() + (s + B) * H : nullptr,
+          ln ? a_hh->data_ptr<S>() + s * 4 * H : nullptr, ptr_or_null<S>(g_hh),
+          ln ? stats[0].data_ptr<S>() + s : nullptr, ln ? stats[1].data_ptr<S>() + s : nullptr,
+          ptr_or_null<S>(g_c), ln ? stats[2].data_ptr<S>() + s : nullptr,
+          ln ? stats[3].data_ptr<S>() + s : nullptr, ln ? dg_hh.data_ptr<S>() : nullptr,
+          ln ? dg_c.data_ptr<S>() : nullptr, db_c.defined() ? db_c.data_ptr<S>() : nullptr,
+          dc_prev.data_ptr<S>(), dct.data_ptr<S>(), B, H);
+      const Tensor dpre = ln ? a_hh->select(0, t) : dg;
+      dh = base.defined() ? at::addmm(base, dpre, w) : at::mm(dpre, w);
+      dc = carried_c.defined() ? dc_prev + carried_c : dc_prev;
+      if (t > 0 && after_c.has_value()) dc = dc + after_c->select(0, t - 1);
+    }
+  });
+  TensorList out = {dh, dc};
+  if (ln) {
+    out.push_back(dg_hh);
+    out.push_back(dg_c);
+    if (db_c.defined()) out.push_back(db_c);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop (see lstm_loops.cpp)");
+  m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop (see lstm_loops.cpp)");
+}
