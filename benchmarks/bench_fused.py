@@ -4,7 +4,7 @@
     python benchmarks/bench_fused.py --threads 1 --hidden 128 --batch 1,2,4
 
 For each (B, H), forward+backward of ``Recurrent(LSTMCell)`` under ``engine="bptt"``, plain
-and layer-normalised, with the C++ loops (``engines/csrc/lstm_loops.cpp``, each step's
+and layer-normalised, with the C++ loops (``engines/csrc/recurrent_loops.cpp``, each step's
 elementwise work fused, scalar transcendentals) and with the Python loops (a dozen vectorised
 ATen calls a step), interleaved, median of repeats; prints fused time / Python time (below 1:
 the compiled loops are faster). ``rnnkit.engines.bptt._FUSED_MAX`` (the largest B x H that runs

@@ -279,7 +279,8 @@ def compiled_loops():
     return compiled
 
 
-@pytest.mark.parametrize("cell_id", ["lstm", "lstm-forget-bias", "lstm-ln"])
+@pytest.mark.parametrize("cell_id", ["lstm", "lstm-forget-bias", "lstm-ln", "gru-after",
+                                     "gru-after-ln"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("with_lengths", "with_state"), [(False, False), (True, True)])
 def test_compiled_loops_equal_python_loops(compiled_loops, cell_id, dtype, with_lengths,
@@ -292,7 +293,8 @@ def test_compiled_loops_equal_python_loops(compiled_loops, cell_id, dtype, with_
     lengths = torch.tensor([11, 4, 7]) if with_lengths else None
     layer = build_layer(cell_id, "bptt", 2, 5, seed=4, batch_first=True).to(dtype)
     state = random_state(layer, 3) if with_state else None
-    state = None if state is None else tuple(s.to(dtype) for s in state)
+    if state is not None:
+        state = _split_states(layer, [s.to(dtype) for s in flat(state)])
     fast = _run_layer(layer, x, state, lengths)
     with compiled_loops.disabled():
         slow = _run_layer(layer, x, state, lengths)

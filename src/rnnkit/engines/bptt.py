@@ -15,14 +15,11 @@ Structure (DESIGN.md, "the winning structure"):
 4. the recurrent weight gradients as one GEMM over all steps at the end
    (``dW_hh = sum_t dA_t^T h_{t-1}``).
 
-The LSTM's loops of 2 and 3 also exist in C++ (``engines/csrc/lstm_loops.cpp``, built on first
-use by :mod:`rnnkit.engines.compiled`): a step there is its GEMM plus one fused pass over the
-batch rows, which at small batches is what brings a step near torch's fused one
-(``LSTMKernel.forward_loop`` / ``backward_loop`` choose).
-
-Padding (``mask``) is handled once, in :class:`_Recurrence`: a step outside its sequence carries
-the state unchanged, so its gradient flows straight to the previous step and nothing of it reaches
-the gates or the weights.
+The loops of 2 and 3 of the LSTM and the reset-after GRU (plain and layer-normalised) also exist
+in C++ (``engines/csrc/recurrent_loops.cpp``, built on first use by
+:mod:`rnnkit.engines.compiled`): a step there is its GEMM plus one fused pass over the batch
+rows, which at small batches is what brings a step near torch's fused one (``Kernel._loops``
+chooses).
 """
 
 from __future__ import annotations
@@ -157,6 +154,11 @@ def _mm(base: Tensor | None, a: Tensor, w: Tensor) -> Tensor:
     return torch.mm(a, w) if base is None else torch.addmm(base, a, w)
 
 
+#: the largest batch x hidden size that runs on the compiled loops (measured with
+#: benchmarks/bench_fused.py: they win below ~1024 and lose above)
+_FUSED_MAX = 512
+
+
 class Kernel:
     """One cell's forward and backward step for :class:`_Recurrence`.
 
@@ -190,6 +192,9 @@ class Kernel:
     #: True when the kernel receives the layer input x instead of the input projection xp
     #: (and returns dL/dx and the input weights' gradients itself)
     owns_projection: ClassVar[bool] = False
+    #: True when engines/csrc/recurrent_loops.cpp has this kernel's loops (its forward_loop
+    #: and backward_loop then call them through :meth:`_loops`)
+    fused: ClassVar[bool] = False
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...], sbuf: list[Tensor]):
         self.xp = xp
@@ -218,6 +223,17 @@ class Kernel:
 
     def forward_step(self, t: int) -> None:
         raise NotImplementedError
+
+    def _loops(self):
+        """The compiled loops module when they suit this run: a ``fused`` kernel on the CPU,
+        float32 or float64, a contiguous input projection and a small batch (``_FUSED_MAX``
+        values of h per step), where a step's dozen tensor calls cost more in dispatch than in
+        arithmetic; else None."""
+        g = self.gates
+        if not (self.fused and self.B * self.H <= _FUSED_MAX and g.device.type == "cpu"
+                and g.dtype in (torch.float32, torch.float64) and g.is_contiguous()):
+            return None
+        return compiled.loops()
 
     def forward_loop(self, mask: Tensor | None) -> None:
         """Run :meth:`forward_step` over all steps; ``mask`` (T, B, 1) bool or None: a row
@@ -351,11 +367,6 @@ class ReluKernel(ElmanKernel):
     relu = True
 
 
-#: the largest batch x hidden size that LSTMKernel runs on the compiled loops (measured:
-#: benchmarks/bench_fused.py: the compiled loops win below ~1024 and lose above)
-_FUSED_MAX = 512
-
-
 class LSTMKernel(Kernel):
     """LSTM, optionally layer-normalised; weights: (weight_hh, ln_hh_weight, ln_c_weight,
     ln_c_bias), the last three ``None`` without layer norm.
@@ -371,9 +382,7 @@ class LSTMKernel(Kernel):
 
     num_states = 2
     consumed = ("gates", "tc")
-    #: whether the compiled loops (engines/csrc/lstm_loops.cpp, the same calls as
-    #: forward_step and backward_step) may run the steps
-    compiled: ClassVar[bool] = True
+    fused = True
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -444,20 +453,12 @@ class LSTMKernel(Kernel):
             tc = torch.tanh(c, out=self.TC[t])
         torch.mul(o, tc, out=H[t + 1])
 
-    def _loops(self):
-        """The compiled loops (engines/csrc/lstm_loops.cpp) when they suit this run: CPU,
-        contiguous buffers and a small batch (``_FUSED_MAX`` values of h per step), where a
-        step's dozen tensor calls cost more in dispatch than in arithmetic; else None."""
-        if not (self.compiled and self.B * self.H <= _FUSED_MAX and self.gates.device.type == "cpu"
-                and self.gates.is_contiguous()):
-            return None
-        return compiled.loops()
-
     def forward_loop(self, mask):
         loops = self._loops()
         if loops is None:
             return super().forward_loop(mask)
         ln = self.ln
+        mask = None if mask is None else mask.contiguous()
         self.stats = loops.lstm_forward(self.gates, *self.sbuf, self.wt, self.tc, mask,
                                         self.norm_h.buf if ln else None, self.g_hh, self.g_c,
                                         self.b_c, LN_EPS)
@@ -516,7 +517,7 @@ class PeepholeKernel(LSTMKernel):
     ``k + p_o tc o(1-o)`` (c_t reaches the loss through o_t too) and
     ``f + p_i g i(1-i) + p_f c_prev f(1-f)`` (c_{t-1} reaches it through i_t and f_t too)."""
 
-    compiled = False  # its forward step differs from the LSTM's
+    fused = False  # its forward step differs from the LSTM's
 
     def __init__(self, xp, weights, sbuf):
         w, self.p = weights
@@ -607,6 +608,7 @@ class GRUAfterKernel(_GRUKernel):
     d loss / d n's pre-activation."""
 
     consumed = ("gates", "gh4")
+    fused = True
 
     def __init__(self, xp, weights, sbuf):
         super().__init__(xp, weights, sbuf)
@@ -652,6 +654,32 @@ class GRUAfterKernel(_GRUKernel):
         torch.add(self.XPrz[t], self.GHrz[t], out=self.Grz[t]).sigmoid_()
         n = torch.addcmul(self.XPn[t], self.Gr[t], self.GHn[t], out=self.Gn[t]).tanh_()
         self._blend(t, h, n)
+
+    def forward_loop(self, mask):
+        loops = self._loops()
+        if loops is None:
+            return super().forward_loop(mask)
+        mask = None if mask is None else mask.contiguous()
+        self.stats = loops.gru_forward(self.gates, self.sbuf[0], self.gh4, self.wt, self.b,
+                                       mask, self.norm.buf if self.ln else None, self.g_hh,
+                                       LN_EPS)
+        if self.ln:  # what _StepNorms.forward records, for a backward pass in Python
+            self.norm.a = list(self.norm.steps)
+            self.norm.mean, self.norm.rstd = (list(x.unbind(0)) for x in self.stats)
+
+    def backward_loop(self, grads, afters, mask):
+        loops = self._loops()
+        if loops is None:
+            return super().backward_loop(grads, afters, mask)
+        stats = []
+        if self.ln:
+            stats = getattr(self, "stats", None) or [torch.stack(self.norm.mean),
+                                                     torch.stack(self.norm.rstd)]
+        out = loops.gru_backward(self.gh4, self.gates, self.w, grads[0], afters[0], mask,
+                                 self.norm.buf if self.ln else None, self.g_hh, stats)
+        if self.ln:  # the sum _StepNorms would have made of its per-step list
+            self.norm.dweights = [out[1]]
+        return out[:1]
 
     def backward_step(self, t, grads, base):
         (dh,) = grads

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-_SOURCES = [Path(__file__).with_name("csrc") / "lstm_loops.cpp"]
+_SOURCES = [Path(__file__).with_name("csrc") / "recurrent_loops.cpp"]
 _state: dict[str, object] = {"module": None, "tried": False, "enabled": True}
 
 

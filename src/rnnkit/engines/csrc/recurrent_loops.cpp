@@ -1,7 +1,7 @@
-// The bptt engine's LSTM step loops (plain and layer-normalised) with each step's elementwise
-// work fused into one pass.
+// The bptt engine's LSTM and GRU (reset after) step loops, plain and layer-normalised, with
+// each step's elementwise work fused into one pass.
 //
-// These compute what LSTMKernel.forward_step and LSTMKernel.backward_step in
+// These compute what LSTMKernel / GRUAfterKernel .forward_step and .backward_step in
 // rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
 // them (tests/test_engines.py compares the two). A step is one GEMM (ATen) plus one loop over
 // the batch rows here, instead of a dozen ATen calls: at small batches each of those costs a
@@ -160,6 +160,80 @@ void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, cons
   }
 }
 
+// GRU (reset after the product, torch.nn.GRU's), one step's elementwise work, all rows.
+// gt (B, 3H) holds x W_ih^T + b_ih and receives r, z, n; gh (row stride 4H) holds the
+// recurrent projection h_{t-1} W_hh^T + b_hh, or with layer norm receives
+// LN(a) g_hh + b_hh of a = h_{t-1} W_hh^T.
+template <typename S>
+void gru_forward_step(S* gt, S* gh, const S* a, const S* g_hh, const S* b_hh, const S* h_prev,
+                      S* h, S* mh, S* rh, const bool* mask, int64_t B, int64_t H, double eps) {
+  const int64_t G = 3 * H;
+  for (int64_t b = 0; b < B; ++b) {
+    S* gr = gt + b * G;
+    S* ghr = gh + b * 4 * H;
+    if (a != nullptr) {
+      const S* ar = a + b * G;
+      moments(ar, G, eps, mh + b, rh + b);
+      const S m = mh[b], r = rh[b];
+      for (int64_t j = 0; j < G; ++j)
+        ghr[j] = (ar[j] - m) * r * g_hh[j] + (b_hh != nullptr ? b_hh[j] : S(0));
+    }
+    for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j] + ghr[j]);
+    const S* hp = h_prev + b * H;
+    S* hr = h + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const S n = std::tanh(gr[2 * H + j] + gr[j] * ghr[2 * H + j]);
+      gr[2 * H + j] = n;
+      hr[j] = n + gr[H + j] * (hp[j] - n);
+    }
+    if (mask != nullptr && !mask[b]) {
+      for (int64_t j = 0; j < H; ++j) hr[j] = hp[j];
+    }
+  }
+}
+
+// GRU backward, one step, all rows: d4 (row stride 4H) holds the step's four factors
+// (GRUAfterKernel.start_backward) and receives them times dh: d loss / d gh and, last, d loss
+// / d n's pre-activation; direct receives dh z (+ base). With layer norm, a (the recurrent
+// term's input) receives its gradient and the gain gradient is added to dg_hh.
+template <typename S>
+void gru_backward_step(const S* dh, S* d4, const S* gates, const S* base, S* direct, S* a,
+                       const S* g_hh, const S* mh, const S* rh, S* dg_hh, int64_t B,
+                       int64_t H) {
+  const int64_t G = 3 * H;
+  for (int64_t b = 0; b < B; ++b) {
+    const S* dhr = dh + b * H;
+    S* dr = d4 + b * 4 * H;
+    const S* z = gates + b * G + H;
+    S* dir = direct + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      dr[j] *= dhr[j];
+      dr[H + j] *= dhr[j];
+      dr[2 * H + j] *= dhr[j];
+      dr[3 * H + j] *= dhr[j];
+      dir[j] = dhr[j] * z[j] + (base != nullptr ? base[b * H + j] : S(0));
+    }
+    if (a != nullptr) {
+      S* ar = a + b * G;
+      const S m = mh[b], r = rh[b];
+      S s1 = 0, s2 = 0;
+      for (int64_t j = 0; j < G; ++j) {
+        const S xhat = (ar[j] - m) * r;
+        const S dyw = dr[j] * g_hh[j];
+        s1 += dyw;
+        s2 += dyw * xhat;
+        dg_hh[j] += dr[j] * xhat;
+      }
+      s1 /= S(G);
+      s2 /= S(G);
+      for (int64_t j = 0; j < G; ++j) {
+        const S xhat = (ar[j] - m) * r;
+        ar[j] = r * (dr[j] * g_hh[j] - s1 - xhat * s2);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // Forward over all steps.
@@ -276,7 +350,93 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh,
   return out;
 }
 
+// GRU (reset after) forward over all steps.
+//   gates (T, B, 3H): the input projection (with b_ih), receives r, z, n.
+//   h (T + 1, B, H): index 0 holds the initial state. gh4 (T, B, 4H): the first 3H of each
+//   step receive the recurrent term (the last H are the backward pass's).
+//   wt (H, 3H); b_hh (3H) or none; mask as lstm_forward.
+//   With layer norm (a_hh (T, B, 3H) given): a_hh receives h_t W_hh^T, normalised with gain
+//   g_hh and shift b_hh. Returns the layer norm's per-step means and rstds (T, B, 1).
+TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, Tensor wt, OptTensor b_hh,
+                       OptTensor mask, OptTensor a_hh, OptTensor g_hh, double eps) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  const bool ln = a_hh.has_value();
+  TensorList stats;
+  if (ln) {
+    for (int i = 0; i < 2; ++i) stats.push_back(at::empty({T, B, 1}, gates.options()));
+  }
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_forward", [&] {
+    using S = scalar_t;
+    const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+    S* hp = h.data_ptr<S>();
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor gh = gh4.select(0, t).narrow(-1, 0, 3 * H);
+      S* a = nullptr;
+      if (ln) {
+        Tensor at_ = a_hh->select(0, t);
+        at::mm_out(at_, h.select(0, t), wt);
+        a = at_.data_ptr<S>();
+      } else if (b_hh.has_value()) {
+        at::addmm_out(gh, *b_hh, h.select(0, t), wt);
+      } else {
+        at::mm_out(gh, h.select(0, t), wt);
+      }
+      const int64_t s = t * B;
+      gru_forward_step<S>(gates.select(0, t).data_ptr<S>(), gh.data_ptr<S>(), a,
+                          ptr_or_null<S>(g_hh), ptr_or_null<S>(b_hh), hp + s * H,
+                          hp + (s + B) * H, ln ? stats[0].data_ptr<S>() + s : nullptr,
+                          ln ? stats[1].data_ptr<S>() + s : nullptr,
+                          m == nullptr ? nullptr : m + s, B, H, eps);
+    }
+  });
+  return stats;
+}
+
+// GRU (reset after) backward over all steps, from the last state's gradient dh.
+//   gh4 (T, B, 4H): GRUAfterKernel.start_backward's factors, multiplied by each step's dh.
+//   gates (T, B, 3H): r, z, n. w (3H, H). after, mask as lstm_backward.
+//   With layer norm: a_hh (T, B, 3H) (overwritten with its gradient), g_hh, stats as
+//   gru_forward returns. Returns dh_0 and, with layer norm, the gain's gradient.
+TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor after,
+                        OptTensor mask, OptTensor a_hh, OptTensor g_hh, TensorList stats) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  const bool ln = a_hh.has_value();
+  Tensor dg_hh = ln ? at::zeros({3 * H}, gates.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
+    using S = scalar_t;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor base;
+      if (mask.has_value()) {  // outside its sequence a row's gradient passes straight through
+        const Tensor m = mask->select(0, t);
+        base = at::where(m, 0.0, dh);
+        dh = at::where(m, dh, 0.0);
+        if (t > 0 && after.has_value()) base = base + after->select(0, t - 1);
+      } else if (t > 0 && after.has_value()) {
+        base = after->select(0, t - 1);
+      }
+      dh = dh.contiguous();
+      if (base.defined()) base = base.contiguous();
+      Tensor direct = at::empty_like(dh);
+      const int64_t s = t * B;
+      gru_backward_step<S>(dh.data_ptr<S>(), gh4.data_ptr<S>() + s * 4 * H,
+                           gates.data_ptr<S>() + s * 3 * H,
+                           base.defined() ? base.data_ptr<S>() : nullptr, direct.data_ptr<S>(),
+                           ln ? a_hh->data_ptr<S>() + s * 3 * H : nullptr, ptr_or_null<S>(g_hh),
+                           ln ? stats[0].data_ptr<S>() + s : nullptr,
+                           ln ? stats[1].data_ptr<S>() + s : nullptr,
+                           ln ? dg_hh.data_ptr<S>() : nullptr, B, H);
+      const Tensor dpre = ln ? a_hh->select(0, t) : gh4.select(0, t).narrow(-1, 0, 3 * H);
+      dh = at::addmm(direct, dpre, w);
+    }
+  });
+  TensorList out = {dh};
+  if (ln) out.push_back(dg_hh);
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop (see lstm_loops.cpp)");
-  m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop (see lstm_loops.cpp)");
+  m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
+  m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
+  m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop (see recurrent_loops.cpp)");
+  m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop (see recurrent_loops.cpp)");
 }
