@@ -45,6 +45,29 @@ const S* ptr_or_null(const OptTensor& t) {
   return t.has_value() ? t->data_ptr<S>() : nullptr;
 }
 
+// Layer norm's backward over one row of n values x with gain g (mean m, rstd r):
+// dx = r (dy g - mean(dy g) - xhat mean(dy g xhat)), xhat = (x - m) r, written to dx, which may
+// be x or dy itself; the gain's (and, given db, the shift's) gradients are added to dg (db).
+template <typename S>
+void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r, const S* g,
+                             S* dg, S* db) {
+  S s1 = 0, s2 = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const S xhat = (x[j] - m) * r;
+    const S dyw = dy[j] * g[j];
+    s1 += dyw;
+    s2 += dyw * xhat;
+    dg[j] += dy[j] * xhat;
+    if (db != nullptr) db[j] += dy[j];
+  }
+  s1 /= S(n);
+  s2 /= S(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const S xhat = (x[j] - m) * r;
+    dx[j] = r * (dy[j] * g[j] - s1 - xhat * s2);
+  }
+}
+
 // One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm)
 // and receives the gates; with layer norm, a = h_{t-1} W_hh^T is normalised and added first.
 template <typename S>
@@ -108,24 +131,9 @@ void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, cons
     const S* dcr = dc + b * H;
     const S* kr = k + b * H;
     if (g_c != nullptr) {  // c_t reaches h_t through tanh(LN(c_t) g_c + b_c)
-      const S* cr = c + b * H;
-      const S m = mc[b], r = rc[b];
-      S s1 = 0, s2 = 0;
-      for (int64_t j = 0; j < H; ++j) {
-        const S dy = dhr[j] * kr[j];
-        const S xhat = (cr[j] - m) * r;
-        const S dyw = dy * g_c[j];
-        s1 += dyw;
-        s2 += dyw * xhat;
-        dg_c[j] += dy * xhat;
-        if (db_c != nullptr) db_c[j] += dy;
-      }
-      s1 /= S(H);
-      s2 /= S(H);
-      for (int64_t j = 0; j < H; ++j) {
-        const S xhat = (cr[j] - m) * r;
-        dct[j] = dcr[j] + r * (dhr[j] * kr[j] * g_c[j] - s1 - xhat * s2);
-      }
+      for (int64_t j = 0; j < H; ++j) dct[j] = dhr[j] * kr[j];
+      layer_norm_backward_row<S>(dct, c + b * H, dct, H, mc[b], rc[b], g_c, dg_c, db_c);
+      for (int64_t j = 0; j < H; ++j) dct[j] += dcr[j];
     } else {
       for (int64_t j = 0; j < H; ++j) dct[j] = dcr[j] + dhr[j] * kr[j];
     }
@@ -141,21 +149,7 @@ void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, cons
     }
     if (a != nullptr) {  // the recurrent term's layer norm, over all G gate inputs
       S* ar = a + b * G;
-      const S m = mh[b], r = rh[b];
-      S s1 = 0, s2 = 0;
-      for (int64_t j = 0; j < G; ++j) {
-        const S xhat = (ar[j] - m) * r;
-        const S dyw = dgr[j] * g_hh[j];
-        s1 += dyw;
-        s2 += dyw * xhat;
-        dg_hh[j] += dgr[j] * xhat;
-      }
-      s1 /= S(G);
-      s2 /= S(G);
-      for (int64_t j = 0; j < G; ++j) {
-        const S xhat = (ar[j] - m) * r;
-        ar[j] = r * (dgr[j] * g_hh[j] - s1 - xhat * s2);
-      }
+      layer_norm_backward_row<S>(dgr, ar, ar, G, mh[b], rh[b], g_hh, dg_hh, nullptr);
     }
   }
 }
@@ -215,21 +209,7 @@ void gru_backward_step(const S* dh, S* d4, const S* gates, const S* base, S* dir
     }
     if (a != nullptr) {
       S* ar = a + b * G;
-      const S m = mh[b], r = rh[b];
-      S s1 = 0, s2 = 0;
-      for (int64_t j = 0; j < G; ++j) {
-        const S xhat = (ar[j] - m) * r;
-        const S dyw = dr[j] * g_hh[j];
-        s1 += dyw;
-        s2 += dyw * xhat;
-        dg_hh[j] += dr[j] * xhat;
-      }
-      s1 /= S(G);
-      s2 /= S(G);
-      for (int64_t j = 0; j < G; ++j) {
-        const S xhat = (ar[j] - m) * r;
-        ar[j] = r * (dr[j] * g_hh[j] - s1 - xhat * s2);
-      }
+      layer_norm_backward_row<S>(dr, ar, ar, G, mh[b], rh[b], g_hh, dg_hh, nullptr);
     }
   }
 }
