@@ -26,7 +26,7 @@ def _build() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-    if not any(Path(root).glob("*/rnnkit_bptt_loops/*.so")):
+    if not any(Path(root).glob("**/rnnkit_bptt_loops/*.so")):
         print("rnnkit: building the bptt engine's C++ step loops (once per machine, about a "
               "minute)", file=sys.stderr)
     # torch builds without optimisation unless told; -O3 makes the fused loops ~1.4x faster
