@@ -981,27 +981,26 @@ class _Recurrence(Function):
         record = ctx.record
         if record is not None:
             seen = [buf.new_zeros(buf.shape[0] - 1, *buf.shape[1:]) for buf in kernel.sbuf]
-        if record is None:  # the common case, kept tight
-            done = kernel.backward_loop(grads, grad_seqs, mask)
-            if done is not None:
-                kernel.end_backward()
-                weight_grads = _needed(kernel.weight_grads(), ctx.needs_input_grad[3 + n:])
-                return (None, None, kernel.input_grad(), *done, *weight_grads)
-        for t in range(T - 1, -1, -1):
-            if record is not None:
-                for buf, g in zip(seen, grads):
-                    buf[t] = g
-            after = [None if g is None or t == 0 else g[t - 1] for g in steps]
-            if masks is None:
-                grads = step(t, grads, after[0])
-            else:
-                m = masks[t]
-                inside = [torch.where(m, g, 0.0) for g in grads]
-                carried = [torch.where(m, 0.0, g) for g in grads]
-                base = carried[0] if after[0] is None else carried[0] + after[0]
-                grads = step(t, inside, base)
-                grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
-            grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
+        # the common case (nothing recorded) in the kernel's tight loop, where it has one
+        done = None if record is not None else kernel.backward_loop(grads, grad_seqs, mask)
+        if done is not None:
+            grads = done
+        else:
+            for t in range(T - 1, -1, -1):
+                if record is not None:
+                    for buf, g in zip(seen, grads):
+                        buf[t] = g
+                after = [None if g is None or t == 0 else g[t - 1] for g in steps]
+                if masks is None:
+                    grads = step(t, grads, after[0])
+                else:
+                    m = masks[t]
+                    inside = [torch.where(m, g, 0.0) for g in grads]
+                    carried = [torch.where(m, 0.0, g) for g in grads]
+                    base = carried[0] if after[0] is None else carried[0] + after[0]
+                    grads = step(t, inside, base)
+                    grads[1:] = [g + c for g, c in zip(grads[1:], carried[1:])]
+                grads[1:] = [g if a is None else g + a for g, a in zip(grads[1:], after[1:])]
         kernel.end_backward()
         if record is not None:
             recorder, index = record
