@@ -81,6 +81,17 @@ class _StepNorms:
         self.rstd.append(rstd)
         return y
 
+    def adopt(self, inputs: tuple[Tensor, ...] | list[Tensor], mean: Tensor, rstd: Tensor
+              ) -> None:
+        """Record what :meth:`forward` records, for steps the compiled loops ran: the inputs
+        (one (B, N) view per step) and the means and rstds, (T, B, 1) each."""
+        self.a, self.mean, self.rstd = list(inputs), list(mean.unbind(0)), list(rstd.unbind(0))
+
+    def moments(self) -> list[Tensor]:
+        """The recorded means and rstds stacked, (T, B, 1) each, as the compiled loops take
+        them."""
+        return [torch.stack(self.mean), torch.stack(self.rstd)]
+
     def start_backward(self, inputs: tuple[Tensor, ...] = (), weight_t: Tensor | None = None
                        ) -> None:
         """Forget the gain and shift gradients of a previous pass. A backward pass overwrote
@@ -195,6 +206,9 @@ class Kernel:
     #: True when engines/csrc/recurrent_loops.cpp has this kernel's loops (its forward_loop
     #: and backward_loop then call them through :meth:`_loops`)
     fused: ClassVar[bool] = False
+    #: the layer norms' per-step means and rstds, (T, B, 1) each, when the compiled forward
+    #: loop ran (its backward loop reads them); None otherwise
+    stats: list[Tensor] | None = None
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...], sbuf: list[Tensor]):
         self.xp = xp
@@ -462,10 +476,9 @@ class LSTMKernel(Kernel):
         self.stats = loops.lstm_forward(self.gates, *self.sbuf, self.wt, self.tc, mask,
                                         self.norm_h.buf if ln else None, self.g_hh, self.g_c,
                                         self.b_c, LN_EPS)
-        if ln:  # what _StepNorms.forward records, for a backward pass in Python
-            self.norm_h.a, self.norm_c.a = list(self.norm_h.steps), list(self.S[1][1:])
-            self.norm_h.mean, self.norm_h.rstd, self.norm_c.mean, self.norm_c.rstd = (
-                list(x.unbind(0)) for x in self.stats)
+        if ln:  # for a backward pass in Python
+            self.norm_h.adopt(self.norm_h.steps, *self.stats[:2])
+            self.norm_c.adopt(self.S[1][1:], *self.stats[2:])
 
     def backward_loop(self, grads, afters, mask):
         loops = self._loops()
@@ -475,8 +488,7 @@ class LSTMKernel(Kernel):
         stats = []
         if ln:
             nh, nc = self.norm_h, self.norm_c
-            stats = getattr(self, "stats", None) or [
-                torch.stack(x) for x in (nh.mean, nh.rstd, nc.mean, nc.rstd)]
+            stats = self.stats or [*nh.moments(), *nc.moments()]
         out = loops.lstm_backward(self.dgates, self.k, self.f, self.w, *grads, *afters, mask,
                                   self.sbuf[1], nh.buf if ln else None, self.g_hh, self.g_c,
                                   self.b_c, stats)
@@ -663,18 +675,14 @@ class GRUAfterKernel(_GRUKernel):
         self.stats = loops.gru_forward(self.gates, self.sbuf[0], self.gh4, self.wt, self.b,
                                        mask, self.norm.buf if self.ln else None, self.g_hh,
                                        LN_EPS)
-        if self.ln:  # what _StepNorms.forward records, for a backward pass in Python
-            self.norm.a = list(self.norm.steps)
-            self.norm.mean, self.norm.rstd = (list(x.unbind(0)) for x in self.stats)
+        if self.ln:  # for a backward pass in Python
+            self.norm.adopt(self.norm.steps, *self.stats)
 
     def backward_loop(self, grads, afters, mask):
         loops = self._loops()
         if loops is None:
             return super().backward_loop(grads, afters, mask)
-        stats = []
-        if self.ln:
-            stats = getattr(self, "stats", None) or [torch.stack(self.norm.mean),
-                                                     torch.stack(self.norm.rstd)]
+        stats = (self.stats or self.norm.moments()) if self.ln else []
         out = loops.gru_backward(self.gh4, self.gates, self.w, grads[0], afters[0], mask,
                                  self.norm.buf if self.ln else None, self.g_hh, stats)
         if self.ln:  # the sum _StepNorms would have made of its per-step list

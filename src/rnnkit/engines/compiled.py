@@ -1,9 +1,10 @@
 """The ``bptt`` engine's compiled step loops (``engines/csrc/*.cpp``), built on first use.
 
-At small batches a step of the recurrence is a dozen tiny tensor operations, and from Python
-each costs more in the interpreter than in arithmetic. The C++ loops make the same ATen calls in
-the same order as the Python ones, so their results are bit-identical; they are built once per
-machine with ``torch.utils.cpp_extension`` (a C++ compiler is needed; the build is cached in
+At small batches a step of the recurrence is a dozen tiny tensor operations, each costing more
+in dispatch than in arithmetic. The C++ loops do a step's elementwise work in one fused pass
+beside its GEMM and compute what the Python loops compute (to rounding: sums run in another
+order; tests/test_engines.py compares them); they are built once per machine with
+``torch.utils.cpp_extension`` (a C++ compiler is needed; the build is cached in
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``). Without a compiler, or with
 ``RNNKIT_NO_COMPILED=1`` in the environment, the engine runs its Python loops and warns once.
 """

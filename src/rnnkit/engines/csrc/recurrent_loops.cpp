@@ -7,7 +7,7 @@
 // the batch rows here, instead of a dozen ATen calls: at small batches each of those costs a
 // few microseconds of dispatch and setup for a few hundred numbers of arithmetic. The
 // transcendental functions here are scalar, so at large batches the vectorised ATen calls of
-// the Python loops are faster; bptt.py chooses (LSTMKernel._loops).
+// the Python loops are faster; bptt.py chooses (Kernel._loops).
 //
 // Shapes: T steps, B batch rows, H hidden units, G = 4H; gate order i, f, g, o; every tensor
 // contiguous. Layer norm (Ba et al. 2016) as rnnkit's LSTMCell: the recurrent term
@@ -214,6 +214,24 @@ void gru_backward_step(const S* dh, S* d4, const S* gates, const S* base, S* dir
   }
 }
 
+// The part of a state's gradient that reaches the step before t without passing the step's
+// weights: for rows outside their sequence at step t (mask), all of g, which is then zeroed
+// for them (nothing of it reaches the step's gates); plus the outputs' gradient of that state
+// at t - 1 (after). Undefined when there is neither.
+Tensor pass_through(Tensor& g, const OptTensor& mask, const OptTensor& after, int64_t t) {
+  Tensor base;
+  if (mask.has_value()) {
+    const Tensor m = mask->select(0, t);
+    base = at::where(m, 0.0, g);
+    g = at::where(m, g, 0.0);
+  }
+  if (t > 0 && after.has_value()) {
+    const Tensor a = after->select(0, t - 1);
+    base = base.defined() ? base + a : a;
+  }
+  return base;
+}
+
 }  // namespace
 
 // Forward over all steps.
@@ -289,18 +307,8 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh,
   AT_DISPATCH_FLOATING_TYPES(dgates.scalar_type(), "rnnkit_lstm_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor base;  // added to dL/dh_{t-1}
-      Tensor carried_c;
-      if (mask.has_value()) {  // outside its sequence a row's gradient passes straight through
-        const Tensor m = mask->select(0, t);
-        base = at::where(m, 0.0, dh);
-        carried_c = at::where(m, 0.0, dc);
-        dh = at::where(m, dh, 0.0);
-        dc = at::where(m, dc, 0.0);
-        if (t > 0 && after.has_value()) base = base + after->select(0, t - 1);
-      } else if (t > 0 && after.has_value()) {
-        base = after->select(0, t - 1);
-      }
+      const Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
+      const Tensor base_c = pass_through(dc, mask, after_c, t);  // added to dL/dc_{t-1}
       dh = dh.contiguous();
       dc = dc.contiguous();
       Tensor dg = dgates.select(0, t);
@@ -317,8 +325,7 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh,
           dc_prev.data_ptr<S>(), dct.data_ptr<S>(), B, H);
       const Tensor dpre = ln ? a_hh->select(0, t) : dg;
       dh = base.defined() ? at::addmm(base, dpre, w) : at::mm(dpre, w);
-      dc = carried_c.defined() ? dc_prev + carried_c : dc_prev;
-      if (t > 0 && after_c.has_value()) dc = dc + after_c->select(0, t - 1);
+      dc = base_c.defined() ? dc_prev + base_c : dc_prev;
     }
   });
   TensorList out = {dh, dc};
@@ -385,15 +392,7 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor base;
-      if (mask.has_value()) {  // outside its sequence a row's gradient passes straight through
-        const Tensor m = mask->select(0, t);
-        base = at::where(m, 0.0, dh);
-        dh = at::where(m, dh, 0.0);
-        if (t > 0 && after.has_value()) base = base + after->select(0, t - 1);
-      } else if (t > 0 && after.has_value()) {
-        base = after->select(0, t - 1);
-      }
+      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
       dh = dh.contiguous();
       if (base.defined()) base = base.contiguous();
       Tensor direct = at::empty_like(dh);
@@ -417,6 +416,6 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
   m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
-  m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop (see recurrent_loops.cpp)");
-  m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop (see recurrent_loops.cpp)");
+  m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop");
+  m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop");
 }
