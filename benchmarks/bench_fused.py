@@ -7,8 +7,8 @@ For each (B, H), forward+backward of ``Recurrent(LSTMCell)`` under ``engine="bpt
 and layer-normalised, with the C++ loops (``engines/csrc/recurrent_loops.cpp``, each step's
 elementwise work fused, scalar transcendentals) and with the Python loops (a dozen vectorised
 ATen calls a step), interleaved, median of repeats; prints fused time / Python time (below 1:
-the compiled loops are faster). ``rnnkit.engines.bptt._FUSED_MAX`` (the largest B x H that runs
-on the compiled loops) is set from this table.
+the compiled loops are faster). ``rnnkit.engines.kernels.base.FUSED_MAX`` (the largest B x H
+that runs on the compiled loops) is set from this table.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from rnnkit.cells import make_cell
-    from rnnkit.engines import bptt, compiled
+    from rnnkit.engines import compiled
+    from rnnkit.engines.kernels import base as kernels_base
     from rnnkit.layers import Recurrent
 
     torch.set_num_threads(args.threads)
     if compiled.loops() is None:
         print("the compiled loops could not be built here", file=sys.stderr)
         return 1
-    bptt._FUSED_MAX = 1 << 62  # let every size run on the compiled loops
+    kernels_base.FUSED_MAX = 1 << 62  # let every size run on the compiled loops
     print(f"T={args.steps}, {args.threads} threads: fused / Python time (below 1: fused faster)")
     print("| H | B | B x H | lstm | lstm-ln |\n|---:|---:|---:|---:|---:|")
     for hidden in (int(h) for h in args.hidden.split(",")):

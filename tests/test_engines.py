@@ -21,7 +21,7 @@ from core_helpers import (
     perturb_,
     random_state,
 )
-from rnnkit.cells import make_cell
+from rnnkit.cells import LSTMCell, make_cell
 from rnnkit.engines import resolve_engine
 from rnnkit.layers import Bidirectional, Recurrent
 
@@ -303,3 +303,35 @@ def test_compiled_loops_equal_python_loops(compiled_loops, cell_id, dtype, with_
     for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]):
         torch.testing.assert_close(a, b, **tol)
 
+
+
+# -- dispatch by exact type: a subclass that changes step is never run by its parent's kernel --
+class _ScaledLSTMCell(LSTMCell):
+    """An LSTM whose output is halved: a changed step that no fast engine knows."""
+
+    def step(self, x_t, state, params=None):
+        h, (_, c) = super().step(x_t, state, params)
+        return 0.5 * h, (0.5 * h, c)
+
+
+@pytest.mark.parametrize("engine", ["auto", "reference", "bptt", "native"])
+def test_subclass_that_overrides_step_is_honoured(engine) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cell = _ScaledLSTMCell(3, 4).double()
+    x = torch.randn(5, 6, 3, dtype=torch.double)
+    if engine in ("bptt", "native"):
+        with pytest.raises(ValueError, match="_ScaledLSTMCell"):
+            Recurrent(cell, engine=engine)
+        return
+    out, _ = Recurrent(cell, engine=engine)(x)
+    state = (torch.zeros(5, 4, dtype=torch.double),) * 2
+    expected = []
+    for x_t in x.unbind(1):
+        h, state = cell.step(x_t, state)
+        expected.append(h)
+    torch.testing.assert_close(out, torch.stack(expected, 1), rtol=0, atol=1e-12)
+    plain = LSTMCell(3, 4).double()
+    plain.load_state_dict(cell.state_dict())
+    assert not torch.allclose(out, Recurrent(plain, engine=engine)(x)[0])
+    assert cell.native_mode is None and plain.native_mode == "LSTM"

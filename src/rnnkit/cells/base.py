@@ -11,13 +11,27 @@ minimal GRU) and a tuple ``(h, c)`` of two ``(B, H)`` tensors for the LSTMs.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = Tensor | tuple[Tensor, ...]
 Params = dict[str, Tensor]
+
+#: layer normalisation's epsilon, in every cell and kernel
+LN_EPS = 1e-5
+
+
+def new_param(*shape: int) -> nn.Parameter:
+    """An uninitialised parameter of ``shape`` (the cell's ``reset_parameters`` fills it)."""
+    return nn.Parameter(torch.empty(*shape))
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None = None) -> Tensor:
+    """Layer normalisation over the last dimension (Ba et al. 2016), eps ``LN_EPS``."""
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps=LN_EPS)
 
 
 def check_size(name: str, value: object) -> int:
@@ -41,17 +55,26 @@ class RecurrentCell(nn.Module):
 
     Subclasses define their parameters in ``__init__`` and one step in :meth:`step`, reading
     every parameter from the ``params`` mapping so that a layer can hand in modified weights
-    (DropConnect on the recurrent matrix) without touching the module.
+    (DropConnect on the recurrent matrix) without touching the module. A cell with gates
+    computes them in :meth:`gates`, which :meth:`step`, the gate statistics of
+    ``rnnkit.diagnostics`` and the models' inference steps all call: each equation is written
+    once.
+
+    A cell defined this way runs on the ``reference`` engine in every layer and task. The fast
+    engines run a cell only if they were told about its exact class: ``native`` through
+    :attr:`native_mode`, ``bptt`` through ``rnnkit.engines.kernels.register_kernel``. A subclass
+    of a built-in cell inherits neither, so a changed :meth:`step` is never skipped.
 
     Class attributes:
         num_states: 1 for cells whose state is ``h`` alone, 2 for ``(h, c)``.
-        native_mode: the name of torch's fused kernel that computes exactly this cell
-            (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``), or ``None``.
         recurrent_weights: names of the parameters DropConnect applies to.
+        gate_kinds: gate name -> ``"sigmoid"``, ``"tanh"`` or ``"relu"`` for the fields of what
+            :meth:`gates` returns (the diagnostics count saturation of the first two).
     """
 
     num_states: ClassVar[int] = 1
     recurrent_weights: ClassVar[tuple[str, ...]] = ("weight_hh",)
+    gate_kinds: ClassVar[dict[str, str]] = {}
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -61,7 +84,9 @@ class RecurrentCell(nn.Module):
     # -- what engines ask of a cell ---------------------------------------------------------
     @property
     def native_mode(self) -> str | None:
-        """torch's fused-kernel mode that equals this cell exactly, or ``None``."""
+        """torch's fused-kernel mode (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``)
+        that equals this cell exactly, or ``None``. The built-in cells give it for their own
+        class only, never for a subclass."""
         return None
 
     @property
@@ -97,6 +122,11 @@ class RecurrentCell(nn.Module):
     def step(self, x_t: Tensor, state: State, params: Params | None = None) -> tuple[Tensor, State]:
         """One step: ``x_t`` ``(B, input_size)`` and the previous state to ``(h_t, state)``."""
         raise NotImplementedError
+
+    def gates(self, x_t: Tensor, state: State, params: Params | None = None) -> Any:
+        """The gate activations of one step, a NamedTuple of (B, H) tensors whose fields
+        :attr:`gate_kinds` names; ``None`` for a cell that does not say (the default)."""
+        return None
 
     def forward(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Same as :meth:`step`, with a zero state when ``state`` is ``None``."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.cells.cells import CELLS
+from rnnkit.cells import CELL_NAMES
 from rnnkit.data.abc import Tune, check_abc, read_abc_tunes
 from rnnkit.data.vocab import BOS, EOS, PAD, UNK, Vocabulary
 from rnnkit.errors import RnnkitError
@@ -58,7 +58,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--max-chars", type=int, default=1500,
                    help="drop longer tunes (default 1500 characters)")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=tuple(CELLS), default="lstm")
+    m.add_argument("--cell", choices=CELL_NAMES, default="lstm")
     m.add_argument("--embedding-size", type=int, default=64)
     m.add_argument("--hidden-size", type=int, default=384)
     m.add_argument("--num-layers", type=int, default=2)

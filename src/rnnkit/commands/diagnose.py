@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnkit.cells.cells import CELLS
+from rnnkit.cells import CELL_NAMES
 from rnnkit.errors import RnnkitError
 
 SYNTHETIC = ("copy", "agreement", "adding")
@@ -63,8 +63,8 @@ def _fresh(args: argparse.Namespace) -> int:
 
     cells = [c.strip() for c in args.cell.split(",") if c.strip()]
     for c in cells:
-        if c not in CELLS:
-            raise RnnkitError(f"--cell: unknown cell {c!r}; choose from {', '.join(CELLS)}")
+        if c not in CELL_NAMES:
+            raise RnnkitError(f"--cell: unknown cell {c!r}; choose from {', '.join(CELL_NAMES)}")
     if args.length < 2:
         raise RnnkitError(f"--length must be at least 2, got {args.length}")
     out = Path(args.out or "diagnose")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rnnkit.cells import CELL_NAMES
 from rnnkit.data.text import LEVELS, build_vocab, decode, encode, read_text
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.errors import CheckpointError, DataError, RnnkitError
@@ -26,7 +27,6 @@ from rnnkit.training.loop import TrainConfig, Trainer
 from rnnkit.training.options import add_common_train_arguments, open_run, train_config
 
 BUNDLED = "tinyshakespeare (bundled)"
-CELLS = ("lstm", "gru", "gru-before", "rnn", "rnn-relu", "peephole", "mingru")
 
 # the default run: a character-level LSTM on tiny Shakespeare in about 5 minutes on 2 cores
 DEFAULT_TRAIN = TrainConfig(epochs=100, max_minutes=4.8, lr=4e-3, schedule="cosine",
@@ -77,7 +77,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--variable-bptt", action="store_true",
                    help="randomised window lengths (AWD-LSTM)")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELLS, default=None, help="recurrent cell (default lstm)")
+    m.add_argument("--cell", choices=CELL_NAMES, default=None, help="recurrent cell (default lstm)")
     m.add_argument("--layers", type=int, default=None, help="recurrent layers (default 2)")
     m.add_argument("--hidden", type=int, default=None, help="hidden units per layer")
     m.add_argument("--embedding", type=int, default=None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rnnkit.cells.cells import CELLS
+from rnnkit.cells import CELL_NAMES
 from rnnkit.data.parallel import (
     Batch,
     SubwordVocab,
@@ -80,7 +80,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--max-tokens", type=int, default=3000,
                    help="padded tokens per batch (default 3000); --batch-size caps sentences")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=tuple(CELLS), default="lstm",
+    m.add_argument("--cell", choices=CELL_NAMES, default="lstm",
                    help="recurrent cell (default lstm)")
     m.add_argument("--embedding-size", type=int, default=256)
     m.add_argument("--encoder-hidden", type=int, default=256,

@@ -19,102 +19,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells.base import Params, RecurrentCell
-from rnnkit.cells.cells import (
-    ElmanCell,
-    GRUCell,
-    LSTMCell,
-    MinimalGRUCell,
-    PeepholeLSTMCell,
-    layer_norm,
-)
+from rnnkit.cells.base import Params, RecurrentCell, from_tuple
 from rnnkit.diagnostics.trace import LayerRecord
-
-TANH_GATES = ("cell", "candidate", "hidden")
-
-
-def _lstm_gates(cell: LSTMCell, x: Tensor, h: Tensor, p: Params) -> dict[str, Tensor]:
-    xi, hh = F.linear(x, p["weight_ih"]), F.linear(h, p["weight_hh"])
-    if cell.layer_norm:
-        xi, hh = layer_norm(xi, p["ln_ih_weight"]), layer_norm(hh, p["ln_hh_weight"])
-    a = xi + hh
-    if cell.bias:
-        a = a + p["bias_ih"] + p["bias_hh"]
-    i, f, g, o = a.chunk(4, -1)
-    return {"input": i.sigmoid(), "forget": f.sigmoid(), "cell": g.tanh(), "output": o.sigmoid()}
-
-
-def _peephole_gates(cell: PeepholeLSTMCell, x: Tensor, h: Tensor, c: Tensor,
-                    p: Params) -> dict[str, Tensor]:
-    a = F.linear(x, p["weight_ih"], p.get("bias_ih")) + F.linear(h, p["weight_hh"],
-                                                                 p.get("bias_hh"))
-    a_i, a_f, a_g, a_o = a.chunk(4, -1)
-    p_i, p_f, p_o = p["peephole"]
-    i, f, g = (a_i + p_i * c).sigmoid(), (a_f + p_f * c).sigmoid(), a_g.tanh()
-    c_new = f * c + i * g
-    return {"input": i, "forget": f, "cell": g, "output": (a_o + p_o * c_new).sigmoid()}
-
-
-def _gru_gates(cell: GRUCell, x: Tensor, h: Tensor, p: Params) -> dict[str, Tensor]:
-    H = cell.hidden_size
-    xg = F.linear(x, p["weight_ih"])
-    if cell.layer_norm:
-        xg = layer_norm(xg, p["ln_ih_weight"])
-    if cell.bias:
-        xg = xg + p["bias_ih"]
-    xr, xz, xn = xg.chunk(3, -1)
-    w, b = p["weight_hh"], p.get("bias_hh")
-    if cell.reset == "after":
-        hg = F.linear(h, w)
-        if cell.layer_norm:
-            hg = layer_norm(hg, p["ln_hh_weight"])
-        if b is not None:
-            hg = hg + b
-        hr, hz, hn = hg.chunk(3, -1)
-        r = (xr + hr).sigmoid()
-        n = (xn + r * hn).tanh()
-    else:
-        hrz = F.linear(h, w[:2 * H])
-        if cell.layer_norm:
-            hrz = layer_norm(hrz, p["ln_hh_weight"][:2 * H])
-        if b is not None:
-            hrz = hrz + b[:2 * H]
-        hr, hz = hrz.chunk(2, -1)
-        r = (xr + hr).sigmoid()
-        hn = F.linear(r * h, w[2 * H:])
-        if cell.layer_norm:
-            hn = layer_norm(hn, p["ln_hh_weight"][2 * H:])
-        if b is not None:
-            hn = hn + b[2 * H:]
-        n = (xn + hn).tanh()
-    z = (xz + hz).sigmoid()
-    return {"reset": r, "update": z, "candidate": n}
 
 
 def cell_gates(cell: RecurrentCell, x_t: Tensor, state: tuple[Tensor, ...],
                params: Params | None = None) -> dict[str, Tensor]:
-    """The gate activations of one step: ``x_t`` (B, I), ``state`` a tuple of (B, n).
+    """The saturating gate activations of one step, computed by the cell's own
+    :meth:`~rnnkit.cells.RecurrentCell.gates`: ``x_t`` (B, I), ``state`` a tuple of (B, n).
 
-    Returns a dict gate name -> (B, H) (see the module docstring for the names)."""
-    p = cell.params() if params is None else params
-    if isinstance(cell, LSTMCell):
-        return _lstm_gates(cell, x_t, state[0], p)
-    if isinstance(cell, PeepholeLSTMCell):
-        return _peephole_gates(cell, x_t, state[0], state[1], p)
-    if isinstance(cell, GRUCell):
-        return _gru_gates(cell, x_t, state[0], p)
-    if isinstance(cell, MinimalGRUCell):
-        gates = F.linear(x_t, p["weight_ih"], p.get("bias_ih")) + F.linear(
-            state[0], p["weight_hh"], p.get("bias_hh"))
-        u, n = gates.chunk(2, -1)
-        return {"update": u.sigmoid(), "candidate": n.tanh()}
-    if isinstance(cell, ElmanCell):
-        h, _ = cell.step(x_t, state[0], p)
-        return {"hidden": h} if cell.nonlinearity == "tanh" else {}
-    return {}
+    Returns a dict gate name -> (B, H) for the gates whose kind (``cell.gate_kinds``) is
+    sigmoid or tanh; empty for a cell that names no gates."""
+    gates = cell.gates(x_t, from_tuple(cell, state), params)
+    if gates is None:
+        return {}
+    return {name: getattr(gates, name) for name, kind in cell.gate_kinds.items()
+            if kind in ("sigmoid", "tanh")}
 
 
 @dataclass
@@ -159,7 +81,7 @@ def gate_stats(record: LayerRecord, eps: float = 0.05) -> GateStats:
         sat, low, high, mean = {}, {}, {}, {}
         for name, v in values.items():
             v = v if valid is None else v[valid[..., :v.shape[-1]]]
-            lo_edge = -1 + eps if name in TANH_GATES else eps
+            lo_edge = -1 + eps if record.cell.gate_kinds[name] == "tanh" else eps
             lo, hi = (v < lo_edge).double().mean(), (v > 1 - eps).double().mean()
             low[name], high[name] = float(lo), float(hi)
             sat[name] = float(lo + hi)

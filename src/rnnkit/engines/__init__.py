@@ -1,9 +1,12 @@
 """Engines run a cell over a whole sequence.
 
 - ``reference``: a Python loop over ``cell.step``, autograd does the backward (the oracle);
-- ``bptt``: hand-written backpropagation through time, every cell and option;
-- ``native``: torch's fused kernels, for the cells that are exactly torch's;
-- ``auto``: the fastest of these that supports the configuration.
+  it runs every cell, a user's too;
+- ``bptt``: hand-written backpropagation through time, for the cells with a kernel registered
+  for their exact class (``rnnkit.engines.kernels``);
+- ``native``: torch's fused kernels, for the cells that are exactly torch's (``native_mode``);
+- ``auto``: the fastest of these that supports the configuration, so a subclass that changes
+  ``step`` without registering a kernel runs on ``reference``.
 
 Every engine takes time-major input (T, B, I); layers transpose at this boundary.
 """
@@ -16,9 +19,10 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Params, RecurrentCell, check_choice
-from rnnkit.engines.bptt import StateGradRecord, bptt_supports, record_state_grads, run_bptt
+from rnnkit.engines.bptt import bptt_supports, run_bptt
 from rnnkit.engines.native import run_native
 from rnnkit.engines.reference import run_reference
+from rnnkit.engines.state_grads import StateGradRecord, record_state_grads
 
 ENGINES = ("auto", "reference", "bptt", "native")
 
@@ -60,8 +64,12 @@ def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
     check_choice("engine", engine, ENGINES)
     if engine != "auto":
         if not supports(engine, cell, need_states):
+            why = {"bptt": "no bptt kernel is registered for this exact class",
+                   "native": "torch has no fused kernel for this exact class and options"}
             raise ValueError(f"engine={engine!r} does not support {cell!r}"
-                             + (" with per-step states" if need_states else ""))
+                             + (" with per-step states" if need_states else "")
+                             + f" ({type(cell).__qualname__}: {why.get(engine, '')}); use "
+                             f"engine='auto' or 'reference'")
         return engine
     native_ok = supports("native", cell, need_states)
     if native_ok and (device.type != "cpu" or cell.native_mode in _NATIVE_FASTEST_ON_CPU):

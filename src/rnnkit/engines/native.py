@@ -3,7 +3,6 @@ own parameters, for the cells that are exactly torch's (tanh/relu RNN, LSTM, res
 
 from __future__ import annotations
 
-import torch
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -72,7 +71,3 @@ def run_native(
     final = tuple(s.squeeze(0).index_select(0, packed.unsorted_indices) for s in final)
     return out, final
 
-
-def native_available(cell: RecurrentCell) -> bool:
-    """Whether torch has a fused kernel that computes exactly ``cell``."""
-    return cell.native_mode is not None and torch.is_tensor(cell.weight_ih)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnnkit.cells import make_cell
 from rnnkit.cells.base import as_tuple, check_choice, check_state, from_tuple
-from rnnkit.cells.cells import make_cell
+from rnnkit.engines.kernels import inference_step
 from rnnkit.engines.native import call_native, flat_weights
 from rnnkit.layers.recurrent import (
     Recurrent,
@@ -321,6 +322,47 @@ class Stacked(nn.Module):
         if x.unsorted_indices is not None:
             states = tuple(s.index_select(1, x.unsorted_indices) for s in states)
         return PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices), states
+
+    # -- one time step, for decoding ----------------------------------------------------------
+    def step(self, x_t: Tensor, states: Sequence | None = None) -> tuple[Tensor, list]:
+        """One time step of the whole stack: ``x_t`` (B, I) and each layer's state (a list,
+        or ``None`` for the initial ones) to the output (B, H_out) and the new states.
+
+        With autograd on (training a decoder token by token) each layer runs its own forward
+        over one step, dropout included. Without (generation, search) the stack is walked cell
+        by cell with no dropout, each cell on its inference step
+        (:func:`rnnkit.engines.kernels.inference_step`: pre-transposed weights for the plain
+        LSTM), prepared once and rebuilt when a parameter changes."""
+        if any(isinstance(layer, Bidirectional) for layer in self.layers):
+            raise ValueError("a stack with Bidirectional layers cannot run step by step")
+        if x_t.dim() != 2:
+            raise ValueError(f"x_t must be (batch, features), got shape {tuple(x_t.shape)}")
+        if torch.is_grad_enabled():
+            time = 1 if self.batch_first else 0
+            y, states = self.forward(x_t.unsqueeze(time), states)
+            return y.squeeze(time), states
+        B = x_t.shape[0]
+        if states is None:
+            states = [from_tuple(layer.cell, layer.initial_state(B, x_t)) for layer in self.layers]
+        steps = self._inference_steps()
+        inputs, h = [x_t], x_t
+        new_states = []
+        for i, step in enumerate(steps):
+            inp = torch.cat(inputs, dim=-1) if self.connection == "dense" and i else h
+            y, state = step(inp, states[i])
+            new_states.append(state)
+            h = self.connect(i, inp, y)
+            inputs.append(h)
+        return h, new_states
+
+    def _inference_steps(self) -> list:
+        """Each layer's inference step, cached until a parameter changes (in place or not)."""
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in self.parameters())
+        cached = self.__dict__.get("_inference")
+        if cached is None or cached[0] != key:
+            cached = (key, [inference_step(layer.cell) for layer in self.layers])
+            self.__dict__["_inference"] = cached
+        return cached[1]
 
     def connect(self, index: int, inp: Tensor, y: Tensor) -> Tensor:
         """Layer ``index``'s output ``y`` combined with its input ``inp`` by the residual or

@@ -15,9 +15,10 @@ linear layer (its weight tied to the embedding with ``tie_weights``, Press and W
 a projection when the stack's output size differs from the embedding size), or an adaptive
 softmax (Grave et al. 2017) with ``adaptive_cutoffs``.
 
-Generation runs :meth:`LanguageModel.step`: one token for a batch, no autograd, and for plain
-LSTM layers a hand-written step on pre-transposed, contiguous weights (``[W_ih W_hh]^T`` as
-(I + H, 4H), the decoder as (D, V)), since decoding one token is bound by reading the weights.
+Generation runs :meth:`LanguageModel.step`: one token for a batch, no autograd, through the
+stack's :meth:`~rnnkit.layers.Stacked.step` (for plain LSTM layers on pre-transposed,
+contiguous weights, ``[W_ih W_hh]^T`` as (I + H, 4H)) and the decoder as (D, V), since
+decoding one token is bound by reading the weights.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.cells.base import from_tuple
-from rnnkit.cells.cells import LSTMCell
 from rnnkit.data.lm import IGNORE
 from rnnkit.generation.sampling import check_sampling, sample
 from rnnkit.layers.stacking import map_states, stack
@@ -193,62 +193,33 @@ class LanguageModel(nn.Module):
             states.append(from_tuple(layer.cell, init))
         return states
 
-    def _fast_weights(self) -> tuple:
-        """Pre-transposed contiguous weights, rebuilt whenever a parameter changed."""
-        key = tuple((id(p), p._version, p.device, p.dtype) for p in self.parameters())
-        if self._fast is not None and self._fast[0] == key:
-            return self._fast[1]
-        with torch.no_grad():
-            layers = []
-            for layer in self.rnn.layers:
-                cell = layer.cell
-                if type(cell) is LSTMCell and not cell.layer_norm and not cell.proj_size \
-                        and cell.bias:
-                    w = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).t().contiguous()
-                    layers.append((w, (cell.bias_ih + cell.bias_hh).contiguous()))
-                else:
-                    layers.append(None)
-            dec = None
-            if self.decoder is not None:
-                dec = (self.decoder.weight.t().contiguous(), self.decoder.bias.contiguous())
-        self._fast = (key, (layers, dec))
-        return layers, dec
+    def _decoder_weights(self) -> tuple[Tensor, Tensor] | None:
+        """The decoder's weight pre-transposed to (D, V) and its bias, contiguous, rebuilt
+        whenever either changed; None with an adaptive softmax."""
+        if self.decoder is None:
+            return None
+        w, b = self.decoder.weight, self.decoder.bias
+        key = (id(w), w._version, id(b), b._version, w.device, w.dtype)
+        if self._fast is None or self._fast[0] != key:
+            with torch.no_grad():
+                self._fast = (key, (w.t().contiguous(), b.contiguous()))
+        return self._fast[1]
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state: list | None = None) -> tuple[Tensor, list]:
         """One step of inference (no dropout, no autograd): ``tokens`` (B,) and the state
         after the previous tokens to the logits (B, V) of the next token and the new state.
-        ``state=None`` starts from the initial state."""
+        ``state=None`` starts from the initial state. The stack runs its own
+        :meth:`~rnnkit.layers.Stacked.step`."""
         if tokens.dim() != 1:
             raise ValueError(f"tokens must be (batch,), got shape {tuple(tokens.shape)}")
-        fast, dec = self._fast_weights()
-        B = tokens.shape[0]
         if state is None:
-            state = self.init_state(B, tokens.device)
+            state = self.init_state(tokens.shape[0], tokens.device)
         x = self.embedding.weight.index_select(0, tokens)  # (B, E)
-        rnn = self.rnn
-        inputs, h = [x], x
-        new_state = []
-        for i, layer in enumerate(rnn.layers):
-            inp = torch.cat(inputs, dim=-1) if rnn.connection == "dense" and i else h
-            if fast[i] is not None:
-                w, b = fast[i]
-                h_prev, c_prev = state[i]
-                gates = torch.addmm(b, torch.cat([inp, h_prev], dim=1), w)  # (B, 4H)
-                H = h_prev.shape[1]
-                s = torch.sigmoid(gates)
-                g = torch.tanh(gates[:, 2 * H:3 * H])
-                c = torch.addcmul(s[:, H:2 * H] * c_prev, s[:, :H], g)
-                y = s[:, 3 * H:] * torch.tanh(c)
-                new_state.append((y, c))
-            else:
-                y, st = layer.cell.step(inp, state[i])
-                new_state.append(st)
-            y = rnn.connect(i, inp, y)
-            inputs.append(y)
-            h = y
+        h, new_state = self.rnn.step(x, state)
         if self.proj is not None:
             h = self.proj(h)
+        dec = self._decoder_weights()
         if dec is not None:
             logits = torch.addmm(dec[1], h, dec[0])  # (B, V)
         else:

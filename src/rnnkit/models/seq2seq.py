@@ -169,8 +169,7 @@ class Seq2Seq(nn.Module):
     def _step(self, emb: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """h~<t> (B, A) from the embedded input (B, E)."""
         x = torch.cat([emb, state.feed], dim=-1) if state.feed is not None else emb
-        y, rnn = self.decoder(x.unsqueeze(1), state.rnn)  # (B, 1, Hd)
-        s = y[:, 0]
+        s, rnn = self.decoder.step(x, state.rnn)  # (B, Hd)
         ctx, w = self.attention(s, state.memory, state.mask, state.keys)
         h = self.drop(torch.tanh(self.combine(torch.cat([ctx, s], dim=-1))))  # (B, A)
         return h, DecoderState(rnn, h if state.feed is not None else None, state.memory,
