@@ -22,7 +22,7 @@ def test_adding_a_cell_runs() -> None:
     assert len(blocks) == 2
     namespace: dict = {"__name__": "adding_a_cell"}
     for block in blocks:
-        exec(compile(block, "docs/adding-a-cell.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, "docs/adding-a-cell.md", "exec"), namespace)
     from rnnkit.engines.kernels import base
 
     assert namespace["LeakyRNNCell"] in base._KERNELS

@@ -168,7 +168,7 @@ def export_torchscript(spec: ExportSpec, path: str | Path) -> None:
 
 
 def _write(path: str | Path, data: bytes) -> None:
-    from rnnkit.data.vocab import write_bytes_atomic
+    from rnnkit.files import write_bytes_atomic
     write_bytes_atomic(path, data)
 
 

@@ -33,6 +33,10 @@ class MinimalGRUGates(NamedTuple):
     candidate: Tensor  # c~<t>
 
 
+def _rows(t: Tensor | None, rows: slice) -> Tensor | None:
+    return None if t is None else t[rows]
+
+
 class GRUCell(RecurrentCell):
     r"""The gated recurrent unit, with the reset gate applied after or before the matrix product.
 
@@ -95,13 +99,15 @@ class GRUCell(RecurrentCell):
         plain = self.reset == "after" and not self.layer_norm
         return "GRU" if type(self) is GRUCell and plain else None
 
-    def _recurrent(self, h: Tensor, p: Params, rows: slice) -> Tensor:
-        """``[LN](weight_hh[rows] h) + bias_hh[rows]``: one recurrent product, (B, rows)."""
-        a = F.linear(h, p["weight_hh"][rows])
+    def _recurrent(self, h: Tensor, w: Tensor, ln_weight: Tensor | None,
+                   b: Tensor | None) -> Tensor:
+        """``[LN](w h) * ln_weight + b``: one recurrent product (whole, or the rows of r, z or
+        of the candidate)."""
+        a = F.linear(h, w)
         if self.layer_norm:
-            a = layer_norm(a, p["ln_hh_weight"][rows])
+            a = layer_norm(a, ln_weight)
         if self.bias:
-            a = a + p["bias_hh"][rows]
+            a = a + b
         return a
 
     def gates(self, x_t: Tensor, state: State, params: Params | None = None) -> GRUGates:
@@ -114,16 +120,19 @@ class GRUCell(RecurrentCell):
         if self.bias:
             xg = xg + p["bias_ih"]
         xr, xz, xn = xg.chunk(3, dim=-1)
+        w, g, b = p["weight_hh"], p.get("ln_hh_weight"), p.get("bias_hh")
         if self.reset == "after":
-            hr, hz, hn = self._recurrent(h_prev, p, slice(None)).chunk(3, dim=-1)
+            hr, hz, hn = self._recurrent(h_prev, w, g, b).chunk(3, dim=-1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
             n = torch.tanh(xn + r * hn)
         else:
-            hr, hz = self._recurrent(h_prev, p, slice(0, 2 * H)).chunk(2, dim=-1)
+            rz, cand = slice(0, 2 * H), slice(2 * H, None)
+            hr, hz = self._recurrent(h_prev, w[rz], _rows(g, rz), _rows(b, rz)).chunk(2, dim=-1)
             r = torch.sigmoid(xr + hr)
             z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + self._recurrent(r * h_prev, p, slice(2 * H, None)))
+            n = torch.tanh(xn + self._recurrent(r * h_prev, w[cand], _rows(g, cand),
+                                                _rows(b, cand)))
         return GRUGates(r, z, n)
 
     def step(self, x_t: Tensor, state: State, params: Params | None = None) -> tuple[Tensor, State]:

@@ -271,18 +271,3 @@ def write_tagged(corpus: TaggedCorpus, out: str | Path | TextIO,
         Path(out).write_text(text, encoding="utf-8")
     else:
         out.write(text)
-
-
-def write_conll(sentences: Sequence[Sequence[str]], tags: Sequence[Sequence[str]],
-                out: str | Path | TextIO) -> None:
-    """Write tokens and tags as a two-column CoNLL file (``token TAB tag``, blank line after
-    each sentence)."""
-    parts = []
-    for toks, ts in zip(sentences, tags):
-        parts.extend(f"{tok}\t{tag}\n" for tok, tag in zip(toks, ts))
-        parts.append("\n")
-    text = "".join(parts)
-    if isinstance(out, (str, Path)):
-        Path(out).write_text(text, encoding="utf-8")
-    else:
-        out.write(text)

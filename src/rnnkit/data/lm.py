@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-IGNORE = -100  # target id the loss skips (torch's ignore_index)
+from rnnkit.data.padding import IGNORE_INDEX as IGNORE
 
 
 class LMBatch(NamedTuple):

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+#: the target id every loss skips (torch's ``ignore_index``): padding, unasked steps
+IGNORE_INDEX = -100
+
 
 def pad_ids(seqs: Sequence[Sequence[int] | Tensor], pad: int = 0) -> tuple[Tensor, Tensor]:
     """Right-pad id sequences into ``(ids (B, T) long, lengths (B,) long)``,

@@ -282,14 +282,3 @@ def batches(pairs: Sequence[tuple[list[int], list[int]]], max_tokens: int = 4000
         rng.shuffle(groups)
     for g in groups:
         yield make_batch([pairs[i] for i in g], g)
-
-
-def max_target_lengths(src_lengths: Tensor, ratio: float, offset: int = 10,
-                       cap: int | None = None) -> Tensor:
-    """Decoding limit per sentence: ``ceil(ratio * source length) + offset`` (B,)."""
-    out = torch.ceil(src_lengths.double() * ratio).long() + offset
-    if cap is not None:
-        out = out.clamp(max=cap)
-    return out
-
-

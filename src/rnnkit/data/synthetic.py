@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE = -100
+from rnnkit.data.padding import IGNORE_INDEX as IGNORE
 
 # number agreement vocabulary: specials, subjects (singular then plural), fillers, verbs
 SINGULAR = ("cat", "dog", "writer", "girl", "boy", "bird")

@@ -168,8 +168,3 @@ def decode(ids: Tensor | list[int], vocab: Vocabulary, level: str) -> str:
                 out.append(" ")
             out.append(tok)
     return "".join(out)
-
-
-def load_corpus(path: str | Path, vocab: Vocabulary, level: str) -> Tensor:
-    """Read ``path`` and encode it: LongTensor (N,). Errors name the file."""
-    return encode(read_text(path), vocab, level, source=path)

@@ -17,8 +17,6 @@ A vocabulary without ``<unk>`` (tag sets, labels) raises :class:`DataError` on u
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.errors import DataError
+from rnnkit.files import write_text_atomic
 
 UNK, EOS, PAD, BOS = "<unk>", "<eos>", "<pad>", "<bos>"
 DEFAULT_SPECIALS: tuple[str, ...] = (UNK, EOS)
@@ -190,26 +189,3 @@ class Vocabulary:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"not a valid JSON vocabulary ({err})", path) from None
         return cls.from_dict(data, str(path))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same directory,
-    flushed and synced, then ``os.replace``; readers see the old or the new file, never half."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`write_text_atomic`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -57,11 +57,6 @@ class SpanScores:
     gold: int
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1,
-                "correct": self.correct, "guessed": self.guessed, "gold": self.gold,
-                "per_type": self.per_type}
-
 
 def span_f1(gold: Sequence[Sequence[str]], guess: Sequence[Sequence[str]]) -> SpanScores:
     """Entity-level precision, recall and F1 of ``guess`` against ``gold`` (lists of

@@ -35,8 +35,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from rnnkit.data.vocab import Vocabulary, write_bytes_atomic, write_text_atomic
+from rnnkit.data.vocab import Vocabulary
 from rnnkit.errors import CheckpointError, DataError
+from rnnkit.files import write_bytes_atomic, write_text_atomic
 
 CONFIG = "config.json"
 VOCAB = "vocab.json"
