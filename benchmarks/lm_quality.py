@@ -39,13 +39,15 @@ DATA = ROOT.parent / "shared" / "data"
 PARTS = ("shakespeare", "wikitext", "throughput", "generation")
 
 # tiny Shakespeare for 30 minutes on 2 cores: a 3 x 512 LSTM with dropout, about 8 epochs
-SHAKESPEARE = ["--level", "char", "--layers", "3", "--hidden", "512", "--embedding", "128",
+SHAKESPEARE = ["--level", "char", "--num-layers", "3", "--hidden-size", "512",
+               "--embedding-size", "128",
                "--dropout", "0.25", "--output-dropout", "0.25", "--batch-size", "32",
                "--bptt", "128", "--lr", "3e-3", "--schedule", "cosine", "--warmup", "100",
                "--min-lr-ratio", "0.02", "--clip", "1.0", "--eval-every", "1000"]
 # WikiText-2 for 60 minutes on 2 cores: 2 x 512 LSTM, adaptive softmax over the 33,278 words
 # (the full softmax would cost 4x the recurrent layers per token), dropout, Adam
-WIKITEXT = ["--level", "word", "--layers", "2", "--hidden", "512", "--embedding", "256",
+WIKITEXT = ["--level", "word", "--num-layers", "2", "--hidden-size", "512",
+            "--embedding-size", "256",
             "--adaptive", "2000,10000", "--dropout", "0.3", "--embedding-dropout", "0.1",
             "--output-dropout", "0.3", "--batch-size", "32", "--bptt", "70", "--lr", "2e-3",
             "--schedule", "cosine", "--warmup", "100", "--min-lr-ratio", "0.02", "--clip",
@@ -66,11 +68,11 @@ def quality(name: str, args: argparse.Namespace) -> list[dict]:
     """Train through ``rnnkit train lm`` for the part's minutes, evaluate the validation file."""
     out = Path(args.out) / name
     if name == "shakespeare":
-        data = ["--train", str(DATA / "tinyshakespeare" / "input.txt"), "--valid-fraction",
+        data = ["--train", str(DATA / "tinyshakespeare" / "input.txt"), "--dev-fraction",
                 "0.1"]
         extra, minutes, metric, target = SHAKESPEARE, args.minutes, "loss", 1.50
     else:
-        data = ["--train", str(DATA / "wikitext-2" / "train.txt"), "--valid",
+        data = ["--train", str(DATA / "wikitext-2" / "train.txt"), "--dev",
                 str(DATA / "wikitext-2" / "valid.txt")]
         extra, minutes, metric, target = WIKITEXT, args.wikitext_minutes, "perplexity", 150.0
     if not (DATA / ("tinyshakespeare" if name == "shakespeare" else "wikitext-2")).is_dir():

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from rnnkit.cli import main as rnnkit_main
-    from rnnkit.commands.conditional import generate_tunes, load_run
     from rnnkit.data.abc import check_abc, parse_metre, read_abc_tunes
+    from rnnkit.tasks.conditional import generate_tunes, load_run
 
     torch.set_num_threads(args.threads)
     if not Path(args.data).is_dir():
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     if not args.skip_train:
         with contextlib.redirect_stdout(io.StringIO()):
-            rc = rnnkit_main(["train", "conditional-lm", "--data", args.data, *MODEL,
+            rc = rnnkit_main(["train", "conditional-lm", "--train", args.data, *MODEL,
                               "--max-minutes", str(args.minutes), "--threads",
                               str(args.threads), "--out", args.out, "--overwrite",
                               "--no-progress", "--log-every", "50"])

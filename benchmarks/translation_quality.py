@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     if not args.skip_train:
         _call(["train", "seq2seq", "--src", str(data / "train.de"), "--tgt",
-               str(data / "train.en"), "--valid-src", str(data / "val.de"), "--valid-tgt",
+               str(data / "train.en"), "--dev-src", str(data / "val.de"), "--dev-tgt",
                str(data / "val.en"), *MODEL, "--max-minutes", str(args.minutes),
                "--threads", str(args.threads), "--out", args.out, "--overwrite",
                "--no-progress", "--log-every", "100", *args.extra])

@@ -20,9 +20,9 @@ from torch import nn
 
 from rnnkit.layers import stack
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.tasks.lm import LMTask
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask, distributed
 from rnnkit.training.checkpoint import save_tensors
-from rnnkit.training.lm import LMTask
 
 GLOBAL_BATCH = 4
 

@@ -109,7 +109,7 @@ def test_commands(tmp_path, capsys):
     (d / "jigs.abc").write_text((JIG + "\n\n\n") * 6)
     (d / "reelsa-c.abc").write_text((REEL + "\n\n") * 6)
     out = tmp_path / "run"
-    assert main(["train", "conditional-lm", "--data", str(d), "--out", str(out),
+    assert main(["train", "conditional-lm", "--train", str(d), "--out", str(out),
                  "--hidden-size", "16", "--embedding-size", "8", "--num-layers", "1",
                  "--max-steps", "3", "--no-progress", "--batch-size", "4"]) == 0
     config = json.loads((out / "config.json").read_text())

@@ -23,8 +23,8 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 
 def _command(train: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rnnkit", "train", "lm", "--train", str(train),
-            "--out", str(out), "--level", "char", "--layers", "1", "--hidden", "12",
-            "--embedding", "6", "--batch-size", "4", "--bptt", "8", "--dropout", "0.1",
+            "--out", str(out), "--level", "char", "--num-layers", "1", "--hidden-size", "12",
+            "--embedding-size", "6", "--batch-size", "4", "--bptt", "8", "--dropout", "0.1",
             "--max-steps", str(STEPS), "--epochs", "100", "--eval-every", "5",
             "--log-every", "1", "--seed", "3", "--sample-length", "0", "--no-progress",
             "--threads", "1", *extra]

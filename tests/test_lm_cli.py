@@ -11,7 +11,7 @@ from rnnkit.cli import main
 TRAIN = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n"
          "Speak, speak.\n\n") * 20
 VALID = "First Citizen:\nBefore we proceed, hear me speak.\n\nAll:\nSpeak, speak.\n"
-SMALL = ["--layers", "1", "--hidden", "16", "--embedding", "8", "--batch-size", "4",
+SMALL = ["--num-layers", "1", "--hidden-size", "16", "--embedding-size", "8", "--batch-size", "4",
          "--bptt", "16", "--no-progress", "--seed", "1"]
 
 
@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     (tmp / "train.txt").write_text(TRAIN, encoding="utf-8")
     (tmp / "valid.txt").write_text(VALID, encoding="utf-8")
     out = tmp / "run"
-    rc = main(["train", "lm", "--train", str(tmp / "train.txt"), "--valid",
+    rc = main(["train", "lm", "--train", str(tmp / "train.txt"), "--dev",
                str(tmp / "valid.txt"), "--max-steps", "60", "--lr", "0.02", "--warmup", "0",
                "--out", str(out), "--sample-length", "20", *SMALL])
     assert rc == 0

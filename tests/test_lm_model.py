@@ -9,8 +9,8 @@ import torch
 from rnnkit.data.text import build_vocab, encode
 from rnnkit.generation.sampling import filter_logits, next_token_distribution, sample
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.tasks.lm import LMTask, evaluate_lm
 from rnnkit.training.checkpoint import RunDir
-from rnnkit.training.lm import LMTask, evaluate_lm
 from rnnkit.training.loop import TrainConfig, Trainer
 
 TEXT = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat.\n"

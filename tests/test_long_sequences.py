@@ -11,9 +11,9 @@ import torch
 
 from rnnkit.layers import stack
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.tasks.lm import LMTask, evaluate_lm
 from rnnkit.training import RunDir, TrainConfig, Trainer
 from rnnkit.training.chunked import check_chunkable, reduce_chunked, run_chunked
-from rnnkit.training.lm import LMTask, evaluate_lm
 
 LONG = 100_000
 

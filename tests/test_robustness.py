@@ -199,7 +199,7 @@ def test_truncated_json_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_a_checkpoint_of_another_task_is_refused(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
-    from rnnkit.commands.tagging import load as load_tagger
+    from rnnkit.tasks.tagging import load as load_tagger
     run = _run_dir(tmp_path)
     with pytest.raises(CheckpointError, match="is a 'classifier' run, not a 'tagger' run"):
         load_tagger(run.path)

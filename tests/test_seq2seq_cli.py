@@ -41,7 +41,7 @@ def run(tmp_path_factory):
              {"tr.de": src, "tr.en": tgt, "va.de": vsrc, "va.en": vtgt}.items()}
     out = d / "run"
     rc = main(["train", "seq2seq", "--src", files["tr.de"], "--tgt", files["tr.en"],
-               "--valid-src", files["va.de"], "--valid-tgt", files["va.en"],
+               "--dev-src", files["va.de"], "--dev-tgt", files["va.en"],
                "--vocab-size", "60", "--embedding-size", "16", "--encoder-hidden", "16",
                "--decoder-hidden", "32", "--encoder-layers", "1", "--dropout", "0",
                "--max-src-len", "12", "--max-tokens", "400", "--epochs", "12", "--lr", "0.01",
@@ -122,7 +122,7 @@ def test_empty_and_too_long_training_pairs_are_reported(tmp_path, capsys):
 def test_plot_attention_writes_a_heat_map(run, tmp_path):
     import torch
 
-    from rnnkit.commands.seq2seq import attention_matrix, load_run
+    from rnnkit.tasks.seq2seq import attention_matrix, load_run
     out, _ = run
     png = tmp_path / "att.png"
     inp = write(tmp_path / "in.de", ["", "hund katze rot"])

@@ -34,7 +34,7 @@ def test_tagger_train_evaluate_predict(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "tagger", "--train", str(tmp_path / "train.conll"), "--dev",
                  str(tmp_path / "dev.conll"), "--crf", "--tag-scheme", "bioes", "--epochs", "8",
-                 "--hidden-size", "16", "--word-dim", "16", "--char-dim", "8",
+                 "--hidden-size", "16", "--embedding-size", "16", "--char-dim", "8",
                  "--char-hidden", "8", "--dropout", "0", "--batch-size", "8", "--lr", "0.01",
                  "--out", str(run), *COMMON]) == 0
     config = json.loads((run / "config.json").read_text())
@@ -72,7 +72,7 @@ def test_tagger_conllu_upos_and_text_input(tmp_path, capsys):
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     run = tmp_path / "run"
     assert main(["train", "tagger", "--train", str(path), "--dev", str(path), "--epochs", "4",
-                 "--hidden-size", "8", "--word-dim", "8", "--char-encoder", "cnn",
+                 "--hidden-size", "8", "--embedding-size", "8", "--char-encoder", "cnn",
                  "--char-hidden", "8", "--dropout", "0", "--lr", "0.02", "--batch-size", "8",
                  "--out", str(run), *COMMON]) == 0
     capsys.readouterr()
@@ -106,7 +106,7 @@ def test_classifier_train_evaluate_predict_encode(tmp_path, capsys):
     write(tmp_path / "dev.tsv", 40)
     run = tmp_path / "run"
     assert main(["train", "classifier", "--train", str(tmp_path / "train.tsv"), "--dev",
-                 str(tmp_path / "dev.tsv"), "--epochs", "5", "--embed-dim", "8",
+                 str(tmp_path / "dev.tsv"), "--epochs", "5", "--embedding-size", "8",
                  "--hidden-size", "8", "--dropout", "0", "--lr", "0.02", "--batch-size", "16",
                  "--pooling", "attention", "--out", str(run), *COMMON]) == 0
     capsys.readouterr()

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
+from rnnkit.commands.common import add_common_train_arguments
 from rnnkit.errors import CheckpointError
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.loop import TrainConfig
-from rnnkit.training.options import add_common_train_arguments, train_config
+from rnnkit.training.options import train_config
 from rnnkit.training.schedule import Schedule
 
 

@@ -10,8 +10,8 @@ import torch
 from rnnkit.data.text import build_vocab, encode
 from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.tasks.lm import LMTask
 from rnnkit.training.checkpoint import RunDir
-from rnnkit.training.lm import LMTask
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
 
 TEXT = "to be or not to be, that is the question.\nwhether 'tis nobler in the mind\n" * 8

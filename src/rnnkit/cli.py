@@ -11,9 +11,10 @@
     rnnkit claims ...            reproduce the classic claims about RNNs
     rnnkit export DIR ...        ONNX / TorchScript export
 
-Each task lives in a module ``rnnkit.commands.<name>`` that provides
+Each task is a module ``rnnkit.tasks.<name>`` (data, training, evaluation, prediction,
+loading) with its command-line side in ``rnnkit.commands.<name>``, which provides
 ``add_train_arguments(parser)`` and ``train(args)``, and for the commands on a run directory
-the functions ``evaluate(args)``, ``generate(args)``, ``predict(args)``, ... it supports.
+``add_<command>_arguments(parser)`` and ``<command>(args)`` for each one it supports.
 A run directory's ``config.json`` names its task, which picks the module.
 """
 
@@ -21,22 +22,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
-from rnnkit.errors import CheckpointError, RnnkitError
+from rnnkit.errors import RnnkitError
+from rnnkit.tasks import TASKS as TASK_MODULES
+from rnnkit.tasks import run_task
 
-# task name -> module implementing it
-TASKS: dict[str, str] = {
-    "lm": "rnnkit.commands.lm",
-    "tagger": "rnnkit.commands.tagging",
-    "classifier": "rnnkit.commands.classification",
-    "seq2seq": "rnnkit.commands.seq2seq",
-    "conditional-lm": "rnnkit.commands.conditional",
-}
+# task name -> the module of its command-line options (rnnkit.tasks.TASKS has both modules)
+TASKS: dict[str, str] = {name: command for name, (_, command) in TASK_MODULES.items()}
 
 # commands that act on a run directory, with their one-line help
 RUN_COMMANDS: dict[str, str] = {
@@ -62,23 +57,6 @@ def _module(name: str) -> ModuleType | None:
         if err.name == name:
             return None
         raise
-
-
-def run_task(run_dir: str | Path) -> str:
-    """The task named in ``run_dir/config.json``."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a run directory (no such directory)")
-    config = path / "config.json"
-    try:
-        task = json.loads(config.read_text(encoding="utf-8"))["task"]
-    except FileNotFoundError:
-        raise CheckpointError(f"{config}: missing; {path} is not an rnnkit run directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{config}: not a valid rnnkit config ({err})") from None
-    if task not in TASKS:
-        raise CheckpointError(f"{config}: unknown task {task!r}")
-    return task
 
 
 def _dispatch(command: str):

@@ -276,43 +276,34 @@ def classifier_spec(model: nn.Module) -> ExportSpec:
 SPECS = {"lm": lm_spec, "tagger": tagger_spec, "classifier": classifier_spec}
 
 
-# -- the command ---------------------------------------------------------------------------
-def add_export_arguments(parser) -> None:
-    """``--onnx F`` / ``--torchscript F``, ``--opset``, ``--no-check``."""
-    parser.add_argument("--onnx", metavar="F.onnx", help="write an ONNX model")
-    parser.add_argument("--torchscript", metavar="F.pt", help="write a TorchScript model")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    parser.add_argument("--no-check", action="store_true",
-                        help="do not run the ONNX file in onnxruntime against PyTorch")
-
-
-def export_command(args, model: nn.Module, task: str) -> int:
-    """``rnnkit export DIR ...`` for a loaded ``model`` of ``task`` (one of :data:`SPECS`):
-    writes the files asked for, and checks an ONNX file in onnxruntime on a batch and length
-    other than the traced ones (when onnxruntime is installed)."""
-    if not args.onnx and not args.torchscript:
+# -- exporting a trained model ------------------------------------------------------------
+def export_model(model: nn.Module, task: str, *, onnx: str | None = None,
+                 torchscript: str | None = None, opset: int = OPSET, check: bool = True) -> None:
+    """Write a loaded ``model`` of ``task`` (one of :data:`SPECS`) as ONNX and/or TorchScript,
+    saying what was written on stdout, and check an ONNX file in onnxruntime on a batch and
+    length other than the traced ones (when onnxruntime is installed)."""
+    if not onnx and not torchscript:
         raise ExportError("rnnkit export: give --onnx F.onnx and/or --torchscript F.pt")
     spec = SPECS[task](model.eval())
-    if args.torchscript:
-        export_torchscript(spec, args.torchscript)
-        print(f"wrote {args.torchscript} (TorchScript; inputs {', '.join(spec.input_names)})")
-    if args.onnx:
-        export_onnx(spec, args.onnx, opset=args.opset)
-        print(f"wrote {args.onnx} (ONNX opset {args.opset}; inputs "
+    if torchscript:
+        export_torchscript(spec, torchscript)
+        print(f"wrote {torchscript} (TorchScript; inputs {', '.join(spec.input_names)})")
+    if onnx:
+        export_onnx(spec, onnx, opset=opset)
+        print(f"wrote {onnx} (ONNX opset {opset}; inputs "
               f"{', '.join(spec.input_names)}; outputs {', '.join(spec.output_names)})")
-        if not args.no_check:
+        if check:
             try:
                 import onnxruntime  # noqa: F401
             except ImportError:
                 print("onnxruntime is not installed: the export was not checked")
-                return 0
+                return
             other = SPECS[task](model)  # fresh examples; resized below
             inputs = resize_examples(other, batch=4, steps=9)
-            diff = check_onnx(spec, args.onnx, inputs)
+            diff = check_onnx(spec, onnx, inputs)
             print(f"onnxruntime agrees with PyTorch at batch 4, length 9: max |diff| {diff:.2e}")
             if not diff < 1e-3:
-                raise ExportError(f"{args.onnx}: onnxruntime differs from PyTorch by {diff:.3g}")
-    return 0
+                raise ExportError(f"{onnx}: onnxruntime differs from PyTorch by {diff:.3g}")
 
 
 def resize_examples(spec: ExportSpec, batch: int, steps: int) -> list[Tensor]:

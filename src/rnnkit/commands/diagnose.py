@@ -6,23 +6,19 @@
 Writes PNG plots and ``REPORT.md`` into ``--out`` (default ``DIR/diagnose`` for a run,
 ``diagnose/`` for fresh models).
 
-For a run directory, the model is rebuilt from ``config.json`` and ``model.safetensors``
-through the training machinery (a language-model run by ``rnnkit.commands.lm.load_lm``) and
-measured on ``--batch-size`` windows of ``--length`` tokens of its validation text (``--text``
-to choose another file);
-any task module may offer ``diagnostic_batch(run_dir, batch_size, length) -> (model,
-step_losses)`` to be measured the same way. For every run the training log is analysed.
+For a language-model run directory, the model is rebuilt from ``config.json`` and
+``model.safetensors`` (``rnnkit.tasks.lm.diagnostic_losses``) and measured on ``--batch-size``
+windows of ``--length`` tokens of its validation text (``--text`` to choose another file).
+For every run the training log is analysed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rnnkit.cells import CELL_NAMES
 from rnnkit.errors import RnnkitError
@@ -97,57 +93,19 @@ def _fresh(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lm_batch(run_dir: Path, config: dict, args: argparse.Namespace):
-    """A language-model run's model (``rnnkit.commands.lm.load_lm``) and a per-step loss on
-    a window of its validation text (``--text`` to choose another file)."""
-    from rnnkit.commands import lm
-    from rnnkit.data.text import encode, read_text
-
-    model, vocab, config = lm.load_lm(run_dir)
-    data = config.get("data") or {}
-    level = data.get("level", "char")
-    if args.text:
-        text = read_text(args.text)
-    else:
-        train_text, valid_text = lm._load_texts(data)
-        text = valid_text or train_text
-    ids = encode(text, vocab, level)
-    T, B = args.length, args.batch_size
-    if len(ids) < B * (T + 1):
-        B = max(1, len(ids) // (T + 1))
-    if len(ids) < B * (T + 1):
-        raise RnnkitError(f"--length {T}: the text has only {len(ids)} tokens")
-    window = ids[: B * (T + 1)].view(B, T + 1)
-    x, y = window[:, :-1], window[:, 1:]
-
-    def losses():
-        logits = model(x).logits
-        return F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-
-    return model, losses
-
-
 def _run(args: argparse.Namespace) -> int:
-    import importlib
-
-    from rnnkit.cli import TASKS, run_task
     from rnnkit.diagnostics.report import diagnose_model, write_diagnosis
     from rnnkit.diagnostics.training_log import read_training_log
+    from rnnkit.tasks import lm, run_task
+    from rnnkit.training.checkpoint import RunDir
 
     run_dir = Path(args.run_dir)
     task = run_task(run_dir)
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    config = RunDir(run_dir).read_config(task)
     out = Path(args.out) if args.out else run_dir / "diagnose"
     results, notes = {}, [f"Run `{run_dir}` (task `{task}`)."]
-    try:
-        module = importlib.import_module(TASKS[task])
-    except ModuleNotFoundError:
-        module = None
-    provider = getattr(module, "diagnostic_batch", None)
-    if provider is not None:
-        model, losses = provider(run_dir, args.batch_size, args.length)
-    elif task == "lm":
-        model, losses = _lm_batch(run_dir, config, args)
+    if task == "lm":
+        model, losses = lm.diagnostic_losses(run_dir, args.batch_size, args.length, args.text)
     else:
         model = losses = None
         notes.append(f"The `{task}` task offers no diagnostic batch yet: only its training "

@@ -5,7 +5,8 @@
 - ``rnnkit.training.checkpoint``: :class:`RunDir` (config.json, vocab.json, model.safetensors,
   last/ for --resume), safetensors + JSON helpers that never unpickle;
 - ``rnnkit.training.schedule``: :class:`Schedule` (constant, linear, cosine, plateau);
-- ``rnnkit.training.options``: ``add_common_train_arguments``, ``train_config``, ``open_run``.
+- ``rnnkit.training.options``: :class:`RunRequest`, ``train_config``, ``open_run``;
+- ``rnnkit.training.runconfig``: :class:`RunConfig`, the one ``config.json`` schema;
 - ``rnnkit.training.distributed``: data-parallel training under ``torchrun`` (DDP, per-rank
   shards, rank-0 checkpoints), used by the :class:`Trainer` of every task;
 - ``rnnkit.training.chunked``: long sequences evaluated in chunks that carry the state.
@@ -13,18 +14,20 @@
 
 from rnnkit.training.checkpoint import RunDir, load_weights, save_weights
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask, TrainResult
-from rnnkit.training.options import add_common_train_arguments, open_run, train_config
+from rnnkit.training.options import RunRequest, open_run, train_config
+from rnnkit.training.runconfig import RunConfig
 from rnnkit.training.schedule import Schedule
 
 __all__ = [
+    "RunConfig",
     "RunDir",
+    "RunRequest",
     "Schedule",
     "StepOutput",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingTask",
-    "add_common_train_arguments",
     "load_weights",
     "open_run",
     "save_weights",

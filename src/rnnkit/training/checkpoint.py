@@ -2,7 +2,8 @@
 
 A run directory (what ``rnnkit train <task> --out DIR`` writes)::
 
-    DIR/config.json           {"task": "lm", "model": {...}, "data": {...}, "train": {...}}
+    DIR/config.json           {"format": 1, "task": "lm", "model": {...}, "data": {...},
+                              "train": {...}} (rnnkit.training.runconfig)
     DIR/vocab.json            the Vocabulary (tasks may add more, e.g. tags.json)
     DIR/model.safetensors     the best weights (lowest validation loss), used by evaluate etc.
     DIR/last/                 the last checkpoint, for --resume:
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.errors import CheckpointError, DataError
 from rnnkit.files import write_bytes_atomic, write_text_atomic
+from rnnkit.training.runconfig import RunConfig
 
 CONFIG = "config.json"
 VOCAB = "vocab.json"
@@ -265,11 +267,12 @@ class RunDir:
             raise CheckpointError(f"{self.path}: not a directory (expected a run directory)")
 
     # config and vocabularies
-    def write_config(self, config: Mapping[str, object]) -> None:
-        """Write ``config.json``; it must name its ``"task"``."""
-        if "task" not in config:
-            raise ValueError("a run config must have a 'task' key")
-        save_json(self.path / CONFIG, dict(config))
+    def write_config(self, config: RunConfig | Mapping[str, object]) -> None:
+        """Write ``config.json`` in the current format (a :class:`RunConfig`, or a mapping
+        with its keys)."""
+        if not isinstance(config, RunConfig):
+            config = RunConfig.from_dict(dict(config), str(self.path / CONFIG))
+        save_json(self.path / CONFIG, config.to_dict())
 
     def check_no_pickles(self) -> None:
         """:class:`CheckpointError` if the run directory (or its ``last/``) holds a pickle file
@@ -284,16 +287,27 @@ class RunDir:
                                   f"remove them or convert tensors with safetensors")
 
     def read_config(self, task: str | None = None) -> dict:
-        """Read ``config.json``; with ``task``, refuse a run of another task. A run directory
-        holding a pickle file is refused (:meth:`check_no_pickles`)."""
+        """Read ``config.json`` (any format this release knows, upgraded to the current one,
+        see :mod:`rnnkit.training.runconfig`); with ``task``, refuse a run of another task. A
+        run directory holding a pickle file is refused (:meth:`check_no_pickles`). This is
+        the one reader of run configs: every loader and command goes through it."""
+        return self.read_run_config(task).to_dict()
+
+    def read_run_config(self, task: str | None = None) -> RunConfig:
+        """:meth:`read_config` as a :class:`RunConfig`."""
         self.check_exists()
         self.check_no_pickles()
         path = self.path / CONFIG
-        config = load_json(path)
-        if not isinstance(config, dict) or "task" not in config:
-            raise CheckpointError(f"{path}: not an rnnkit run config (no \"task\" key)")
-        if task is not None and config["task"] != task:
-            raise CheckpointError(f"{self.path}: is a {config['task']!r} run, not a {task!r} "
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing; {self.path} is not an rnnkit run "
+                                  f"directory")
+        try:
+            raw = load_json(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"{err}; not a valid rnnkit config") from None
+        config = RunConfig.from_dict(raw, str(path))
+        if task is not None and config.task != task:
+            raise CheckpointError(f"{self.path}: is a {config.task!r} run, not a {task!r} "
                                   f"run")
         return config
 

@@ -5,7 +5,7 @@ that reads left to right can be run on chunks of ``chunk_size`` steps, the final
 chunk being the initial state of the next. The result is exactly the one of a single pass
 (the recurrence is the same; only where it pauses differs), and the memory in use is that of
 one chunk, whatever the length. Training does the same with truncated backpropagation through
-time (the language model's windows, :class:`~rnnkit.training.lm.LMTask`, with the state
+time (the language model's windows, :class:`~rnnkit.tasks.lm.LMTask`, with the state
 detached between windows, so the autograd graph spans one window).
 
 ::

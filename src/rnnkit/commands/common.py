@@ -1,0 +1,136 @@
+"""What every ``rnnkit`` command shares: the training options, deprecated flag spellings,
+one-line errors, and turning parsed arguments into the calls of ``rnnkit.tasks``.
+
+The flag vocabulary (the same concept has the same flag in every ``rnnkit train TASK``):
+``--train`` / ``--dev`` (data), ``--hidden-size``, ``--num-layers``, ``--embedding-size``,
+``--cell``, ``--dropout``, ``--min-freq``, ``--batch-size`` and the training options below.
+Earlier spellings are accepted as deprecated aliases (:func:`renamed`): hidden from
+``--help``, they print a one-line warning naming the new flag (CHANGELOG.md lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from rnnkit.errors import RnnkitError
+from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
+from rnnkit.training.options import RunRequest
+from rnnkit.training.schedule import SCHEDULES
+
+T = TypeVar("T")
+
+
+class _Deprecated(argparse.Action):
+    """A deprecated spelling of another option: stores into its ``dest`` and warns once."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"rnnkit: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def renamed(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept ``old`` as a deprecated spelling of the option ``new`` already on ``parser``
+    (same destination, type and choices), not shown by ``--help``."""
+    target = next((a for a in parser._actions if new in a.option_strings), None)
+    if target is None:
+        raise ValueError(f"{new}: no such option to rename {old} to")
+    flag = target.nargs == 0
+    parser.add_argument(old, dest=target.dest, action=_Deprecated, new=new,
+                        nargs=0 if flag else target.nargs, const=target.const if flag else None,
+                        type=None if flag else target.type, choices=target.choices,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad option values (ValueError, TypeError) become one-line :class:`RnnkitError`."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, TypeError) as err:
+            if isinstance(err, RnnkitError):
+                raise
+            raise RnnkitError(str(err)) from None
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+def options_from(args: argparse.Namespace, cls: type[T], **extra: Any) -> T:
+    """The dataclass ``cls`` from the parsed arguments of the same names; an argument that
+    was not given (None) leaves the dataclass's default."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls)
+              if getattr(args, f.name, None) is not None}
+    return cls(**{**values, **extra})
+
+
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """The :class:`RunRequest` of ``rnnkit train TASK``'s common options."""
+    train = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    return RunRequest(out=args.out, resume=args.resume, overwrite=args.overwrite,
+                      default_out=getattr(args, "_default_out", "runs/{task}-{time}"),
+                      train=train, threads=args.threads)
+
+
+def add_common_train_arguments(parser: argparse.ArgumentParser, *,
+                               default_out: str = "runs/{task}-{time}") -> None:
+    """Add ``--epochs --max-steps --max-minutes --seed --out --resume --lr --optimizer
+    --weight-decay --momentum --clip --schedule --warmup --eval-every --patience --batch-size
+    --threads --device --no-progress ...`` to ``parser``.
+
+    ``--batch-size`` is common but its meaning and default belong to the task (read
+    ``args.batch_size``, ``None`` when not given). ``default_out`` may use ``{task}`` and
+    ``{time}``.
+    """
+    g = parser.add_argument_group("training (common to every task)")
+    g.add_argument("--out", metavar="DIR", default=None,
+                   help=f"run directory to write (default: {default_out})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out")
+    g.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
+    g.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    g.add_argument("--max-minutes", type=float, metavar="M",
+                   help="stop after M minutes of training (a resumed run counts its earlier "
+                        "minutes)")
+    g.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    g.add_argument("--batch-size", type=int, metavar="B", help="sequences per batch")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (default) or sgd")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, help="decoupled (AdamW) or L2 (SGD)")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--clip", type=float,
+                   help="clip gradients to this global norm (0: no clipping)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    g.add_argument("--warmup", type=int, metavar="N", help="linear warm-up steps")
+    g.add_argument("--min-lr-ratio", type=float,
+                   help="final lr / peak lr for linear and cosine schedules")
+    g.add_argument("--lr-factor", type=float,
+                   help="plateau schedule: multiply lr by this when validation stalls")
+    g.add_argument("--eval-every", type=int, metavar="N",
+                   help="also evaluate every N steps (0: once per epoch)")
+    g.add_argument("--patience", type=int, metavar="N",
+                   help="early stopping after N evaluations without improvement (0: off)")
+    g.add_argument("--explode", type=float, metavar="X",
+                   help="stop when the loss exceeds X times the first loss (default 4)")
+    g.add_argument("--on-nan", choices=ON_NAN,
+                   help="on a NaN / infinite / exploding loss: stop (default), skip the step, "
+                   "or rollback to the last checkpoint with half the learning rate")
+    g.add_argument("--find-unused-parameters", action="store_const", const=True, default=None,
+                   help="distributed training: tell DDP that some parameters may get no "
+                   "gradient in a step")
+    g.add_argument("--log-every", type=int, metavar="N", help="log every N steps")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                   default=None, help="no progress bar")
+    parser.set_defaults(_default_out=default_out)
