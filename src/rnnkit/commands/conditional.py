@@ -33,24 +33,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data")
     d.add_argument("--train", metavar="DIR_OR_FILE",
                    help="an .abc file or a directory of them (required)")
-    d.add_argument("--condition-from", choices=("filename", "field"), default="filename",
+    d.add_argument("--condition-from", choices=("filename", "field"),
                    help="label each tune by its file name (default) or a header field")
-    d.add_argument("--field", default="R",
+    d.add_argument("--field",
                    help="the header field for --condition-from field (default R; M: metre)")
-    d.add_argument("--dev-fraction", type=float, default=0.1,
+    d.add_argument("--dev-fraction", type=float,
                    help="share of the tunes held out for validation (default 0.1)")
-    d.add_argument("--max-chars", type=int, default=1500,
+    d.add_argument("--max-chars", type=int,
                    help="drop longer tunes (default 1500 characters)")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELL_NAMES, default="lstm",
+    m.add_argument("--cell", choices=CELL_NAMES,
                    help="recurrent cell (default lstm)")
-    m.add_argument("--embedding-size", type=int, default=64, help="(default 64)")
-    m.add_argument("--hidden-size", type=int, default=384, help="(default 384)")
-    m.add_argument("--num-layers", type=int, default=2, help="(default 2)")
-    m.add_argument("--label-size", type=int, default=32,
+    m.add_argument("--embedding-size", type=int, help="(default 64)")
+    m.add_argument("--hidden-size", type=int, help="(default 384)")
+    m.add_argument("--num-layers", type=int, help="(default 2)")
+    m.add_argument("--label-size", type=int,
                    help="condition embedding size (default 32)")
-    m.add_argument("--dropout", type=float, default=0.2, help="(default 0.2)")
-    m.add_argument("--engine", choices=ENGINES, default="auto",
+    m.add_argument("--dropout", type=float, help="(default 0.2)")
+    m.add_argument("--engine", choices=ENGINES,
                    help="how the recurrence runs (rnnkit.engines; default auto)")
     add_common_train_arguments(parser, default_out="runs/conditional-lm-{time}")
     for old, new in (("--data", "--train"), ("--valid-fraction", "--dev-fraction")):

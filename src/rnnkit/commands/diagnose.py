@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rnnkit.cells import CELL_NAMES
+from rnnkit.commands.common import renamed
 from rnnkit.errors import RnnkitError
 
 SYNTHETIC = ("copy", "agreement", "adding")
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synthetic task for fresh models (default: copy)")
     parser.add_argument("--length", type=int, default=50,
                         help="delay / distance / sequence length of the task (default: 50)")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden size (default: 32)")
-    parser.add_argument("--layers", type=int, default=1, help="recurrent layers (default: 1)")
+    parser.add_argument("--hidden-size", type=int, default=32, help="hidden size (default: 32)")
+    parser.add_argument("--num-layers", type=int, default=1,
+                        help="recurrent layers (default: 1)")
     parser.add_argument("--engine", default="auto",
                         choices=("auto", "reference", "bptt", "native"),
                         help="engine of fresh models (default: auto)")
@@ -49,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "own engine (bptt records it in its backward pass)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory")
+    renamed(parser, "--hidden", "--hidden-size")
+    renamed(parser, "--layers", "--num-layers")
 
 
 def _fresh(args: argparse.Namespace) -> int:
@@ -71,8 +75,8 @@ def _fresh(args: argparse.Namespace) -> int:
     results, logs = {}, {}
     for cell in cells:
         torch.manual_seed(args.seed)
-        model = TaskModel(cell, train.input_size, args.hidden, train.num_classes or 1,
-                          num_layers=args.layers, tokens=args.task != "adding",
+        model = TaskModel(cell, train.input_size, args.hidden_size, train.num_classes or 1,
+                          num_layers=args.num_layers, tokens=args.task != "adding",
                           engine=args.engine)
         if args.train_steps > 0:
             log = train_on(model, train, steps=args.train_steps, clip=1.0, seed=args.seed)
@@ -84,7 +88,7 @@ def _fresh(args: argparse.Namespace) -> int:
                                        mode=args.mode)
         print(f"{cell}: measured", file=sys.stderr, flush=True)
     trained = f"trained {args.train_steps} steps" if args.train_steps else "untrained"
-    notes = (f"Fresh models ({', '.join(cells)}; hidden {args.hidden}, {args.layers} "
+    notes = (f"Fresh models ({', '.join(cells)}; hidden {args.hidden_size}, {args.num_layers} "
              f"layer(s), engine `{args.engine}`) on the `{args.task}` task with horizon "
              f"{horizon}, {trained}, measured on a batch of {args.batch_size} (probe mode "
              f"`{args.mode}`).")

@@ -44,49 +44,49 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dev-src", metavar="F", help="validation source file")
     d.add_argument("--dev-tgt", metavar="F", help="validation target file")
     d.add_argument("--dev-tsv", metavar="F", help="validation pairs as a TSV file")
-    d.add_argument("--vocab-size", type=int, default=8000,
+    d.add_argument("--vocab-size", type=int,
                    help="sentencepiece vocabulary size (each, when separate; default 8000)")
     d.add_argument("--separate-vocab", action="store_true",
                    help="one subword model per language (default: one joint model)")
-    d.add_argument("--spm-type", choices=("unigram", "bpe"), default="unigram",
+    d.add_argument("--spm-type", choices=("unigram", "bpe"),
                    help="sentencepiece model type (default unigram)")
-    d.add_argument("--max-src-len", type=int, default=100,
+    d.add_argument("--max-src-len", type=int,
                    help="drop training pairs with longer sources, in subwords (default 100)")
-    d.add_argument("--max-tgt-len", type=int, default=100,
+    d.add_argument("--max-tgt-len", type=int,
                    help="drop training pairs with longer targets, in subwords (default 100)")
-    d.add_argument("--max-tokens", type=int, default=3000,
+    d.add_argument("--max-tokens", type=int,
                    help="padded tokens per batch (default 3000); --batch-size caps sentences")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELL_NAMES, default="lstm",
+    m.add_argument("--cell", choices=CELL_NAMES,
                    help="recurrent cell (default lstm)")
-    m.add_argument("--embedding-size", type=int, default=256)
-    m.add_argument("--encoder-hidden", type=int, default=256,
+    m.add_argument("--embedding-size", type=int, help="(default 256)")
+    m.add_argument("--encoder-hidden", type=int,
                    help="encoder hidden size per direction (default 256)")
-    m.add_argument("--decoder-hidden", type=int, default=512)
-    m.add_argument("--encoder-layers", type=int, default=2)
-    m.add_argument("--decoder-layers", type=int, default=1)
+    m.add_argument("--decoder-hidden", type=int, help="decoder hidden size (default 512)")
+    m.add_argument("--encoder-layers", type=int, help="(default 2)")
+    m.add_argument("--decoder-layers", type=int, help="(default 1)")
     m.add_argument("--unidirectional", action="store_true",
                    help="a forward-only encoder (default bidirectional)")
-    m.add_argument("--attention", choices=ATTENTIONS, default="general")
+    m.add_argument("--attention", choices=ATTENTIONS, help="(default general)")
     m.add_argument("--no-input-feeding", action="store_true")
     m.add_argument("--no-tie", action="store_true",
                    help="do not tie the decoder's input and output embeddings")
-    m.add_argument("--bridge", choices=("linear", "none"), default="linear")
-    m.add_argument("--connection", choices=CONNECTIONS, default="none")
-    m.add_argument("--dropout", type=float, default=0.3)
-    m.add_argument("--engine", choices=ENGINES, default="auto",
+    m.add_argument("--bridge", choices=("linear", "none"), help="(default linear)")
+    m.add_argument("--connection", choices=CONNECTIONS, help="(default none)")
+    m.add_argument("--dropout", type=float, help="(default 0.3)")
+    m.add_argument("--engine", choices=ENGINES,
                    help="how the recurrences run (rnnkit.engines; default auto)")
     t = parser.add_argument_group("seq2seq training")
-    t.add_argument("--sampling-rate", type=float, default=0.0,
+    t.add_argument("--sampling-rate", type=float,
                    help="scheduled sampling: feed the model's own prediction with this "
                         "probability (default 0: teacher forcing)")
-    t.add_argument("--label-smoothing", type=float, default=0.1)
-    t.add_argument("--valid-beam", type=int, default=1,
+    t.add_argument("--label-smoothing", type=float, help="(default 0.1)")
+    t.add_argument("--dev-beam", type=int,
                    help="beam for the validation BLEU computed at each evaluation "
                         "(default 1: greedy; 0: no BLEU, select on validation loss)")
     add_common_train_arguments(parser, default_out="runs/seq2seq-{time}")
     for old, new in (("--valid-src", "--dev-src"), ("--valid-tgt", "--dev-tgt"),
-                     ("--valid-tsv", "--dev-tsv")):
+                     ("--valid-tsv", "--dev-tsv"), ("--valid-beam", "--dev-beam")):
         renamed(parser, old, new)
 
 

@@ -8,6 +8,7 @@ weights, and the choice of engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -237,3 +238,20 @@ class _TimeMajor(NamedTuple):
     state: object
     states: tuple[Tensor, ...] | None  # (T, B, n) each
     lengths: Tensor | None  # (B,) checked, on the input's device
+
+
+def map_states(fn: Callable[[Tensor], Tensor], states: object) -> object:
+    """Apply ``fn`` to every tensor of a (nested) state: tuples and lists keep their shape."""
+    if isinstance(states, Tensor):
+        return fn(states)
+    if isinstance(states, (tuple, list)):
+        return type(states)(map_states(fn, s) for s in states)
+    if states is None:
+        return None
+    raise TypeError(f"a state must be a tensor or a tuple or list of them, got "
+                    f"{type(states).__name__}")
+
+
+def detach_states(states: object) -> object:
+    """The state with every tensor detached: between truncated-BPTT windows."""
+    return map_states(Tensor.detach, states)

@@ -1,8 +1,8 @@
-"""Composing recurrent layers: ``Bidirectional(fwd, bwd)`` and ``Stacked(layers, connection)``."""
+"""Stacking recurrent layers in depth: ``Stacked(layers, connection)`` and :func:`stack`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from rnnkit.cells import make_cell
 from rnnkit.cells.base import as_tuple, check_choice, check_state, from_tuple
 from rnnkit.engines.kernels import inference_step
 from rnnkit.engines.native import call_native, flat_weights
+from rnnkit.layers.bidirectional import Bidirectional, cell_states, finish
 from rnnkit.layers.recurrent import (
     Recurrent,
     RecurrentOutput,
@@ -20,125 +21,11 @@ from rnnkit.layers.recurrent import (
     _TimeMajor,
     check_lengths,
     check_probability,
-    restore_layout,
     unpack_input,
     variational_mask,
 )
 
-MERGES = ("concat", "sum", "mean")
 CONNECTIONS = ("none", "residual", "dense", "highway")
-
-
-def map_states(fn: Callable[[Tensor], Tensor], states: object) -> object:
-    """Apply ``fn`` to every tensor of a (nested) state: tuples and lists keep their shape."""
-    if isinstance(states, Tensor):
-        return fn(states)
-    if isinstance(states, (tuple, list)):
-        return type(states)(map_states(fn, s) for s in states)
-    if states is None:
-        return None
-    raise TypeError(f"a state must be a tensor or a tuple or list of them, got "
-                    f"{type(states).__name__}")
-
-
-def detach_states(states: object) -> object:
-    """The state with every tensor detached: between truncated-BPTT windows."""
-    return map_states(Tensor.detach, states)
-
-
-def _finish(res: _TimeMajor, batch_first: bool, packed: PackedSequence | None,
-            return_states: bool) -> RecurrentOutput | RecurrentTrace:
-    out = restore_layout(res.output, batch_first, packed, res.lengths)
-    if not return_states:
-        return RecurrentOutput(out, res.state)
-    states = map_states(lambda s: restore_layout(s, batch_first, packed, res.lengths), res.states)
-    return RecurrentTrace(out, res.state, states)
-
-
-def _cell_states(layer: Recurrent, seqs: tuple[Tensor, ...] | None) -> object:
-    return None if seqs is None else (seqs[0] if layer.cell.num_states == 1 else seqs)
-
-
-class Bidirectional(nn.Module):
-    """Two recurrent layers over the same input, one forward and one reversed.
-
-    Args:
-        fwd: a :class:`Recurrent` with ``reverse=False``.
-        bwd: a :class:`Recurrent` with ``reverse=True`` (it reads each sequence from its own
-            last step).
-        merge: ``"concat"`` (output 2H), ``"sum"`` or ``"mean"`` (output H).
-
-    ``forward(x, state=None, lengths=None)`` returns ``(output, (state_fwd, state_bwd))``;
-    ``state`` is given the same way.
-    """
-
-    def __init__(self, fwd: Recurrent, bwd: Recurrent, merge: str = "concat") -> None:
-        super().__init__()
-        for name, layer, rev in (("fwd", fwd, False), ("bwd", bwd, True)):
-            if not isinstance(layer, Recurrent):
-                raise TypeError(f"{name} must be a Recurrent layer, got {type(layer).__name__}")
-            if layer.reverse != rev:
-                raise ValueError(f"{name} must have reverse={rev}, got reverse={layer.reverse}")
-        if fwd.input_size != bwd.input_size:
-            raise ValueError(f"fwd and bwd must read the same input size, got "
-                             f"{fwd.input_size} and {bwd.input_size}")
-        if fwd.batch_first != bwd.batch_first:
-            raise ValueError("fwd and bwd must agree on batch_first")
-        self.merge = check_choice("merge", merge, MERGES)
-        if merge != "concat" and fwd.output_size != bwd.output_size:
-            raise ValueError(f"merge={merge!r} needs equal output sizes, got "
-                             f"{fwd.output_size} and {bwd.output_size}")
-        self.fwd, self.bwd = fwd, bwd
-
-    @property
-    def batch_first(self) -> bool:
-        return self.fwd.batch_first
-
-    def fwd_bwd(self) -> tuple[Recurrent, Recurrent]:
-        """The two directions, forward first."""
-        return self.fwd, self.bwd
-
-    @property
-    def input_size(self) -> int:
-        return self.fwd.input_size
-
-    @property
-    def output_size(self) -> int:
-        if self.merge == "concat":
-            return self.fwd.output_size + self.bwd.output_size
-        return self.fwd.output_size
-
-    def forward(self, x: Tensor | PackedSequence, state: object = None,
-                lengths: Tensor | None = None, *, return_states: bool = False
-                ) -> RecurrentOutput | RecurrentTrace:
-        """Run both directions; shapes as :class:`Recurrent`, output features per ``merge``."""
-        xt, packed_lengths, packed = unpack_input(x, self.batch_first)
-        lengths = packed_lengths if packed is not None else lengths
-        res = self.forward_time_major(xt, state, lengths, return_states)
-        return _finish(res, self.batch_first, packed, return_states)
-
-    def forward_time_major(self, x: Tensor, state: object, lengths: Tensor | None,
-                           need_states: bool = False) -> _TimeMajor:
-        if state is None:
-            state = (None, None)
-        elif not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError("state of a Bidirectional layer must be a pair "
-                            "(state_fwd, state_bwd)")
-        f = self.fwd.forward_time_major(x, state[0], lengths, need_states)
-        b = self.bwd.forward_time_major(x, state[1], lengths, need_states)
-        if self.merge == "concat":
-            out = torch.cat([f.output, b.output], dim=-1)
-        else:
-            out = f.output + b.output
-            if self.merge == "mean":
-                out = out * 0.5
-        states = None
-        if need_states:
-            states = (_cell_states(self.fwd, f.states), _cell_states(self.bwd, b.states))
-        return _TimeMajor(out, (f.state, b.state), states, f.lengths)
-
-    def extra_repr(self) -> str:
-        return f"merge={self.merge!r}"
 
 
 class Stacked(nn.Module):
@@ -227,7 +114,7 @@ class Stacked(nn.Module):
         xt, packed_lengths, packed = unpack_input(x, self.batch_first)
         lengths = packed_lengths if packed is not None else lengths
         res = self.forward_time_major(xt, states, lengths, return_states)
-        return _finish(res, self.batch_first, packed, return_states)
+        return finish(res, self.batch_first, packed, return_states)
 
     # -- one call of torch's fused kernel for the whole stack ---------------------------------
     def _directions(self) -> list[Recurrent]:
@@ -411,7 +298,7 @@ class Stacked(nn.Module):
                 if mask is not None:
                     y = y * mask
             finals.append(res.state)
-            traces.append(_cell_states(layer, res.states) if isinstance(layer, Recurrent)
+            traces.append(cell_states(layer, res.states) if isinstance(layer, Recurrent)
                           else res.states)
             inputs.append(y)
             h = y

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from rnnkit.cells.base import from_tuple
 from rnnkit.data.lm import IGNORE
 from rnnkit.generation.sampling import check_sampling, sample
-from rnnkit.layers.stacking import map_states, stack
+from rnnkit.layers.recurrent import map_states
+from rnnkit.layers.stacking import stack
 
 
 @dataclass

@@ -30,7 +30,7 @@ from rnnkit.data.lm import IGNORE, LMBatch, LMStreams
 from rnnkit.data.text import build_vocab, decode, encode, read_text
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.errors import CheckpointError, DataError, RnnkitError, TrainingError
-from rnnkit.layers.stacking import detach_states
+from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training.checkpoint import RunDir
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask

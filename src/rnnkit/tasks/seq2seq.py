@@ -95,7 +95,7 @@ class Seq2SeqOptions:
     engine: str = "auto"
     sampling_rate: float = 0.0
     label_smoothing: float = 0.1
-    valid_beam: int = 1
+    dev_beam: int = 1
     batch_size: int | None = None
 
 
@@ -119,8 +119,8 @@ class TranslationTask(TrainingTask):
         self.tgt_vocab = tgt_vocab
         self.max_tokens, self.max_sentences = opts.max_tokens, opts.batch_size
         self.sampling_rate, self.smoothing = opts.sampling_rate, opts.label_smoothing
-        self.valid_beam = opts.valid_beam
-        if valid_text is not None and self.valid_beam > 0:
+        self.dev_beam = opts.dev_beam
+        if valid_text is not None and self.dev_beam > 0:
             self.monitor, self.mode = "bleu", "max"
         self._steps = sum(1 for _ in batches(train, self.max_tokens, False,
                                              max_sentences=self.max_sentences))
@@ -154,7 +154,7 @@ class TranslationTask(TrainingTask):
         if self.monitor == "bleu":
             from rnnkit.metrics.translation import translation_scores
             srcs, refs = self.valid_text
-            hyps = translate_ids(model, srcs, self.tgt_vocab, beam=self.valid_beam)
+            hyps = translate_ids(model, srcs, self.tgt_vocab, beam=self.dev_beam)
             scores = translation_scores(hyps, refs)
             metrics.update(bleu=scores.bleu, chrf=scores.chrf)
         return metrics

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rnnkit.layers.recurrent import Recurrent
-from rnnkit.layers.stacking import Bidirectional, detach_states
+from rnnkit.layers.bidirectional import Bidirectional
+from rnnkit.layers.recurrent import Recurrent, detach_states
 
 
 class Chunk(NamedTuple):

@@ -29,7 +29,7 @@ epoch, computes the loss of one batch, and evaluates the model. The trainer does
 
 Example (what every ``rnnkit train <task>`` does)::
 
-    run = RunDir(args.out); run.write_config({...,"task": "tagger"}); run.save_vocab(vocab)
+    run, saved = open_run(request, "tagger"); run.write_config(RunConfig(...))
     result = Trainer(model, task, run, config).fit()
 """
 
@@ -40,8 +40,8 @@ import math
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import asdict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,135 +51,22 @@ from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.training import distributed
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.schedule import Schedule
+from rnnkit.training.task import (
+    ON_NAN,
+    OPTIMIZERS,
+    StepOutput,
+    TrainConfig,
+    TrainingTask,
+    TrainResult,
+    build_optimizer,
+)
 
-OPTIMIZERS = ("adamw", "sgd")
-ON_NAN = ("stop", "skip", "rollback")
 MAX_BAD_STEPS = 20  # on_nan="skip": stop after this many bad steps in a row
 MAX_ROLLBACKS = 5  # on_nan="rollback": stop after this many rollbacks with no evaluation between
 
 
 class _Rollback(Exception):
     """Internal: restart the epoch loop from the reloaded checkpoint."""
-
-
-class StepOutput(NamedTuple):
-    """What :meth:`TrainingTask.loss` returns.
-
-    Attributes:
-        loss: scalar tensor to minimise (mean over the batch's tokens / examples).
-        tokens: how many tokens (or examples) the loss averages over, for throughput.
-        carry: state to hand to the next batch (detached), or ``None``.
-    """
-
-    loss: Tensor
-    tokens: int
-    carry: object = None
-
-
-class TrainingTask:
-    """The interface between a task and the :class:`Trainer`; subclass it.
-
-    Attributes:
-        monitor: the key of :meth:`evaluate`'s result that selects the best checkpoint.
-        mode: ``"min"`` (a loss) or ``"max"`` (an accuracy, an F1).
-        perplexity: show exp(loss) in the progress bar (language models).
-    """
-
-    monitor: str = "loss"
-    mode: str = "min"
-    perplexity: bool = False
-
-    def train_batches(self, epoch: int, generator: torch.Generator) -> Iterable[Any]:
-        """The batches of epoch ``epoch`` (0-based). Shuffle only with ``generator`` (seeded
-        by the trainer from the seed and the epoch) so that resuming can replay an epoch."""
-        raise NotImplementedError
-
-    def steps_per_epoch(self) -> int | None:
-        """The number of batches in an epoch, if known (for cosine / linear schedules)."""
-        return None
-
-    def shard(self, rank: int, world_size: int) -> bool:
-        """Distributed training: keep only rank ``rank``'s part of the training data (of
-        ``world_size`` parts, the same number of batches on every rank) and return True; after
-        it, :meth:`train_batches` and :meth:`steps_per_epoch` describe this rank's part.
-
-        The default returns False: the trainer then gives rank r the batches r, r + W, ...
-        of each epoch (:func:`rnnkit.training.distributed.shard_batches`)."""
-        return False
-
-    def loss(self, model: nn.Module, batch: Any, carry: object) -> StepOutput:
-        """The loss of one batch in training mode. ``carry`` is what the previous batch of the
-        same epoch returned (``None`` at the start of an epoch)."""
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module) -> dict[str, float] | None:
-        """Validation metrics (the model is in eval mode, under ``torch.no_grad``), including
-        ``monitor``; ``None`` when there is no validation data."""
-        return None
-
-
-@dataclass
-class TrainConfig:
-    """Options of one training run (``rnnkit train <task>``'s common options)."""
-
-    epochs: int = 10
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    seed: int = 0
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    clip: float = 1.0
-    schedule: str = "constant"
-    warmup: int = 0
-    min_lr_ratio: float = 0.0
-    lr_factor: float = 0.25
-    eval_every: int = 0
-    patience: int = 0
-    explode: float = 4.0
-    log_every: int = 10
-    progress: bool = True
-    device: str = "cpu"
-    on_nan: str = "stop"
-    find_unused_parameters: bool = False
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
-                             f"{self.optimizer!r}")
-        if self.on_nan not in ON_NAN:
-            raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
-        for name in ("epochs", "max_steps", "eval_every", "patience", "warmup", "log_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns."""
-
-    steps: int
-    epochs: int
-    stopped_by: str
-    best: float | None
-    metrics: dict[str, float] | None
-    seconds: float
-    losses: list[float] = field(default_factory=list)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class Trainer:
@@ -518,3 +405,7 @@ def _to_device(state: object, device: torch.device) -> object:
     if isinstance(state, (tuple, list)):
         return type(state)(_to_device(s, device) for s in state)
     return state
+
+
+__all__ = ["ON_NAN", "OPTIMIZERS", "StepOutput", "TrainConfig", "TrainResult", "Trainer",
+           "TrainingTask", "build_optimizer"]
