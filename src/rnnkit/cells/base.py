@@ -81,6 +81,18 @@ class RecurrentCell(nn.Module):
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
 
+    def add_projections(self, gates: int, recurrent_size: int | None = None,
+                        bias: bool = True) -> None:
+        """Create the input and recurrent projections of ``gates`` gate blocks, in torch.nn's
+        names and order: ``weight_ih`` (gates * H, I), ``weight_hh`` (gates * H, R) with
+        R = ``recurrent_size`` (default H), ``bias_ih`` and ``bias_hh`` (gates * H), or None
+        without ``bias``. Uninitialised (``reset_parameters`` fills them)."""
+        G = gates * self.hidden_size
+        self.weight_ih = new_param(G, self.input_size)
+        self.weight_hh = new_param(G, recurrent_size or self.hidden_size)
+        self.bias_ih = new_param(G) if bias else None
+        self.bias_hh = new_param(G) if bias else None
+
     # -- what engines ask of a cell ---------------------------------------------------------
     @property
     def native_mode(self) -> str | None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells.base import Params, RecurrentCell, State, check_choice, new_param
+from rnnkit.cells.base import Params, RecurrentCell, State, check_choice
 
 
 class ElmanGates(NamedTuple):
@@ -41,11 +41,7 @@ class ElmanCell(RecurrentCell):
         super().__init__(input_size, hidden_size)
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, ("tanh", "relu"))
         self.bias = bias
-        H = hidden_size
-        self.weight_ih = new_param(H, input_size)
-        self.weight_hh = new_param(H, H)
-        self.bias_ih = new_param(H) if bias else None
-        self.bias_hh = new_param(H) if bias else None
+        self.add_projections(1, bias=bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

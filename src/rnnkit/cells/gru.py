@@ -78,10 +78,7 @@ class GRUCell(RecurrentCell):
         self.bias = bias
         self.layer_norm = bool(layer_norm)
         H = hidden_size
-        self.weight_ih = new_param(3 * H, input_size)
-        self.weight_hh = new_param(3 * H, H)
-        self.bias_ih = new_param(3 * H) if bias else None
-        self.bias_hh = new_param(3 * H) if bias else None
+        self.add_projections(3, bias=bias)
         if self.layer_norm:
             self.ln_ih_weight = new_param(3 * H)
             self.ln_hh_weight = new_param(3 * H)
@@ -166,11 +163,7 @@ class MinimalGRUCell(RecurrentCell):
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True) -> None:
         super().__init__(input_size, hidden_size)
         self.bias = bias
-        H = hidden_size
-        self.weight_ih = new_param(2 * H, input_size)
-        self.weight_hh = new_param(2 * H, H)
-        self.bias_ih = new_param(2 * H) if bias else None
-        self.bias_hh = new_param(2 * H) if bias else None
+        self.add_projections(2, bias=bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

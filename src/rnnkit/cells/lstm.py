@@ -101,10 +101,7 @@ class LSTMCell(RecurrentCell):
         self.proj_size = proj_size
         self.forget_bias = forget_bias
         H, R = hidden_size, (proj_size or hidden_size)
-        self.weight_ih = new_param(4 * H, input_size)
-        self.weight_hh = new_param(4 * H, R)
-        self.bias_ih = new_param(4 * H) if bias else None
-        self.bias_hh = new_param(4 * H) if bias else None
+        self.add_projections(4, R, bias)
         self.weight_hr = new_param(proj_size, H) if proj_size else None
         if self.layer_norm:
             self.ln_ih_weight = new_param(4 * H)
@@ -199,12 +196,8 @@ class PeepholeLSTMCell(RecurrentCell):
         super().__init__(input_size, hidden_size)
         self.bias = bias
         self.forget_bias = forget_bias
-        H = hidden_size
-        self.weight_ih = new_param(4 * H, input_size)
-        self.weight_hh = new_param(4 * H, H)
-        self.bias_ih = new_param(4 * H) if bias else None
-        self.bias_hh = new_param(4 * H) if bias else None
-        self.peephole = new_param(3, H)
+        self.add_projections(4, bias=bias)
+        self.peephole = new_param(3, hidden_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnkit.cells import CELL_NAMES
-from rnnkit.commands.common import (
-    add_common_train_arguments,
-    one_line,
-    options_from,
-    renamed,
-    run_request,
-)
+from rnnkit.commands import common
 from rnnkit.data.tsv import parse_column
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classification
@@ -53,30 +46,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", metavar="F.tsv", help="validation file (best model, early stop)")
     add_tsv_arguments(parser)
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELL_NAMES, help="recurrent cell (default lstm)")
-    m.add_argument("--embedding-size", type=int, metavar="N",
-                   help=f"word embedding size (default {_OPTS.embedding_size})")
-    m.add_argument("--hidden-size", type=int, metavar="N",
-                   help=f"per direction (default {_OPTS.hidden_size})")
-    m.add_argument("--num-layers", type=int, metavar="N",
-                   help=f"recurrent layers (default {_OPTS.num_layers})")
+    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
+                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
+                            "dropout": _OPTS.dropout, "min_freq": _OPTS.min_freq},
+                        {"embedding_size": "word embedding size",
+                         "hidden_size": "hidden units per direction",
+                         "min_freq": "words seen fewer times become <unk>"})
     m.add_argument("--unidirectional", action="store_true", help="one direction only")
     m.add_argument("--pooling", choices=POOLINGS,
                    help=f"over the steps (default {_OPTS.pooling})")
-    m.add_argument("--dropout", type=float, help=f"(default {_OPTS.dropout})")
-    m.add_argument("--min-freq", type=int, metavar="N",
-                   help="words seen fewer times become <unk> (default 1)")
     m.add_argument("--lower", action="store_true", help="lowercase the texts")
-    add_common_train_arguments(parser, default_out="runs/classifier-{time}")
-    for old, new in (("--embed-dim", "--embedding-size"), ("--layers", "--num-layers"),
-                     ("--min-count", "--min-freq")):
-        renamed(parser, old, new)
+    common.add_common_train_arguments(parser, default_out="runs/classifier-{time}")
+    common.renamed(parser, {"--embed-dim": "--embedding-size", "--layers": "--num-layers",
+                            "--min-count": "--min-freq"})
 
 
-@one_line
-def train(args: argparse.Namespace) -> int:
-    """``rnnkit train classifier``."""
-    return classification.train(options_from(args, ClassifierOptions), run_request(args))
+train = common.train_handler(classification.train, ClassifierOptions)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +70,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
-@one_line
+@common.one_line
 def evaluate(args: argparse.Namespace) -> int:
     s, n = classification.evaluate_file(args.run_dir, args.data, args.text_column,
                                         args.label_column, args.header)
@@ -107,7 +92,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="F", help="one label a line (default: stdout)")
 
 
-@one_line
+@common.one_line
 def predict(args: argparse.Namespace) -> int:
     """One label a line, aligned with the input's lines (blank lines stay blank)."""
     text = classification.predict_file(args.run_dir, args.input)
@@ -124,7 +109,7 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
                         help="(N, D) float32 array, row i for line i (zeros for blank lines)")
 
 
-@one_line
+@common.one_line
 def encode(args: argparse.Namespace) -> int:
     out = classification.encode_file(args.run_dir, args.input)
     np.save(args.output, out, allow_pickle=False)

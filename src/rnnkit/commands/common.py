@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from rnnkit.cells import CELL_NAMES
 from rnnkit.errors import RnnkitError
 from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
 from rnnkit.training.options import RunRequest
@@ -36,17 +37,39 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
-def renamed(parser: argparse.ArgumentParser, old: str, new: str) -> None:
-    """Accept ``old`` as a deprecated spelling of the option ``new`` already on ``parser``
-    (same destination, type and choices), not shown by ``--help``."""
-    target = next((a for a in parser._actions if new in a.option_strings), None)
-    if target is None:
-        raise ValueError(f"{new}: no such option to rename {old} to")
-    flag = target.nargs == 0
-    parser.add_argument(old, dest=target.dest, action=_Deprecated, new=new,
-                        nargs=0 if flag else target.nargs, const=target.const if flag else None,
-                        type=None if flag else target.type, choices=target.choices,
-                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+def renamed(parser: argparse.ArgumentParser, renames: dict[str, str]) -> None:
+    """Accept each ``old`` of ``renames`` (old -> new) as a deprecated spelling of the option
+    ``new`` already on ``parser`` (same destination, type and choices), not shown by
+    ``--help``."""
+    for old, new in renames.items():
+        target = next((a for a in parser._actions if new in a.option_strings), None)
+        if target is None:
+            raise ValueError(f"{new}: no such option to rename {old} to")
+        flag = target.nargs == 0
+        parser.add_argument(old, dest=target.dest, action=_Deprecated, new=new,
+                            nargs=0 if flag else target.nargs,
+                            const=target.const if flag else None,
+                            type=None if flag else target.type, choices=target.choices,
+                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_model_arguments(group: argparse._ActionsContainer, defaults: dict[str, object],
+                        help: dict[str, str] | None = None) -> None:
+    """The model flags the tasks share, under their one name each: ``--cell``,
+    ``--embedding-size``, ``--hidden-size``, ``--num-layers``, ``--dropout`` and ``--min-freq``,
+    for the keys of ``defaults`` (their values appear in the help; the defaults themselves
+    stay with the task's options). ``help`` overrides a flag's description."""
+    text = {"cell": "recurrent cell", "embedding_size": "embedding size",
+            "hidden_size": "hidden units per layer", "num_layers": "recurrent layers",
+            "dropout": "dropout", "min_freq": "tokens seen fewer times become <unk>",
+            **(help or {})}
+    kinds = {"cell": {"choices": CELL_NAMES}, "embedding_size": {"type": int, "metavar": "N"},
+             "hidden_size": {"type": int, "metavar": "N"},
+             "num_layers": {"type": int, "metavar": "N"}, "dropout": {"type": float},
+             "min_freq": {"type": int, "metavar": "N"}}
+    for name, default in defaults.items():
+        group.add_argument("--" + name.replace("_", "-"), **kinds[name],
+                           help=f"{text[name]} (default {default})")
 
 
 def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -70,6 +93,18 @@ def options_from(args: argparse.Namespace, cls: type[T], **extra: Any) -> T:
     values = {f.name: getattr(args, f.name) for f in fields(cls)
               if getattr(args, f.name, None) is not None}
     return cls(**{**values, **extra})
+
+
+def train_handler(train: Callable[[Any, RunRequest], int], options: type
+                  ) -> Callable[[argparse.Namespace], int]:
+    """The ``train(args)`` of a task's command module: its options dataclass and the run
+    request from the parsed arguments, passed to the task's ``train``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return train(options_from(args, options), run_request(args))
+
+    handler.__doc__ = train.__doc__
+    return one_line(handler)
 
 
 def run_request(args: argparse.Namespace) -> RunRequest:

@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rnnkit.cells import CELL_NAMES
-from rnnkit.commands.common import (
-    add_common_train_arguments,
-    one_line,
-    options_from,
-    renamed,
-    run_request,
-)
+from rnnkit.commands import common
 from rnnkit.data.abc import check_abc
 from rnnkit.engines import ENGINES
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import conditional
 from rnnkit.tasks.conditional import ConditionalOptions
+
+_OPTS = ConditionalOptions()
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,27 +37,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--max-chars", type=int,
                    help="drop longer tunes (default 1500 characters)")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELL_NAMES,
-                   help="recurrent cell (default lstm)")
-    m.add_argument("--embedding-size", type=int, help="(default 64)")
-    m.add_argument("--hidden-size", type=int, help="(default 384)")
-    m.add_argument("--num-layers", type=int, help="(default 2)")
+    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
+                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
+                            "dropout": _OPTS.dropout},
+                        {"embedding_size": "character embedding size"})
     m.add_argument("--label-size", type=int,
-                   help="condition embedding size (default 32)")
-    m.add_argument("--dropout", type=float, help="(default 0.2)")
+                   help=f"condition embedding size (default {_OPTS.label_size})")
     m.add_argument("--engine", choices=ENGINES,
                    help="how the recurrence runs (rnnkit.engines; default auto)")
-    add_common_train_arguments(parser, default_out="runs/conditional-lm-{time}")
-    for old, new in (("--data", "--train"), ("--valid-fraction", "--dev-fraction")):
-        renamed(parser, old, new)
+    common.add_common_train_arguments(parser, default_out="runs/conditional-lm-{time}")
+    common.renamed(parser, {"--data": "--train", "--valid-fraction": "--dev-fraction"})
 
 
-@one_line
-def train(args: argparse.Namespace) -> int:
-    """``rnnkit train conditional-lm``."""
-    if not args.train:
-        raise RnnkitError("rnnkit train conditional-lm: --train DIR_OR_FILE is required")
-    return conditional.train(options_from(args, ConditionalOptions), run_request(args))
+train = common.train_handler(conditional.train, ConditionalOptions)
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -51,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "own engine (bptt records it in its backward pass)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory")
-    renamed(parser, "--hidden", "--hidden-size")
-    renamed(parser, "--layers", "--num-layers")
+    renamed(parser, {"--hidden": "--hidden-size", "--layers": "--num-layers"})
 
 
 def _fresh(args: argparse.Namespace) -> int:

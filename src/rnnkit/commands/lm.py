@@ -13,14 +13,7 @@ import argparse
 import json
 import sys
 
-from rnnkit.cells import CELL_NAMES
-from rnnkit.commands.common import (
-    add_common_train_arguments,
-    one_line,
-    options_from,
-    renamed,
-    run_request,
-)
+from rnnkit.commands import common
 from rnnkit.data.text import LEVELS
 from rnnkit.engines import ENGINES
 from rnnkit.layers.stacking import CONNECTIONS
@@ -45,28 +38,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"tokens: characters or whitespace-separated words with <eos> at each "
                         f"line end (default {_DATA.level})")
     d.add_argument("--max-vocab", type=int, metavar="N", help="keep the N most frequent")
-    d.add_argument("--min-freq", type=int, metavar="N",
-                   help="tokens seen fewer times become <unk> (default 1)")
+    common.add_model_arguments(d, {"min_freq": 1})
     d.add_argument("--bptt", type=int, metavar="N",
                    help=f"truncated-BPTT window (default {_DATA.bptt})")
     d.add_argument("--variable-bptt", action="store_true",
                    help="randomised window lengths (AWD-LSTM)")
     m = parser.add_argument_group("model")
-    m.add_argument("--cell", choices=CELL_NAMES,
-                   help=f"recurrent cell (default {MODEL_DEFAULTS['cell']})")
-    m.add_argument("--num-layers", type=int, metavar="N",
-                   help=f"recurrent layers (default {MODEL_DEFAULTS['num_layers']})")
-    m.add_argument("--hidden-size", type=int, metavar="N",
-                   help=f"hidden units per layer (default {MODEL_DEFAULTS['hidden_size']})")
-    m.add_argument("--embedding-size", type=int, metavar="N",
-                   help=f"embedding size (default {MODEL_DEFAULTS['embedding_size']} for "
-                        f"characters, --hidden-size for words)")
+    common.add_model_arguments(m, {"cell": MODEL_DEFAULTS["cell"],
+                            "num_layers": MODEL_DEFAULTS["num_layers"],
+                            "hidden_size": MODEL_DEFAULTS["hidden_size"],
+                            "embedding_size": f"{MODEL_DEFAULTS['embedding_size']} for "
+                                              f"characters, --hidden-size for words"})
     m.add_argument("--engine", choices=ENGINES,
                    help="how the recurrence runs (rnnkit.engines; default auto)")
     m.add_argument("--connection", choices=CONNECTIONS,
                    help="skip connections between layers (default none)")
-    m.add_argument("--dropout", type=float,
-                   help=f"between layers (default {MODEL_DEFAULTS['dropout']})")
+    common.add_model_arguments(m, {"dropout": MODEL_DEFAULTS["dropout"]},
+                        {"dropout": "between layers"})
     m.add_argument("--embedding-dropout", type=float,
                    help=f"on the embeddings (default {MODEL_DEFAULTS['embedding_dropout']})")
     m.add_argument("--output-dropout", type=float,
@@ -83,17 +71,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--sample-length", type=int,
                    help="tokens to print at the end (default 500 chars / 100 words; 0: none)")
     s.add_argument("--temperature", type=float, help="of the sample (default 0.8)")
-    add_common_train_arguments(parser, default_out="runs/lm-{time}")
-    for old, new in (("--valid", "--dev"), ("--valid-fraction", "--dev-fraction"),
-                     ("--layers", "--num-layers"), ("--hidden", "--hidden-size"),
-                     ("--embedding", "--embedding-size")):
-        renamed(parser, old, new)
+    common.add_common_train_arguments(parser, default_out="runs/lm-{time}")
+    common.renamed(parser, {"--valid": "--dev", "--valid-fraction": "--dev-fraction",
+                            "--layers": "--num-layers", "--hidden": "--hidden-size",
+                            "--embedding": "--embedding-size"})
 
 
-@one_line
-def train(args: argparse.Namespace) -> int:
-    """``rnnkit train lm``: train, checkpoint into ``--out``, print the metrics and a sample."""
-    return lm.train(options_from(args, LMOptions), run_request(args))
+train = common.train_handler(lm.train, LMOptions)
 
 
 # -- rnnkit evaluate DIR --------------------------------------------------------------------
@@ -106,7 +90,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-@one_line
+@common.one_line
 def evaluate(args: argparse.Namespace) -> int:
     """Print loss (nats/token), perplexity, tokens and, for characters, bits per character."""
     metrics = lm.evaluate_file(args.run_dir, args.data, batch_size=args.batch_size,
@@ -135,7 +119,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-@one_line
+@common.one_line
 def generate(args: argparse.Namespace) -> int:
     """Print the prompt and its continuation."""
     text = lm.generate_text(args.run_dir, args.prompt, args.max_new_tokens,

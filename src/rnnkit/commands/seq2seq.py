@@ -17,13 +17,7 @@ from pathlib import Path
 import torch
 
 from rnnkit.cells import CELL_NAMES
-from rnnkit.commands.common import (
-    add_common_train_arguments,
-    one_line,
-    options_from,
-    renamed,
-    run_request,
-)
+from rnnkit.commands import common
 from rnnkit.data.parallel import read_parallel
 from rnnkit.engines import ENGINES
 from rnnkit.errors import RnnkitError
@@ -84,16 +78,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--dev-beam", type=int,
                    help="beam for the validation BLEU computed at each evaluation "
                         "(default 1: greedy; 0: no BLEU, select on validation loss)")
-    add_common_train_arguments(parser, default_out="runs/seq2seq-{time}")
-    for old, new in (("--valid-src", "--dev-src"), ("--valid-tgt", "--dev-tgt"),
-                     ("--valid-tsv", "--dev-tsv"), ("--valid-beam", "--dev-beam")):
-        renamed(parser, old, new)
+    common.add_common_train_arguments(parser, default_out="runs/seq2seq-{time}")
+    common.renamed(parser, {"--valid-src": "--dev-src", "--valid-tgt": "--dev-tgt",
+                            "--valid-tsv": "--dev-tsv", "--valid-beam": "--dev-beam"})
 
 
-@one_line
-def train(args: argparse.Namespace) -> int:
-    """``rnnkit train seq2seq``."""
-    return seq2seq.train(options_from(args, Seq2SeqOptions), run_request(args))
+train = common.train_handler(seq2seq.train, Seq2SeqOptions)
 
 
 # -- translating ------------------------------------------------------------------------------
@@ -130,7 +120,7 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     _decode_arguments(parser)
 
 
-@one_line
+@common.one_line
 def translate(args: argparse.Namespace) -> int:
     lines = seq2seq.read_input(args.input)
     hyps, opts, seconds, (model, sources, src_vocab, tgt_vocab) = seq2seq.translate_sources(
@@ -164,7 +154,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _decode_arguments(parser)
 
 
-@one_line
+@common.one_line
 def evaluate(args: argparse.Namespace) -> int:
     from rnnkit.metrics.translation import translation_scores
 

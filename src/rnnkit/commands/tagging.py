@@ -15,14 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from rnnkit.cells import CELL_NAMES
-from rnnkit.commands.common import (
-    add_common_train_arguments,
-    one_line,
-    options_from,
-    renamed,
-    run_request,
-)
+from rnnkit.commands import common
 from rnnkit.data.schemes import SCHEMES
 from rnnkit.data.tsv import parse_column
 from rnnkit.models.tagger import CHAR_KINDS
@@ -60,34 +53,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="no tag-scheme transition constraints in the CRF")
     m.add_argument("--char-encoder", choices=CHAR_KINDS,
                    help="character-level word representation (default lstm)")
-    m.add_argument("--cell", choices=CELL_NAMES, help="recurrent cell (default lstm)")
-    m.add_argument("--embedding-size", type=int, metavar="N",
-                   help=f"word embedding size (default {_OPTS.embedding_size})")
+    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
+                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
+                            "dropout": _OPTS.dropout, "min_freq": _OPTS.min_freq},
+                        {"embedding_size": "word embedding size",
+                         "hidden_size": "hidden units per direction",
+                         "min_freq": "words seen fewer times become <unk>"})
     m.add_argument("--char-dim", type=int, metavar="N",
                    help=f"character embedding size (default {_OPTS.char_dim})")
     m.add_argument("--char-hidden", type=int, metavar="N",
                    help=f"character encoder size (default {_OPTS.char_hidden})")
-    m.add_argument("--hidden-size", type=int, metavar="N",
-                   help=f"per direction (default {_OPTS.hidden_size})")
-    m.add_argument("--num-layers", type=int, metavar="N",
-                   help=f"recurrent layers (default {_OPTS.num_layers})")
-    m.add_argument("--dropout", type=float, help=f"(default {_OPTS.dropout})")
     m.add_argument("--word-dropout", type=float,
                    help=f"replace training words by <unk> with this probability "
                         f"(default {_OPTS.word_dropout})")
-    m.add_argument("--min-freq", type=int, metavar="N",
-                   help="words seen fewer times become <unk> (default 1)")
-    add_common_train_arguments(parser, default_out="runs/tagger-{time}")
-    for old, new in (("--word-dim", "--embedding-size"), ("--layers", "--num-layers"),
-                     ("--min-count", "--min-freq")):
-        renamed(parser, old, new)
+    common.add_common_train_arguments(parser, default_out="runs/tagger-{time}")
+    common.renamed(parser, {"--word-dim": "--embedding-size", "--layers": "--num-layers",
+                            "--min-count": "--min-freq"})
 
 
-# -- train -------------------------------------------------------------------------------------
-@one_line
-def train(args: argparse.Namespace) -> int:
-    """``rnnkit train tagger``."""
-    return tagging.train(options_from(args, TaggerOptions), run_request(args))
+train = common.train_handler(tagging.train, TaggerOptions)
 
 
 # -- commands on a run directory ---------------------------------------------------------------
@@ -98,7 +82,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
 
 
-@one_line
+@common.one_line
 def evaluate(args: argparse.Namespace) -> int:
     result, corpus = tagging.evaluate_file(args.run_dir, args.data, fmt=args.format,
                                            column=args.column, token_column=args.token_column,
@@ -131,7 +115,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
 
 
-@one_line
+@common.one_line
 def predict(args: argparse.Namespace) -> int:
     """Tags written back in the input's format (see :func:`rnnkit.tasks.tagging.predict_file`)."""
     text = tagging.predict_file(args.run_dir, args.input, input_format=args.input_format,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -148,38 +148,46 @@ def _read_conllu(path: str | Path, lines: list[str], column: int | str,
         if not 0 <= index < 10:
             raise RnnkitError(f"{name}: CoNLL-U has columns 0-9, got {index}")
     corpus = TaggedCorpus(str(path), "conllu", lines, [], tok_col, tag_col, "\t")
-    tokens: list[str] = []
-    tags: list[str] = []
-    rows: list[int] = []
+    for block in _blocks(lines):
+        tokens, tags, rows = [], [], []
+        for i, line in block:
+            if line.startswith("#"):
+                corpus.skipped["comment"] += 1
+                continue
+            fields = line.split("\t")
+            if len(fields) != 10:
+                raise DataError(f"expected 10 tab-separated CoNLL-U columns, got "
+                                f"{len(fields)}", path, i + 1)
+            if _MULTIWORD.match(fields[0]):
+                corpus.skipped["multiword"] += 1
+                continue
+            if _EMPTY.match(fields[0]):
+                corpus.skipped["empty_node"] += 1
+                continue
+            if not _ID.match(fields[0]):
+                raise DataError(f"ID column must be an integer, 'N-M' or 'N.M', got "
+                                f"{fields[0]!r}", path, i + 1)
+            tokens.append(fields[tok_col])
+            tags.append(fields[tag_col])
+            rows.append(i)
+        if rows:
+            corpus.sentences.append(Sentence(tokens, tags, rows))
+    return corpus
+
+
+def _blocks(lines: list[str]) -> Iterator[list[tuple[int, str]]]:
+    """The sentences of a CoNLL(-U) file: runs of non-blank lines, each as (index, line)
+    pairs with the line ending removed."""
+    block: list[tuple[int, str]] = []
     for i, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
-        if not line.strip():
-            if rows:
-                corpus.sentences.append(Sentence(tokens, tags, rows))
-                tokens, tags, rows = [], [], []
-            continue
-        if line.startswith("#"):
-            corpus.skipped["comment"] += 1
-            continue
-        fields = line.split("\t")
-        if len(fields) != 10:
-            raise DataError(f"expected 10 tab-separated CoNLL-U columns, got {len(fields)}",
-                            path, i + 1)
-        if _MULTIWORD.match(fields[0]):
-            corpus.skipped["multiword"] += 1
-            continue
-        if _EMPTY.match(fields[0]):
-            corpus.skipped["empty_node"] += 1
-            continue
-        if not _ID.match(fields[0]):
-            raise DataError(f"ID column must be an integer, 'N-M' or 'N.M', got {fields[0]!r}",
-                            path, i + 1)
-        tokens.append(fields[tok_col])
-        tags.append(fields[tag_col])
-        rows.append(i)
-    if rows:
-        corpus.sentences.append(Sentence(tokens, tags, rows))
-    return corpus
+        if line.strip():
+            block.append((i, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def _read_conll(path: str | Path, lines: list[str], column: int | str,
@@ -187,36 +195,29 @@ def _read_conll(path: str | Path, lines: list[str], column: int | str,
     separator = "\t" if any("\t" in ln.strip() for ln in lines[:1000]) else " "
     corpus = TaggedCorpus(str(path), "conll", lines, [], 0, -1, separator)
     width = first = None
-    tokens: list[str] = []
-    tags: list[str] = []
-    rows: list[int] = []
-    for i, raw in enumerate(lines):
-        line = raw.rstrip("\r\n")
-        if not line.strip():
-            if rows:
-                corpus.sentences.append(Sentence(tokens, tags if width > 1 else None, rows))
-                tokens, tags, rows = [], [], []
-            continue
-        fields = _split(line, separator)
-        if width is None:
-            width, first = len(fields), i + 1
-            corpus.token_column = tok = _column_index(token_column, "conll", width)
-            corpus.tag_column = tag = _column_index(column, "conll", width)
-            for name, index in (("token_column", tok), ("column", tag)):
-                if not 0 <= index < width:
-                    raise DataError(f"{name} {index} does not exist: the file has {width} "
-                                    f"column(s)", path, i + 1)
-        elif len(fields) != width:
-            raise DataError(f"expected {width} columns (as on line {first}), got {len(fields)}",
-                            path, i + 1)
-        if fields[corpus.token_column] == "-DOCSTART-":
-            corpus.skipped["docstart"] += 1
-            continue
-        tokens.append(fields[corpus.token_column])
-        tags.append(fields[corpus.tag_column])
-        rows.append(i)
-    if rows:
-        corpus.sentences.append(Sentence(tokens, tags if width > 1 else None, rows))
+    for block in _blocks(lines):
+        tokens, tags, rows = [], [], []
+        for i, line in block:
+            fields = _split(line, separator)
+            if width is None:
+                width, first = len(fields), i + 1
+                corpus.token_column = tok = _column_index(token_column, "conll", width)
+                corpus.tag_column = tag = _column_index(column, "conll", width)
+                for name, index in (("token_column", tok), ("column", tag)):
+                    if not 0 <= index < width:
+                        raise DataError(f"{name} {index} does not exist: the file has "
+                                        f"{width} column(s)", path, i + 1)
+            elif len(fields) != width:
+                raise DataError(f"expected {width} columns (as on line {first}), got "
+                                f"{len(fields)}", path, i + 1)
+            if fields[corpus.token_column] == "-DOCSTART-":
+                corpus.skipped["docstart"] += 1
+                continue
+            tokens.append(fields[corpus.token_column])
+            tags.append(fields[corpus.tag_column])
+            rows.append(i)
+        if rows:
+            corpus.sentences.append(Sentence(tokens, tags if width > 1 else None, rows))
     if width == 1:
         corpus.tag_column = 1  # tokens only: predictions are written as a new column
     return corpus

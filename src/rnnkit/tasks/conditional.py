@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from rnnkit.data.abc import Tune, read_abc_tunes
 from rnnkit.data.padding import IGNORE_INDEX as IGNORE
 from rnnkit.data.vocab import BOS, EOS, PAD, UNK, Vocabulary
+from rnnkit.errors import RnnkitError
 from rnnkit.models.conditional import ConditionalLM, ConditionalLMConfig
 from rnnkit.models.lm import LMConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
@@ -127,6 +128,8 @@ class TuneTask(TrainingTask):
 
 def train(opts: ConditionalOptions, request: RunRequest) -> int:
     """Train a conditional LM into the run directory of ``request``; progress on stderr."""
+    if not opts.train:
+        raise RnnkitError("rnnkit train conditional-lm: --train DIR_OR_FILE is required")
     run, saved = open_run(request, TASK)
     if saved is None:
         data_cfg = ConditionalData(opts.train, opts.condition_from, opts.field, opts.dev_fraction,
