@@ -71,7 +71,10 @@ def _dispatch(command: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rnnkit import __version__
+
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     train = commands.add_parser("train", help="train a model")
@@ -85,8 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=module.train)
 
     for command, help_text in RUN_COMMANDS.items():
-        sub = commands.add_parser(command, help=help_text, add_help=False)
-        sub.add_argument("run_dir", metavar="DIR")
+        tasks_with = [t for t, name in TASKS.items()
+                      if hasattr(_module(name), f"add_{command}_arguments")]
+        sub = commands.add_parser(
+            command, help=help_text,
+            description=f"{help_text}. Its options depend on the run's task (one of "
+                        f"{', '.join(tasks_with)}): see rnnkit {command} DIR --help.")
+        sub.add_argument("run_dir", metavar="DIR", help="a run directory (rnnkit train ...)")
         sub.set_defaults(func=_dispatch(command), sub_command=command)
 
     for command, (module_name, help_text) in TOOLS.items():

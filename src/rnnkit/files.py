@@ -1,11 +1,19 @@
 """Writing files so that a reader never sees half of one: a temporary file in the same
-directory, flushed and synced, then ``os.replace``."""
+directory, flushed and synced, then ``os.replace``; the file gets the permissions the user's
+umask gives a new file (not mkstemp's 0600), so a run directory can be shared."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -20,6 +28,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file follows the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -30,6 +30,7 @@ from rnnkit.data.lm import IGNORE, LMBatch, LMStreams
 from rnnkit.data.text import build_vocab, decode, encode, read_text
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.errors import CheckpointError, DataError, RnnkitError, TrainingError
+from rnnkit.generation.sampling import check_sampling
 from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training.checkpoint import RunDir
@@ -296,7 +297,13 @@ def _data_section(opts: LMOptions) -> LMData:
 
 def train(opts: LMOptions, request: RunRequest) -> int:
     """Train a language model into the run directory of ``request``, print its metrics and a
-    sample (to stdout)."""
+    sample (to stdout). The sampling options are checked before anything is written."""
+    try:
+        check_sampling(opts.temperature, None, None)
+    except ValueError as err:
+        raise RnnkitError(f"--temperature: {err}") from None
+    if opts.sample_length is not None and opts.sample_length < 0:
+        raise RnnkitError(f"--sample-length must be >= 0, got {opts.sample_length}")
     run, saved = open_run(request, TASK)
     if saved is None:
         data = _data_section(opts)
