@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from rnnkit.cells import CELL_NAMES
 from rnnkit.errors import RnnkitError
 from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
-from rnnkit.training.options import RunRequest
+from rnnkit.training.options import RunRequest, remove_failed_start
 from rnnkit.training.schedule import SCHEDULES
 
 T = TypeVar("T")
@@ -101,7 +101,12 @@ def train_handler(train: Callable[[Any, RunRequest], int], options: type
     request from the parsed arguments, passed to the task's ``train``."""
 
     def handler(args: argparse.Namespace) -> int:
-        return train(options_from(args, options), run_request(args))
+        request = run_request(args)
+        try:
+            return train(options_from(args, options), request)
+        except BaseException:
+            remove_failed_start(request)
+            raise
 
     handler.__doc__ = train.__doc__
     return one_line(handler)
@@ -109,6 +114,10 @@ def train_handler(train: Callable[[Any, RunRequest], int], options: type
 
 def run_request(args: argparse.Namespace) -> RunRequest:
     """The :class:`RunRequest` of ``rnnkit train TASK``'s common options."""
+    for flag in ("threads", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise RnnkitError(f"--{flag.replace('_', '-')} must be a positive int, got {value}")
     train = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     return RunRequest(out=args.out, resume=args.resume, overwrite=args.overwrite,
                       default_out=getattr(args, "_default_out", "runs/{task}-{time}"),

@@ -304,6 +304,10 @@ def train(opts: LMOptions, request: RunRequest) -> int:
         raise RnnkitError(f"--temperature: {err}") from None
     if opts.sample_length is not None and opts.sample_length < 0:
         raise RnnkitError(f"--sample-length must be >= 0, got {opts.sample_length}")
+    if opts.bptt is not None and opts.bptt < 1:
+        raise RnnkitError(f"--bptt must be a positive int, got {opts.bptt}")
+    if opts.dev_fraction is not None and not 0 < opts.dev_fraction < 1:
+        raise RnnkitError(f"--dev-fraction must lie in (0, 1), got {opts.dev_fraction}")
     run, saved = open_run(request, TASK)
     if saved is None:
         data = _data_section(opts)

@@ -52,6 +52,8 @@ class RunRequest:
     default_out: str = "runs/{task}-{time}"
     train: dict = field(default_factory=dict)
     threads: int | None = None
+    #: set by :func:`open_run` when it created the run directory (a new run, not a resume)
+    created: bool = False
 
     @property
     def device(self) -> str | None:
@@ -136,7 +138,18 @@ def _open_run(request: RunRequest, task: str) -> tuple[RunDir, dict | None]:
     elif run.path.exists() and not run.path.is_dir():
         raise CheckpointError(f"{run.path}: exists and is not a directory")
     run.path.mkdir(parents=True, exist_ok=True)
+    request.created = True
     return run, None
+
+
+def remove_failed_start(request: RunRequest) -> None:
+    """Remove the run directory a start created when it failed before its first checkpoint
+    (no ``last/``), so that the same command can simply be run again; a resumed run, or one
+    that reached a checkpoint, is left as it is."""
+    if request.created and request.out is not None:
+        run = RunDir(request.out)
+        if run.path.is_dir() and not run.has_last():
+            shutil.rmtree(run.path, ignore_errors=True)
 
 
 def saved_train_options(config: Mapping[str, object] | None) -> dict | None:

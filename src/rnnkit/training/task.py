@@ -111,6 +111,15 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
+        bounds = {"clip": (self.clip >= 0, ">= 0 (0: no clipping)"),
+                  "explode": (self.explode > 1, "> 1 (a multiple of the first loss)"),
+                  "weight_decay": (self.weight_decay >= 0, ">= 0"),
+                  "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+                  "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                  "lr_factor": (0 < self.lr_factor <= 1, "in (0, 1]")}
+        for name, (ok, want) in bounds.items():
+            if not ok:  # NaN fails every comparison
+                raise ValueError(f"{name} must be {want}, got {getattr(self, name)}")
 
 
 @dataclass
