@@ -129,3 +129,23 @@ def test_the_hidden_state_is_carried_across_windows_and_detached(tmp_path):
         first, state = model.loss(batches[0].inputs, batches[0].targets, reduction="sum")
         second, _ = model.loss(batches[1].inputs, batches[1].targets, state, reduction="sum")
     assert torch.allclose(first + second, whole, atol=1e-4)
+
+
+def test_resume_truncates_the_log_to_the_checkpoint(tmp_path):
+    """Records an interrupted process wrote after its last checkpoint are dropped on resume
+    (they are about to be run again): each step is logged once (issue 13, item 7)."""
+    model, task, run = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=5)).fit()
+    with run.log_path.open("a", encoding="utf-8") as f:  # what a killed process left behind
+        for step in (6, 7, 8):
+            f.write(json.dumps({"kind": "train", "step": step, "loss": 9.0}) + "\n")
+        f.write('{"kind": "train", "st')  # and a torn last line
+    model, task, _ = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=10), resume=True).fit()
+    records = [json.loads(line) for line in run.log_path.read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == list(range(1, 11)) and 9.0 not in [r["loss"] for r in records
+                                                        if r["kind"] == "train"]
+    model, task, whole = setup(tmp_path, "whole")
+    Trainer(model, task, whole, config(max_steps=10)).fit()
+    assert train_losses(whole) == [r["loss"] for r in records if r["kind"] == "train"]

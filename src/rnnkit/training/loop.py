@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rnnkit.errors import CheckpointError, TrainingError
+from rnnkit.files import write_text_atomic
 from rnnkit.training import distributed
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.schedule import Schedule
@@ -162,6 +163,24 @@ class Trainer:
         self.run.path.mkdir(parents=True, exist_ok=True)
         with self.run.log_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """On resume: drop the log records of steps after the checkpoint's ``step`` (written
+        by the interrupted process after its last checkpoint, and about to be run again)."""
+        path = self.run.log_path
+        if not self.dist.is_main or not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by the kill
+            later = isinstance(record, dict) and isinstance(record.get("step"), int) \
+                and record["step"] > step
+            if not later:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        write_text_atomic(path, "".join(kept))
 
     # -- evaluation ----------------------------------------------------------------------------
     def _improved(self, value: float) -> bool:
@@ -311,6 +330,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs between ranks
         if self.resume:
             self._load_last()
+            self._truncate_log(st["step"])
         elif cfg.on_nan == "rollback":
             self._save_last()  # something to roll back to before the first evaluation
         self.model.train()
