@@ -79,3 +79,38 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> 
     # the best weights (model.safetensors) agree too
     best_a, best_b = (load_tensors(d / "model.safetensors") for d in (whole, killed))
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_last_and_say_how_to_resume(tmp_path: Path, signum) -> None:
+    """SIGTERM (a cluster pre-empting the job) saves last/ as SIGINT does (issue 13, item 6),
+    and the resumed run ends with the uninterrupted weights."""
+    train = tmp_path / "train.txt"
+    train.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(_command(train, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _last_step(out / "log.jsonl") < 8 and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("training did not reach step 8")
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode(errors="replace")
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("rnnkit: interrupted: stopped at step ")
+    assert "--resume" in err
+    step = json.loads((out / "last" / "trainer.json").read_text())["step"]
+    assert 8 <= step < STEPS
+    resumed = subprocess.run(_command(train, out, "--resume"), env=_env(), capture_output=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stderr.decode(errors="replace")[-2000:]
+    whole = tmp_path / "whole"
+    done = subprocess.run(_command(train, whole), env=_env(), capture_output=True, timeout=120)
+    assert done.returncode == 0
+    a = load_tensors(whole / "last" / "model.safetensors")
+    b = load_tensors(out / "last" / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs (stopped at step {step})"

@@ -136,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RnnkitError as err:
         print(f"rnnkit: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rnnkit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"rnnkit: interrupted: {err}" if str(err) else "rnnkit: interrupted",
+              file=sys.stderr)
+        return 128 + int(getattr(err, "signum", 2))
 
 
 if __name__ == "__main__":

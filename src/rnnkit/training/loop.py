@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -342,6 +344,15 @@ class Trainer:
                    unit="step", dynamic_ncols=True, leave=True)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
         window_clipped = 0  # steps whose gradient clipping scaled down since the last record
+        self._signalled: int | None = None
+
+        def on_signal(signum: int, frame: object) -> None:
+            if self._signalled is not None:  # a second signal: stop now, saving nothing
+                raise Interrupted("interrupted again before the step ended; last/ holds the "
+                                  "previous checkpoint", signum, save=False)
+            self._signalled = signum  # the loop stops at the next step boundary
+
+        previous = _set_handlers(on_signal)
         try:
             while st["epoch"] < cfg.epochs and stopped == "epochs":
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["epoch"])
@@ -349,6 +360,8 @@ class Trainer:
                     for i, batch in enumerate(self._batches(st["epoch"], gen)):
                         if i < st["batch"]:
                             continue  # resuming: replay the epoch up to where it stopped
+                        if self._signalled is not None:  # between two steps: a clean stop
+                            raise Interrupted("", self._signalled)
                         reason = self._bound(start)
                         if reason:
                             stopped = reason
@@ -407,16 +420,48 @@ class Trainer:
                 except _Rollback:
                     bar.n = st["step"]
                     continue
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             bar.close()
+            if not getattr(err, "save", True):
+                raise
             if not self.dist.distributed:  # a collective cannot be trusted mid-interrupt
                 self._save_last()
-            raise
+                how = (f"stopped at step {st['step']}; {self.run.last_path} is saved: continue "
+                       f"with the same command and --resume")
+            else:
+                how = "stopped; continue from the last checkpoint with --resume"
+            signum = getattr(err, "signum", signal.SIGINT)
+            raise Interrupted(how, signum) from None
+        finally:
+            _set_handlers(previous)
         bar.close()
         if st["last_eval"] != st["step"]:
             self.evaluate(scheduled=False)
         return TrainResult(st["step"], st["epoch"], stopped, st["best"], self.metrics,
                            time.monotonic() - start, self.losses)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM (how a cluster pre-empts a job). The first signal
+    lets the running step end, then ``last/`` is saved (``save``); ``signum`` is the signal and
+    the message says how to resume."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT, save: bool = True
+                 ) -> None:
+        super().__init__(message)
+        self.signum, self.save = signum, save
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _set_handlers(handler: object) -> object:
+    """Install ``handler`` (one function, or the dict this returns) for SIGINT and SIGTERM in
+    the main thread; returns the previous handlers (None where signals cannot be set)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    handlers = handler if isinstance(handler, dict) else dict.fromkeys(_SIGNALS, handler)
+    return {signum: signal.signal(signum, h) for signum, h in handlers.items()}
 
 
 def _to_device(state: object, device: torch.device) -> object:
@@ -427,5 +472,5 @@ def _to_device(state: object, device: torch.device) -> object:
     return state
 
 
-__all__ = ["ON_NAN", "OPTIMIZERS", "StepOutput", "TrainConfig", "TrainResult", "Trainer",
-           "TrainingTask", "build_optimizer"]
+__all__ = ["ON_NAN", "OPTIMIZERS", "Interrupted", "StepOutput", "TrainConfig", "TrainResult",
+           "Trainer", "TrainingTask", "build_optimizer"]
