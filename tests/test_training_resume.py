@@ -149,3 +149,30 @@ def test_resume_truncates_the_log_to_the_checkpoint(tmp_path):
     model, task, whole = setup(tmp_path, "whole")
     Trainer(model, task, whole, config(max_steps=10)).fit()
     assert train_losses(whole) == [r["loss"] for r in records if r["kind"] == "train"]
+
+
+def test_a_step_budget_schedule_never_reads_the_clock(tmp_path, monkeypatch):
+    """With --max-steps the cosine schedule spans the steps alone, however much of a time
+    budget given beside it has passed (issue 13, item 4): the same run on any machine."""
+    model, task, run = setup(tmp_path, "clock")
+    cfg = config(max_steps=12, max_minutes=1e6, schedule="cosine", warmup=2)
+    # half of the time budget gone already: before, the schedule would jump to mid-decay
+    monkeypatch.setattr(Trainer, "_elapsed", lambda self, start: 0.5 * 60 * 1e6)
+    trainer = Trainer(model, task, run, cfg)
+    trainer.fit()
+    lrs = [r["lr"] for r in map(json.loads, run.log_path.read_text().splitlines())
+           if r["kind"] == "train"]
+    steps = trainer.schedule
+    assert lrs == [steps.lr(s, 0.0) for s in range(12)]
+    assert lrs[2] > lrs[-1]  # it does decay, over the steps
+
+
+def test_the_default_time_budget_gives_way_to_a_step_budget(tmp_path):
+    from rnnkit.tasks.lm import _defaults_for
+    from rnnkit.training.options import RunRequest
+
+    assert _defaults_for(RunRequest(), True).max_minutes == 4.8  # the default run
+    assert _defaults_for(RunRequest(train={"max_steps": 300}), True).max_minutes is None
+    assert _defaults_for(RunRequest(train={"epochs": 2}), True).max_minutes is None
+    both = RunRequest(train={"max_steps": 300, "max_minutes": 2.0})
+    assert _defaults_for(both, True).max_minutes == 4.8  # given max_minutes wins in train_config

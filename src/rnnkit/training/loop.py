@@ -284,6 +284,12 @@ class Trainer:
             return 0.0
         return self._elapsed(start) / (60 * self.config.max_minutes)
 
+    def _schedule_time_fraction(self, start: float) -> float:
+        """What the schedule reads of the clock: nothing when a step budget is given (the
+        schedule spans ``max_steps``, so a run is the same on every machine), else the share
+        of the time budget used (earlier sessions of a resumed run included)."""
+        return 0.0 if self.config.max_steps is not None else self._time_fraction(start)
+
     def _bound(self, start: float) -> str | None:
         cfg, st = self.config, self.state
         if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
@@ -366,7 +372,7 @@ class Trainer:
                         if reason:
                             stopped = reason
                             break
-                        lr = self.schedule.lr(st["step"], self._time_fraction(start))
+                        lr = self.schedule.lr(st["step"], self._schedule_time_fraction(start))
                         for group in self.optimizer.param_groups:
                             group["lr"] = lr
                         out, value, norm, skipped = self._step(batch)
