@@ -58,3 +58,42 @@ def test_a_failed_start_leaves_nothing_and_the_retry_works(task, bad, tmp_path, 
 def test_train_config_refuses_values_outside_their_range(option, value) -> None:
     with pytest.raises(ValueError, match=option):
         TrainConfig(**{option: value})
+
+
+def test_resume_refuses_other_model_or_data_options(tmp_path, capsys) -> None:
+    """`--resume` with a model or data option that differs from the run's is refused with the
+    list of differences (issue 13, item 1); the same options, or only a new bound, resume."""
+    data, other = tmp_path / "train.txt", tmp_path / "other.txt"
+    _text(data)
+    other.write_text("a different corpus altogether\n" * 40, encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["train", "lm", "--train", str(data), "--out", str(out), "--hidden-size", "8",
+            "--embedding-size", "8", "--num-layers", "1", "--batch-size", "2", "--bptt", "8",
+            "--sample-length", "0", *COMMON]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    for bad, needle in ((["--cell", "gru"], "--cell gru (the run has lstm)"),
+                        (["--hidden-size", "16"], "--hidden-size 16 (the run has 8)"),
+                        (["--train", str(other)], "--train"),
+                        (["--bptt", "4"], "--bptt 4 (the run has 8)")):
+        assert main([*argv, *bad, "--max-steps", "4", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err and "--resume continues" in err
+    assert main([*argv, "--max-steps", "4", "--resume"]) == 0  # a new bound is fine
+
+
+def test_a_tagger_resume_on_other_data_is_refused(tmp_path, capsys) -> None:
+    pos, ner = tmp_path / "pos.conll", tmp_path / "ner.conll"
+    pos.write_text("the DET\ncat NOUN\n\na DET\ndog NOUN\n\n" * 10, encoding="utf-8")
+    ner.write_text("Ax B-PER\nsat O\n\nthe O\nBx B-PER\n\n" * 10, encoding="utf-8")
+    out = tmp_path / "run"
+    small = ["--hidden-size", "8", "--embedding-size", "8", "--char-dim", "4",
+             "--char-hidden", "4", "--out", str(out), *COMMON]
+    assert main(["train", "tagger", "--train", str(pos), "--epochs", "1", *small]) == 0
+    capsys.readouterr()
+    assert main(["train", "tagger", "--train", str(ner), "--epochs", "2", "--resume",
+                 *small]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--train" in err and "the file's scheme bio (the run has none)" in err
+    assert main(["train", "tagger", "--train", str(pos), "--epochs", "2", "--resume",
+                 *small]) == 0

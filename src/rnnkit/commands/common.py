@@ -89,9 +89,12 @@ def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 def options_from(args: argparse.Namespace, cls: type[T], **extra: Any) -> T:
     """The dataclass ``cls`` from the parsed arguments of the same names; an argument that
-    was not given (None) leaves the dataclass's default."""
-    values = {f.name: getattr(args, f.name) for f in fields(cls)
-              if getattr(args, f.name, None) is not None}
+    was not given (None) leaves the dataclass's default. A field ``given`` receives the names
+    of the options the command line set (for the checks of ``--resume``)."""
+    names = {f.name for f in fields(cls)} - {"given"}
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if "given" in {f.name for f in fields(cls)}:  # which options the command line set
+        values["given"] = frozenset(n for n, v in values.items() if v is not False)
     return cls(**{**values, **extra})
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,26 @@ def decode(ids: Tensor | list[int], vocab: Vocabulary, level: str) -> str:
                 out.append(" ")
             out.append(tok)
     return "".join(out)
+
+
+#: the name the bundled tiny Shakespeare has in a run's config
+BUNDLED = "tinyshakespeare (bundled)"
+
+
+def bundled_shakespeare() -> str:
+    """The bundled tiny Shakespeare (1,115,394 characters, public domain)."""
+    return (resources.files("rnnkit") / "resources" / "tinyshakespeare.txt").read_text(
+        encoding="utf-8")
+
+
+def hold_out(text: str, fraction: float, source: str) -> tuple[str, str]:
+    """``text`` split into its first ``1 - fraction`` (training) and the rest (validation);
+    a :class:`DataError` naming ``source`` when either part would be blank."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--dev-fraction must lie in (0, 1), got {fraction}")
+    cut = int(len(text) * (1 - fraction))
+    train, valid = text[:cut], text[cut:]
+    if not train.strip() or not valid.strip():
+        raise DataError(f"too short to hold out {fraction:.0%} for validation; give --dev",
+                        source)
+    return train, valid

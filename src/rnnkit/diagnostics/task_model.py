@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.data.synthetic import IGNORE, SyntheticTask
+from rnnkit.errors import RnnkitError
 from rnnkit.layers import stack
 
 
@@ -64,6 +65,23 @@ def step_losses(model: nn.Module, task: SyntheticTask) -> Tensor:
         return F.pad(err.unsqueeze(-1), (out.shape[1] - 1, 0))
     return F.cross_entropy(out.transpose(1, 2), task.targets, ignore_index=IGNORE,
                            reduction="none")
+
+
+def window_losses(model: nn.Module, ids: Tensor, batch_size: int, length: int):
+    """A function giving a language model's per-step loss (B, T) on the first ``batch_size``
+    windows of ``length`` + 1 tokens of ``ids`` (N,) (fewer windows for a short text)."""
+    T, B = length, batch_size
+    if len(ids) < B * (T + 1):
+        B = max(1, len(ids) // (T + 1))
+    if len(ids) < B * (T + 1):
+        raise RnnkitError(f"--length {T}: the text has only {len(ids)} tokens")
+    window = ids[: B * (T + 1)].view(B, T + 1)
+    x, y = window[:, :-1], window[:, 1:]
+
+    def losses() -> Tensor:
+        return F.cross_entropy(model(x).logits.transpose(1, 2), y, reduction="none")
+
+    return losses
 
 
 def task_loss(model: nn.Module, task: SyntheticTask) -> Tensor:

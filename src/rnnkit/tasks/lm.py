@@ -19,27 +19,39 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.data.lm import IGNORE, LMBatch, LMStreams
-from rnnkit.data.text import build_vocab, decode, encode, read_text
+from rnnkit.data.text import (
+    BUNDLED,
+    build_vocab,
+    bundled_shakespeare,
+    decode,
+    encode,
+    hold_out,
+    read_text,
+)
 from rnnkit.data.vocab import Vocabulary
+from rnnkit.diagnostics.task_model import window_losses
 from rnnkit.errors import CheckpointError, DataError, RnnkitError, TrainingError
 from rnnkit.generation.sampling import check_sampling
 from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training.checkpoint import RunDir
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.options import RunRequest, open_run, train_config
+from rnnkit.training.options import (
+    RunRequest,
+    open_run,
+    refuse_changed_options,
+    same_path,
+    train_config,
+)
 from rnnkit.training.runconfig import RunConfig, section
 
 TASK = "lm"
-BUNDLED = "tinyshakespeare (bundled)"
 
 
 @dataclass
@@ -100,8 +112,8 @@ class LMOptions:
     num_layers: int | None = None
     hidden_size: int | None = None
     embedding_size: int | None = None
-    engine: str = "auto"
-    connection: str = "none"
+    engine: str | None = None
+    connection: str | None = None
     dropout: float | None = None
     embedding_dropout: float | None = None
     output_dropout: float | None = None
@@ -112,26 +124,11 @@ class LMOptions:
     adaptive: str | None = None
     sample_length: int | None = None
     temperature: float = 0.8
-
-
-def bundled_shakespeare() -> str:
-    """The bundled tiny Shakespeare (1,115,394 characters, public domain)."""
-    return (resources.files("rnnkit") / "resources" / "tinyshakespeare.txt").read_text(
-        encoding="utf-8")
+    #: the options the command line set (``rnnkit.commands.common.options_from``)
+    given: frozenset[str] = frozenset()
 
 
 # -- data ---------------------------------------------------------------------------------------
-def _split(text: str, fraction: float, source: str) -> tuple[str, str]:
-    if not 0 < fraction < 1:
-        raise RnnkitError(f"--dev-fraction must lie in (0, 1), got {fraction}")
-    cut = int(len(text) * (1 - fraction))
-    train, valid = text[:cut], text[cut:]
-    if not train.strip() or not valid.strip():
-        raise DataError(f"too short to hold out {fraction:.0%} for validation; give --dev",
-                        source)
-    return train, valid
-
-
 def load_texts(data: LMData) -> tuple[str, str | None]:
     """The training and validation texts of a data section."""
     if data.train == BUNDLED:
@@ -140,7 +137,7 @@ def load_texts(data: LMData) -> tuple[str, str | None]:
         text, source = read_text(data.train), data.train
     if data.valid:
         return text, read_text(data.valid)
-    return _split(text, data.valid_fraction, source)
+    return hold_out(text, data.valid_fraction, source)
 
 
 def start_id(vocab: Vocabulary, level: str) -> int:
@@ -272,13 +269,28 @@ def model_config(opts: LMOptions, vocab_size: int, level: str) -> LMConfig:
     embedding = _pick(opts.embedding_size, d["embedding_size"] if level == "char" else hidden)
     return LMConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
                     num_layers=_pick(opts.num_layers, d["num_layers"]),
-                    cell=_pick(opts.cell, d["cell"]), engine=opts.engine,
-                    connection=opts.connection, dropout=_pick(opts.dropout, d["dropout"]),
+                    cell=_pick(opts.cell, d["cell"]), engine=opts.engine or "auto",
+                    connection=opts.connection or "none",
+                    dropout=_pick(opts.dropout, d["dropout"]),
                     embedding_dropout=_pick(opts.embedding_dropout, d["embedding_dropout"]),
                     output_dropout=_pick(opts.output_dropout, d["output_dropout"]),
                     variational=opts.variational, dropconnect=opts.dropconnect,
                     cell_options={"layer_norm": True} if opts.layer_norm else {},
                     tie_weights=opts.tie_weights, adaptive_cutoffs=cutoffs)
+
+
+def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig) -> None:
+    """``--resume`` with a model or data option that differs from the run's: refused."""
+    saved = {**asdict(model), **asdict(data), "dev": data.valid,
+             "dev_fraction": data.valid_fraction,
+             "layer_norm": bool(model.cell_options.get("layer_norm")),
+             "adaptive": ",".join(map(str, model.adaptive_cutoffs or [])) or None}
+    changes = {}
+    for name in sorted(opts.given & set(saved) - {"sample_length", "temperature"}):
+        now, was = getattr(opts, name), saved[name]
+        same = same_path(now, was) if name in ("train", "dev") and was != BUNDLED else now == was
+        changes["--" + name.replace("_", "-")] = (now, was, same)
+    refuse_changed_options(run, changes)
 
 
 def _defaults_for(request: RunRequest, bundled: bool) -> TrainConfig:
@@ -332,9 +344,10 @@ def train(opts: LMOptions, request: RunRequest) -> int:
     else:
         source = str(run.path / "config.json")
         data = section(LMData, saved["data"], "data", source)
+        config_model = LMConfig.from_dict(saved["model"])
+        _refuse_changes(run, opts, data, config_model)
         train_text, valid_text = load_texts(data)
         vocab = run.load_vocab()
-        config_model = LMConfig.from_dict(saved["model"])
         config = train_config(request.train, saved.get("train"), train_defaults(True))
     torch.manual_seed(config.seed)
     model = LanguageModel(config_model)
@@ -439,20 +452,7 @@ def diagnostic_losses(run_dir: str | Path, batch_size: int, length: int,
     else:
         train_text, valid_text = load_texts(data)
         text = valid_text or train_text
-    ids = encode(text, vocab, data.level)
-    T, B = length, batch_size
-    if len(ids) < B * (T + 1):
-        B = max(1, len(ids) // (T + 1))
-    if len(ids) < B * (T + 1):
-        raise RnnkitError(f"--length {T}: the text has only {len(ids)} tokens")
-    window = ids[: B * (T + 1)].view(B, T + 1)
-    x, y = window[:, :-1], window[:, 1:]
-
-    def losses() -> Tensor:
-        logits = model(x).logits
-        return F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-
-    return model, losses
+    return model, window_losses(model, encode(text, vocab, data.level), batch_size, length)
 
 
 __all__ = ["BUNDLED", "LMData", "LMOptions", "LMTask", "MODEL_DEFAULTS", "bundled_shakespeare",

@@ -27,7 +27,14 @@ from rnnkit.errors import DataError
 from rnnkit.metrics.tagging import span_f1, token_accuracy
 from rnnkit.models.tagger import Tagger, TaggerBatch, TaggerConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.options import RunRequest, open_run, saved_train_options, train_config
+from rnnkit.training.options import (
+    RunRequest,
+    open_run,
+    refuse_changed_options,
+    same_path,
+    saved_train_options,
+    train_config,
+)
 from rnnkit.training.runconfig import RunConfig
 
 TASK = "tagger"
@@ -83,6 +90,8 @@ class TaggerOptions:
     word_dropout: float = 0.05
     min_freq: int = 1
     batch_size: int | None = None
+    #: the options the command line set (``rnnkit.commands.common.options_from``)
+    given: frozenset[str] = frozenset()
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -180,6 +189,30 @@ def read_run_file(path: str, data: dict, fmt: str | None = None, column: object 
     return corpus
 
 
+def _refuse_changes(run: RunDir, opts: TaggerOptions, data: dict, saved: dict) -> None:
+    """``--resume`` on other data (another file, format, column or tag scheme) or with a
+    model option that differs from the run's: refused."""
+    was_data, model = saved["data"], saved["model"]
+    changes = {"--train": (opts.train, was_data.get("train"),
+                           same_path(opts.train, was_data.get("train")))}
+    if "dev" in opts.given:
+        changes["--dev"] = (opts.dev, was_data.get("dev"), same_path(opts.dev, was_data.get("dev")))
+    for key in ("format", "column", "token_column", "scheme"):  # what the file turned out as
+        changes[f"the file's {key.replace('_', ' ')}"] = (data[key], was_data.get(key),
+                                                          data[key] == was_data.get(key))
+    names = {"cell": "cell", "embedding_size": "word_dim", "char_dim": "char_dim",
+             "char_hidden": "char_hidden", "char_encoder": "char_encoder",
+             "hidden_size": "hidden_size", "num_layers": "num_layers", "dropout": "dropout",
+             "word_dropout": "word_dropout", "crf": "crf"}
+    for name in sorted(opts.given & set(names)):
+        now, was = getattr(opts, name), model.get(names[name])
+        changes["--" + name.replace("_", "-")] = (now, was, now == was)
+    if "batch_size" in opts.given:
+        was = was_data.get("batch_size")
+        changes["--batch-size"] = (opts.batch_size, was, opts.batch_size == was)
+    refuse_changed_options(run, changes)
+
+
 # -- train -------------------------------------------------------------------------------------
 def train(opts: TaggerOptions, request: RunRequest) -> int:
     """Train a tagger into the run directory of ``request``; progress and the result on
@@ -207,6 +240,7 @@ def train(opts: TaggerOptions, request: RunRequest) -> int:
             "scheme": corpus.scheme, "input_scheme": input_scheme,
             "train": str(opts.train), "dev": opts.dev}
     if saved is not None:
+        _refuse_changes(run, opts, data, saved)
         words, chars, tags = (run.load_vocab(), run.load_vocab("chars.json"),
                               run.load_vocab("tags.json"))
         model_config = TaggerConfig.from_dict(saved["model"])

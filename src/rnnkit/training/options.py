@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
@@ -140,6 +141,29 @@ def _open_run(request: RunRequest, task: str) -> tuple[RunDir, dict | None]:
     run.path.mkdir(parents=True, exist_ok=True)
     request.created = True
     return run, None
+
+
+def same_path(a: object, b: object) -> bool:
+    """Whether two paths (or None) name the same file."""
+    if a is None or b is None:
+        return a is b
+    return Path(str(a)).resolve() == Path(str(b)).resolve()
+
+
+def refuse_changed_options(run: RunDir, changes: dict[str, tuple[object, object, bool]]
+                           ) -> None:
+    """On ``--resume``: a :class:`CheckpointError` listing every model or data option given
+    now that differs from the run's own; ``changes`` maps a flag to (value now, the run's
+    value, whether they agree). Only the options in ``RESUME_OVERRIDES`` (bounds, evaluation
+    cadence, progress, device) and ``--threads`` may change on resume."""
+    differ = [f"{flag} {now} (the run has {was})" for flag, (now, was, same) in changes.items()
+              if not same]
+    if differ:
+        allowed = ", ".join("--" + o.replace("_", "-") for o in RESUME_OVERRIDES)
+        raise CheckpointError(f"{run.path}: --resume continues the run with its own options, "
+                              f"and these differ from them: {'; '.join(differ)}; leave them "
+                              f"out or start a new run with another --out (may change: "
+                              f"{allowed}, --threads)")
 
 
 def remove_failed_start(request: RunRequest) -> None:
