@@ -350,6 +350,24 @@ class RunDir:
         load_weights(model, path)
 
     # the last checkpoint, for resuming
+    def truncate_log(self, step: int) -> None:
+        """Drop the log records of steps after ``step`` (on resume: written by the interrupted
+        process after its last checkpoint, and about to be run again) and a line torn by a
+        kill."""
+        if not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            later = isinstance(record, dict) and isinstance(record.get("step"), int) \
+                and record["step"] > step
+            if not later:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        write_text_atomic(self.log_path, "".join(kept))
+
     def has_last(self) -> bool:
         return (self.last_path / "trainer.json").exists() or (
             self.path / (LAST + ".old") / "trainer.json").exists()

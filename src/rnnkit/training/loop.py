@@ -39,7 +39,6 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -50,10 +49,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rnnkit.errors import CheckpointError, TrainingError
-from rnnkit.files import write_text_atomic
 from rnnkit.training import distributed
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.schedule import Schedule
+from rnnkit.training.signals import Interrupted, set_handlers
 from rnnkit.training.task import (
     ON_NAN,
     OPTIMIZERS,
@@ -167,22 +166,8 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_log(self, step: int) -> None:
-        """On resume: drop the log records of steps after the checkpoint's ``step`` (written
-        by the interrupted process after its last checkpoint, and about to be run again)."""
-        path = self.run.log_path
-        if not self.dist.is_main or not path.exists():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by the kill
-            later = isinstance(record, dict) and isinstance(record.get("step"), int) \
-                and record["step"] > step
-            if not later:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        write_text_atomic(path, "".join(kept))
+        if self.dist.is_main:
+            self.run.truncate_log(step)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _improved(self, value: float) -> bool:
@@ -358,7 +343,7 @@ class Trainer:
                                   "previous checkpoint", signum, save=False)
             self._signalled = signum  # the loop stops at the next step boundary
 
-        previous = _set_handlers(on_signal)
+        previous = set_handlers(on_signal)
         try:
             while st["epoch"] < cfg.epochs and stopped == "epochs":
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["epoch"])
@@ -439,35 +424,12 @@ class Trainer:
             signum = getattr(err, "signum", signal.SIGINT)
             raise Interrupted(how, signum) from None
         finally:
-            _set_handlers(previous)
+            set_handlers(previous)
         bar.close()
         if st["last_eval"] != st["step"]:
             self.evaluate(scheduled=False)
         return TrainResult(st["step"], st["epoch"], stopped, st["best"], self.metrics,
                            time.monotonic() - start, self.losses)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM (how a cluster pre-empts a job). The first signal
-    lets the running step end, then ``last/`` is saved (``save``); ``signum`` is the signal and
-    the message says how to resume."""
-
-    def __init__(self, message: str = "", signum: int = signal.SIGINT, save: bool = True
-                 ) -> None:
-        super().__init__(message)
-        self.signum, self.save = signum, save
-
-
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _set_handlers(handler: object) -> object:
-    """Install ``handler`` (one function, or the dict this returns) for SIGINT and SIGTERM in
-    the main thread; returns the previous handlers (None where signals cannot be set)."""
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    handlers = handler if isinstance(handler, dict) else dict.fromkeys(_SIGNALS, handler)
-    return {signum: signal.signal(signum, h) for signum, h in handlers.items()}
 
 
 def _to_device(state: object, device: torch.device) -> object:
