@@ -4,6 +4,7 @@ before any work (issue 13, items 5, 9 and 10 in part)."""
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import pytest
@@ -97,3 +98,33 @@ def test_a_tagger_resume_on_other_data_is_refused(tmp_path, capsys) -> None:
     assert "--train" in err and "the file's scheme bio (the run has none)" in err
     assert main(["train", "tagger", "--train", str(pos), "--epochs", "2", "--resume",
                  *small]) == 0
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys) -> None:
+    """A second trainer in the same --out is refused with the holder's pid, even with
+    --overwrite, and nothing of the first run is removed; a lock left by a process that has
+    gone (the system drops its flock) is taken over (issue 13, item 2)."""
+    fcntl = pytest.importorskip("fcntl")
+    data = tmp_path / "train.txt"
+    _text(data)
+    out = tmp_path / "run"
+    argv = ["train", "lm", "--train", str(data), "--out", str(out), "--hidden-size", "8",
+            "--embedding-size", "8", "--num-layers", "1", "--batch-size", "2", "--bptt", "8",
+            "--sample-length", "0", "--max-steps", "2", *COMMON]
+    assert main(argv) == 0
+    before = sorted(p.name for p in out.iterdir())
+    with open(out / ".lock", "a+", encoding="utf-8") as holder:  # another trainer, pid 4242
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.seek(0)
+        holder.truncate()
+        holder.write("4242\n")
+        holder.flush()
+        capsys.readouterr()
+        for extra in (["--overwrite"], ["--resume", "--max-steps", "4"]):
+            assert main([*argv, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "pid 4242" in err and "another process" in err
+            assert sorted(p.name for p in out.iterdir()) == before
+    # the holder has ended: its lock went with it
+    assert main([*argv, "--resume", "--max-steps", "4"]) == 0
+    assert (out / ".lock").read_text().strip() == str(os.getpid())

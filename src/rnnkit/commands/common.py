@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from rnnkit.cells import CELL_NAMES
 from rnnkit.errors import RnnkitError
 from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
-from rnnkit.training.options import RunRequest, remove_failed_start
+from rnnkit.training.options import RunRequest, release_run, remove_failed_start
 from rnnkit.training.schedule import SCHEDULES
 
 T = TypeVar("T")
@@ -110,6 +110,8 @@ def train_handler(train: Callable[[Any, RunRequest], int], options: type
         except BaseException:
             remove_failed_start(request)
             raise
+        finally:
+            release_run(request.out)
 
     handler.__doc__ = train.__doc__
     return one_line(handler)

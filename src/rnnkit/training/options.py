@@ -15,6 +15,7 @@ given now from one left out: left out, it takes the value saved in the run's ``c
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -126,21 +127,56 @@ def _open_run(request: RunRequest, task: str) -> tuple[RunDir, dict | None]:
         out = request.default_out.format(task=task, time=time.strftime("%Y%m%d-%H%M%S"))
         request.out = out
     run = RunDir(out)
+    if run.path.exists() and not run.path.is_dir():
+        raise CheckpointError(f"{run.path}: exists and is not a directory")
     if request.resume:
         config = run.read_config(task=task)
         if not run.has_last():
             raise CheckpointError(f"{run.path}: has no last checkpoint to resume from")
+        _LOCKS[str(run.path)] = lock_run(run)
         return run, config
-    if (run.path / CONFIG).exists():
-        if not request.overwrite:
-            raise CheckpointError(f"{run.path}: already holds a run; pass --resume to "
-                                  f"continue it, --overwrite to replace it, or another --out")
-        shutil.rmtree(run.path)
-    elif run.path.exists() and not run.path.is_dir():
-        raise CheckpointError(f"{run.path}: exists and is not a directory")
+    if (run.path / CONFIG).exists() and not request.overwrite:
+        raise CheckpointError(f"{run.path}: already holds a run; pass --resume to "
+                              f"continue it, --overwrite to replace it, or another --out")
     run.path.mkdir(parents=True, exist_ok=True)
+    _LOCKS[str(run.path)] = lock_run(run)  # before anything of another trainer is removed
+    for entry in run.path.iterdir():  # --overwrite: all but the lock
+        if entry.name != LOCK:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     request.created = True
     return run, None
+
+
+LOCK = ".lock"
+_LOCKS: dict[str, object] = {}  # run directory -> its open lock file, held until exit
+
+
+def lock_run(run: RunDir) -> object:
+    """Lock ``run`` for this process (``DIR/.lock``, an advisory ``flock`` that the system
+    releases when the process ends, so a killed trainer's lock is taken over); a second
+    trainer gets a :class:`CheckpointError` naming the holder's pid. Returns the open file,
+    which holds the lock while it stays open."""
+    release_run(run.path)  # this process's own earlier lock on it
+    path = run.path / LOCK
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open on purpose)
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system: no locking
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise CheckpointError(f"{run.path}: another process (pid {holder}) is training in "
+                              f"this run directory; wait for it or use another --out"
+                              ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def same_path(a: object, b: object) -> bool:
@@ -166,6 +202,13 @@ def refuse_changed_options(run: RunDir, changes: dict[str, tuple[object, object,
                               f"{allowed}, --threads)")
 
 
+def release_run(path: str | Path | None) -> None:
+    """Release this process's lock on the run directory ``path`` (a no-op without one)."""
+    f = _LOCKS.pop(str(RunDir(path).path), None) if path is not None else None
+    if f is not None:
+        f.close()
+
+
 def remove_failed_start(request: RunRequest) -> None:
     """Remove the run directory a start created when it failed before its first checkpoint
     (no ``last/``), so that the same command can simply be run again; a resumed run, or one
@@ -173,6 +216,7 @@ def remove_failed_start(request: RunRequest) -> None:
     if request.created and request.out is not None:
         run = RunDir(request.out)
         if run.path.is_dir() and not run.has_last():
+            release_run(run.path)
             shutil.rmtree(run.path, ignore_errors=True)
 
 
