@@ -128,3 +128,19 @@ def test_a_run_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys) -
     # the holder has ended: its lock went with it
     assert main([*argv, "--resume", "--max-steps", "4"]) == 0
     assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_classifier_resume_with_another_model_is_refused(tmp_path, capsys) -> None:
+    rng = random.Random(0)
+    rows = [f"{' '.join(rng.choice(['good', 'bad', 'film']) for _ in range(4))}\t{i % 2}"
+            for i in range(40)]
+    data = tmp_path / "train.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["train", "classifier", "--train", str(data), "--out", str(out),
+            "--embedding-size", "8", "--hidden-size", "8", *COMMON]
+    assert main([*argv, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--epochs", "2", "--resume", "--pooling", "mean"]) == 2
+    assert "--pooling mean (the run has max)" in capsys.readouterr().err
+    assert main([*argv, "--epochs", "2", "--resume"]) == 0

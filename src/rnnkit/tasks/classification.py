@@ -25,7 +25,14 @@ from rnnkit.errors import DataError
 from rnnkit.metrics.classification import ClassificationScores, classification_scores
 from rnnkit.models.classifier import Classifier, EncoderConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.options import RunRequest, open_run, saved_train_options, train_config
+from rnnkit.training.options import (
+    RunRequest,
+    open_run,
+    option_changes,
+    refuse_changed_options,
+    saved_train_options,
+    train_config,
+)
 from rnnkit.training.runconfig import RunConfig
 
 TASK = "classifier"
@@ -72,6 +79,8 @@ class ClassifierOptions:
     min_freq: int = 1
     lower: bool = False
     batch_size: int | None = None
+    #: the options the command line set (``rnnkit.commands.common.options_from``)
+    given: frozenset[str] = frozenset()
 
 
 def read_examples(path: str, data: dict, text_column: object = None,
@@ -179,6 +188,15 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
     examples = read_examples(opts.train, data)
     print(f"train: {opts.train}: {len(examples)} examples", file=sys.stderr)
     if saved is not None:
+        m, d = saved["model"], saved["data"]
+        was = {"cell": m.get("cell"), "embedding_size": m.get("embed_dim"),
+               "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
+               "unidirectional": not m.get("bidirectional", True), "pooling": m.get("pooling"),
+               "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
+               **{k: d.get(k) for k in ("train", "dev", "text_column", "label_column",
+                                        "header", "lower")}}
+        refuse_changed_options(run, option_changes(opts, {**was, "train": d.get("train")},
+                                                   ("train", "dev")))
         words, labels = run.load_vocab(), run.load_vocab("labels.json")
         model_config = EncoderConfig.from_dict(saved["model"])
         data["lower"] = saved["data"].get("lower", False)

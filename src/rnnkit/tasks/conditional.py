@@ -27,7 +27,14 @@ from rnnkit.errors import RnnkitError
 from rnnkit.models.conditional import ConditionalLM, ConditionalLMConfig
 from rnnkit.models.lm import LMConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.options import RunRequest, open_run, saved_train_options, train_config
+from rnnkit.training.options import (
+    RunRequest,
+    open_run,
+    option_changes,
+    refuse_changed_options,
+    saved_train_options,
+    train_config,
+)
 from rnnkit.training.runconfig import RunConfig, section
 
 TASK = "conditional-lm"
@@ -65,6 +72,8 @@ class ConditionalOptions:
     dropout: float = 0.2
     engine: str = "auto"
     batch_size: int | None = None
+    #: the options the command line set (``rnnkit.commands.common.options_from``)
+    given: frozenset[str] = frozenset()
 
 
 def _encode(tune: Tune, vocab: Vocabulary) -> list[int]:
@@ -136,8 +145,14 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
                                    opts.batch_size or ConditionalData.batch_size)
     else:
         data_cfg = section(ConditionalData, saved["data"], "data")
-        if opts.batch_size:
-            data_cfg.batch_size = opts.batch_size
+        m = saved["model"]
+        lm = m.get("lm", {})
+        was = {**{k: lm.get(k) for k in ("cell", "embedding_size", "hidden_size", "num_layers",
+                                          "engine", "dropout")},
+               "label_size": m.get("label_size"), "train": data_cfg.data,
+               "condition_from": data_cfg.condition_from, "field": data_cfg.field,
+               "dev_fraction": data_cfg.valid_fraction, "batch_size": data_cfg.batch_size}
+        refuse_changed_options(run, option_changes(opts, was, ("train",)))
     tunes = [t for t in read_abc_tunes(opts.train, data_cfg.condition_from, data_cfg.field)
              if len(t.text) <= opts.max_chars]
     if saved is None:

@@ -45,8 +45,8 @@ from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
 from rnnkit.training.options import (
     RunRequest,
     open_run,
+    option_changes,
     refuse_changed_options,
-    same_path,
     train_config,
 )
 from rnnkit.training.runconfig import RunConfig, section
@@ -285,11 +285,8 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
              "dev_fraction": data.valid_fraction,
              "layer_norm": bool(model.cell_options.get("layer_norm")),
              "adaptive": ",".join(map(str, model.adaptive_cutoffs or [])) or None}
-    changes = {}
-    for name in sorted(opts.given & set(saved) - {"sample_length", "temperature"}):
-        now, was = getattr(opts, name), saved[name]
-        same = same_path(now, was) if name in ("train", "dev") and was != BUNDLED else now == was
-        changes["--" + name.replace("_", "-")] = (now, was, same)
+    paths = ("train", "dev") if data.train != BUNDLED else ("dev",)
+    changes = option_changes(opts, saved, paths)
     refuse_changed_options(run, changes)
 
 

@@ -36,7 +36,14 @@ from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, sequence_loss
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
 from rnnkit.training.distributed import info as dist_info
 from rnnkit.training.distributed import main_first
-from rnnkit.training.options import RunRequest, open_run, saved_train_options, train_config
+from rnnkit.training.options import (
+    RunRequest,
+    open_run,
+    option_changes,
+    refuse_changed_options,
+    saved_train_options,
+    train_config,
+)
 from rnnkit.training.runconfig import RunConfig, section
 
 TASK = "seq2seq"
@@ -97,6 +104,8 @@ class Seq2SeqOptions:
     label_smoothing: float = 0.1
     dev_beam: int = 1
     batch_size: int | None = None
+    #: the options the command line set (``rnnkit.commands.common.options_from``)
+    given: frozenset[str] = frozenset()
 
 
 def _pairs(src: str | None, tgt: str | None, tsv: str | None, what: str
@@ -184,9 +193,19 @@ def train(opts: Seq2SeqOptions, request: RunRequest) -> int:
         data_cfg = asdict(Seq2SeqData(opts.max_src_len, opts.max_tgt_len,
                                       not opts.separate_vocab, opts.vocab_size))
     else:
-        src_vocab, tgt_vocab = load_vocabs(run.path)
         model_cfg = Seq2SeqConfig.from_dict(saved["model"])
         data_cfg = asdict(section(Seq2SeqData, saved["data"], "data"))
+        m = model_cfg
+        was = {"cell": m.cell, "embedding_size": m.embedding_size,
+               "encoder_hidden": m.encoder_hidden_size, "decoder_hidden": m.decoder_hidden_size,
+               "encoder_layers": m.encoder_layers, "decoder_layers": m.decoder_layers,
+               "unidirectional": not m.bidirectional, "attention": m.attention,
+               "no_input_feeding": not m.input_feeding, "no_tie": not m.tie_embeddings,
+               "bridge": m.bridge, "dropout": m.dropout, "connection": m.connection,
+               "engine": m.engine, "separate_vocab": not data_cfg["joint_vocab"],
+               **{k: data_cfg[k] for k in ("max_src_len", "max_tgt_len", "vocab_size")}}
+        refuse_changed_options(run, option_changes(opts, was))
+        src_vocab, tgt_vocab = load_vocabs(run.path)
     train_ids, report = filter_pairs(encode_pairs(train_pairs, src_vocab, tgt_vocab),
                                      data_cfg["max_src_len"], data_cfg["max_tgt_len"])
     print(f"rnnkit: training data: {report}", file=sys.stderr)

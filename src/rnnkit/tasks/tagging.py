@@ -30,6 +30,7 @@ from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTa
 from rnnkit.training.options import (
     RunRequest,
     open_run,
+    option_changes,
     refuse_changed_options,
     same_path,
     saved_train_options,
@@ -200,16 +201,12 @@ def _refuse_changes(run: RunDir, opts: TaggerOptions, data: dict, saved: dict) -
     for key in ("format", "column", "token_column", "scheme"):  # what the file turned out as
         changes[f"the file's {key.replace('_', ' ')}"] = (data[key], was_data.get(key),
                                                           data[key] == was_data.get(key))
-    names = {"cell": "cell", "embedding_size": "word_dim", "char_dim": "char_dim",
-             "char_hidden": "char_hidden", "char_encoder": "char_encoder",
-             "hidden_size": "hidden_size", "num_layers": "num_layers", "dropout": "dropout",
-             "word_dropout": "word_dropout", "crf": "crf"}
-    for name in sorted(opts.given & set(names)):
-        now, was = getattr(opts, name), model.get(names[name])
-        changes["--" + name.replace("_", "-")] = (now, was, now == was)
-    if "batch_size" in opts.given:
-        was = was_data.get("batch_size")
-        changes["--batch-size"] = (opts.batch_size, was, opts.batch_size == was)
+    names = {"embedding_size": "word_dim", **{n: n for n in (
+        "cell", "char_dim", "char_hidden", "char_encoder", "hidden_size", "num_layers",
+        "dropout", "word_dropout", "crf")}}
+    saved_opts = {n: model.get(m) for n, m in names.items()}
+    saved_opts["batch_size"] = was_data.get("batch_size")
+    changes.update(option_changes(opts, saved_opts))
     refuse_changed_options(run, changes)
 
 

@@ -186,6 +186,19 @@ def same_path(a: object, b: object) -> bool:
     return Path(str(a)).resolve() == Path(str(b)).resolve()
 
 
+def option_changes(opts: object, saved: dict[str, object], paths: tuple[str, ...] = ()
+                   ) -> dict[str, tuple[object, object, bool]]:
+    """For :func:`refuse_changed_options`: each option the command line set (``opts.given``)
+    that the run also has (``saved``: option name -> the run's value), as flag -> (value now,
+    the run's value, whether they agree); the options in ``paths`` are compared as files."""
+    changes = {}
+    for name in sorted(getattr(opts, "given", frozenset()) & set(saved)):
+        now, was = getattr(opts, name), saved[name]
+        same = same_path(now, was) if name in paths else now == was
+        changes["--" + name.replace("_", "-")] = (now, was, same)
+    return changes
+
+
 def refuse_changed_options(run: RunDir, changes: dict[str, tuple[object, object, bool]]
                            ) -> None:
     """On ``--resume``: a :class:`CheckpointError` listing every model or data option given
