@@ -149,3 +149,28 @@ def test_resume_from_the_command_line(run_dir, tmp_path, capsys):
     steps = [json.loads(r)["step"] for r in (resumed / "log.jsonl").read_text().splitlines()
              if '"train"' in r]
     assert steps[-1] == 65
+
+
+def test_generation_streams_in_constant_memory(run_dir, capsys):
+    """`rnnkit generate` writes tokens as they are drawn (issue 13, item 14): a request for
+    a billion tokens yields its first pieces at once, and the streamed text is exactly the
+    model's generate() decoded."""
+    import itertools
+
+    import torch
+
+    from rnnkit.data.text import decode
+    from rnnkit.tasks import lm
+
+    pieces = lm.stream_text(run_dir, "First", 10**9, temperature=0.8, seed=3)
+    head = list(itertools.islice(pieces, 6))
+    assert head[0] == "First" and all(len(p) == 1 for p in head[1:])
+    pieces.close()
+    model, vocab, _ = lm.load_lm(run_dir)
+    ids = lm.prompt_ids("First", vocab, "char")
+    want = "First" + decode(model.generate(ids, 40, temperature=0.8, seed=3), vocab, "char")
+    assert lm.generate_text(run_dir, "First", 40, temperature=0.8, seed=3) == want
+    assert main(["generate", str(run_dir), "--prompt", "First", "--max-new-tokens", "40",
+                 "--temperature", "0.8", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == want + ("" if want.endswith("\n") else "\n")
+    assert torch.equal(model.generate(ids, 5, seed=1), model.generate(ids, 5, seed=1))

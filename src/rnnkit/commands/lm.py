@@ -121,11 +121,17 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 @common.one_line
 def generate(args: argparse.Namespace) -> int:
-    """Print the prompt and its continuation."""
-    text = lm.generate_text(args.run_dir, args.prompt, args.max_new_tokens,
+    """Print the prompt and its continuation, as the tokens are drawn."""
+    pieces = lm.stream_text(args.run_dir, args.prompt, args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             seed=args.seed, greedy=args.greedy, device=args.device)
-    sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+    last = ""
+    for i, piece in enumerate(pieces):
+        sys.stdout.write(piece)
+        if i % 64 == 0:
+            sys.stdout.flush()
+        last = piece or last
+    sys.stdout.write("" if last.endswith("\n") else "\n")
     return 0
 
 

@@ -154,21 +154,32 @@ def encode(text: str, vocab: Vocabulary, level: str, *, strict: bool = False,
     return encode_words(text, vocab, strict=strict, source=source)
 
 
+class Detokenizer:
+    """Text of token ids one at a time, as :func:`decode` joins them: characters as they are;
+    words with a space between them and a newline for ``<eos>`` (for streaming output)."""
+
+    def __init__(self, vocab: Vocabulary, level: str) -> None:
+        self.vocab, self.words = vocab, check_level(level) == "word"
+        self.line_start = True  # nothing yet, or a newline last
+
+    def piece(self, token_id: int) -> str:
+        """The text that token ``token_id`` adds."""
+        tok = self.vocab.itos[int(token_id)]
+        if not self.words:
+            return tok
+        if tok == EOS:
+            self.line_start = True
+            return "\n"
+        text = tok if self.line_start else " " + tok
+        self.line_start = False
+        return text
+
+
 def decode(ids: Tensor | list[int], vocab: Vocabulary, level: str) -> str:
     """Text of ``ids``: characters joined as they are; words joined by spaces, with a newline
     for ``<eos>``."""
-    tokens = vocab.decode(ids)
-    if check_level(level) == "char":
-        return "".join(tokens)
-    out: list[str] = []
-    for tok in tokens:
-        if tok == EOS:
-            out.append("\n")
-        else:
-            if out and out[-1] != "\n":
-                out.append(" ")
-            out.append(tok)
-    return "".join(out)
+    d = Detokenizer(vocab, level)
+    return "".join(d.piece(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids))
 
 
 #: the name the bundled tiny Shakespeare has in a run's config
@@ -192,3 +203,23 @@ def hold_out(text: str, fraction: float, source: str) -> tuple[str, str]:
         raise DataError(f"too short to hold out {fraction:.0%} for validation; give --dev",
                         source)
     return train, valid
+
+
+def start_id(vocab: Vocabulary, level: str) -> int:
+    """The token before a text: a newline for characters (when the vocabulary has one), else
+    ``<eos>`` (the end of a previous line)."""
+    if level == "char" and "\n" in vocab:
+        return vocab.stoi["\n"]
+    return vocab.eos_id if vocab.eos_id is not None else 0
+
+
+def prompt_ids(prompt: str, vocab: Vocabulary, level: str) -> list[int]:
+    """The prompt's ids after the start token (:func:`start_id`); a :class:`DataError` names
+    a character outside a character vocabulary."""
+    ids = [start_id(vocab, level)]
+    if prompt:
+        try:
+            ids += encode(prompt, vocab, level, strict=level == "char").tolist()
+        except DataError as err:
+            raise DataError(f"--prompt: {err}") from None
+    return ids

@@ -23,6 +23,7 @@ decoding one token is bound by reading the weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
 
@@ -241,40 +242,57 @@ class LanguageModel(nn.Module):
         Sampling as :func:`rnnkit.generation.sampling.sample` (temperature, then top-k, then
         top-p) with a generator seeded by ``seed`` (the global one when ``None``), or the
         most probable token with ``greedy=True`` (or ``temperature=0``). Returns the new ids
-        only, shaped like the prompt's batch: (N,) or (B, N)."""
+        only, shaped like the prompt's batch: (N,) or (B, N). :meth:`stream` yields them one
+        step at a time, in constant memory."""
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        single = ids.dim() == 1
+        batch = ids.view(1, -1) if single else ids
+        out = list(self.stream(batch, max_new_tokens, temperature, top_k, top_p, seed, greedy))
+        res = torch.stack(out, dim=1) if out else torch.zeros(
+            batch.shape[0], 0, dtype=torch.long, device=self.embedding.weight.device)
+        return res[0] if single else res
+
+    @torch.no_grad()
+    def stream(self, prompt: Tensor | list[int], max_new_tokens: int,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               seed: int | None = None, greedy: bool = False) -> Iterator[Tensor]:
+        """The tokens :meth:`generate` returns, one step at a time: (B,) ids for a (B, T)
+        prompt ((1,) for a (T,) one), as they are drawn."""
         check_sampling(temperature, top_k, top_p)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
                 or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         device = self.embedding.weight.device
         ids = torch.as_tensor(prompt, dtype=torch.long, device=device)
-        single = ids.dim() == 1
-        ids = ids.view(1, -1) if single else ids
+        ids = ids.view(1, -1) if ids.dim() == 1 else ids
         if ids.dim() != 2 or ids.shape[1] == 0:
             raise ValueError("prompt must hold at least one token (use <eos> for none)")
         if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
             raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size})")
+        return self._stream(ids, max_new_tokens, temperature, top_k, top_p, seed, greedy)
+
+    def _stream(self, ids: Tensor, max_new_tokens: int, temperature: float,
+                top_k: int | None, top_p: float | None, seed: int | None, greedy: bool
+                ) -> Iterator[Tensor]:
         gen = None
         if seed is not None:
-            gen = torch.Generator(device=device).manual_seed(int(seed))
+            gen = torch.Generator(device=ids.device).manual_seed(int(seed))
         was_training = self.training
         self.eval()
         try:
-            state = None
-            for t in range(ids.shape[1]):
-                logits, state = self.step(ids[:, t], state)
-            out = []
-            for _ in range(max_new_tokens):
-                if greedy or temperature == 0:
-                    nxt = logits.argmax(dim=-1)
-                else:
-                    nxt = sample(logits, temperature, top_k, top_p, generator=gen)
-                out.append(nxt)
-                logits, state = self.step(nxt, state)
+            with torch.no_grad():
+                state = None
+                for t in range(ids.shape[1]):
+                    logits, state = self.step(ids[:, t], state)
+                for _ in range(max_new_tokens):
+                    if greedy or temperature == 0:
+                        nxt = logits.argmax(dim=-1)
+                    else:
+                        nxt = sample(logits, temperature, top_k, top_p, generator=gen)
+                    yield nxt
+                    logits, state = self.step(nxt, state)
         finally:
             self.train(was_training)
-        res = torch.stack(out, dim=1) if out else ids.new_zeros(ids.shape[0], 0)
-        return res[0] if single else res
 
     def num_parameters(self) -> int:
         """Trainable parameters, tied weights counted once."""

@@ -27,16 +27,19 @@ from torch import Tensor
 from rnnkit.data.lm import IGNORE, LMBatch, LMStreams
 from rnnkit.data.text import (
     BUNDLED,
+    Detokenizer,
     build_vocab,
     bundled_shakespeare,
     decode,
     encode,
     hold_out,
+    prompt_ids,
     read_text,
+    start_id,
 )
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.diagnostics.task_model import window_losses
-from rnnkit.errors import CheckpointError, DataError, RnnkitError, TrainingError
+from rnnkit.errors import CheckpointError, RnnkitError, TrainingError
 from rnnkit.generation.sampling import check_sampling
 from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
@@ -138,26 +141,6 @@ def load_texts(data: LMData) -> tuple[str, str | None]:
     if data.valid:
         return text, read_text(data.valid)
     return hold_out(text, data.valid_fraction, source)
-
-
-def start_id(vocab: Vocabulary, level: str) -> int:
-    """The token before a text: a newline for characters (when the vocabulary has one), else
-    ``<eos>`` (the end of a previous line)."""
-    if level == "char" and "\n" in vocab:
-        return vocab.stoi["\n"]
-    return vocab.eos_id if vocab.eos_id is not None else 0
-
-
-def prompt_ids(prompt: str, vocab: Vocabulary, level: str) -> list[int]:
-    """The prompt's ids after the start token (:func:`start_id`); a :class:`DataError` names
-    a character outside a character vocabulary."""
-    ids = [start_id(vocab, level)]
-    if prompt:
-        try:
-            ids += encode(prompt, vocab, level, strict=level == "char").tolist()
-        except DataError as err:
-            raise DataError(f"--prompt: {err}") from None
-    return ids
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -423,18 +406,33 @@ def evaluate_file(run_dir: str | Path, path: str, *, batch_size: int = 10, bptt:
                        start_id=start_id(vocab, level), level=level)
 
 
-def generate_text(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 200, *,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  seed: int | None = None, greedy: bool = False, device: str = "cpu") -> str:
-    """The prompt and its continuation by a run's model."""
+def stream_text(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 200, *,
+                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                seed: int | None = None, greedy: bool = False, device: str = "cpu"
+                ) -> Iterator[str]:
+    """The prompt and its continuation by a run's model, piece by piece as the tokens are
+    drawn, in constant memory however many tokens are asked for. The options are checked
+    before the first piece is returned."""
     model, vocab, config = load_lm(run_dir, device)
     level = run_data(config).level
-    ids = prompt_ids(prompt, vocab, level)
-    new = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, seed=seed, greedy=greedy)
-    text = decode(new, vocab, level)
-    sep = "" if level == "char" or not prompt else " "
-    return prompt + sep + text
+    tokens = model.stream(prompt_ids(prompt, vocab, level), max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                          greedy=greedy)
+
+    def pieces() -> Iterator[str]:
+        detok = Detokenizer(vocab, level)
+        detok.line_start = not prompt
+        yield prompt
+        for token in tokens:
+            yield detok.piece(token[0])
+
+    return pieces()
+
+
+def generate_text(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 200,
+                  **options: object) -> str:
+    """The prompt and its continuation by a run's model (:func:`stream_text`, joined)."""
+    return "".join(stream_text(run_dir, prompt, max_new_tokens, **options))
 
 
 def diagnostic_losses(run_dir: str | Path, batch_size: int, length: int,
