@@ -46,12 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", metavar="F.tsv", help="validation file (best model, early stop)")
     add_tsv_arguments(parser)
     m = parser.add_argument_group("model")
-    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
-                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
-                            "dropout": _OPTS.dropout, "min_freq": _OPTS.min_freq},
-                        {"embedding_size": "word embedding size",
-                         "hidden_size": "hidden units per direction",
-                         "min_freq": "words seen fewer times become <unk>"})
+    common.add_model_arguments(m, _OPTS, common.WORD_ENCODER_HELP)
     m.add_argument("--unidirectional", action="store_true", help="one direction only")
     m.add_argument("--pooling", choices=POOLINGS,
                    help=f"over the steps (default {_OPTS.pooling})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -53,23 +53,33 @@ def renamed(parser: argparse.ArgumentParser, renames: dict[str, str]) -> None:
                             default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def add_model_arguments(group: argparse._ActionsContainer, defaults: dict[str, object],
+#: the help of the shared model flags for a bidirectional word-level encoder (tagger,
+#: classifier)
+WORD_ENCODER_HELP = {"embedding_size": "word embedding size",
+                     "hidden_size": "hidden units per direction",
+                     "min_freq": "words seen fewer times become <unk>"}
+_MODEL_FLAGS = {"cell": ("recurrent cell", {"choices": CELL_NAMES}),
+                "embedding_size": ("embedding size", {"type": int, "metavar": "N"}),
+                "hidden_size": ("hidden units per layer", {"type": int, "metavar": "N"}),
+                "num_layers": ("recurrent layers", {"type": int, "metavar": "N"}),
+                "dropout": ("dropout", {"type": float}),
+                "min_freq": ("tokens seen fewer times become <unk>",
+                             {"type": int, "metavar": "N"})}
+
+
+def add_model_arguments(group: argparse._ActionsContainer, defaults: Mapping | object,
                         help: dict[str, str] | None = None) -> None:
     """The model flags the tasks share, under their one name each: ``--cell``,
-    ``--embedding-size``, ``--hidden-size``, ``--num-layers``, ``--dropout`` and ``--min-freq``,
-    for the keys of ``defaults`` (their values appear in the help; the defaults themselves
-    stay with the task's options). ``help`` overrides a flag's description."""
-    text = {"cell": "recurrent cell", "embedding_size": "embedding size",
-            "hidden_size": "hidden units per layer", "num_layers": "recurrent layers",
-            "dropout": "dropout", "min_freq": "tokens seen fewer times become <unk>",
-            **(help or {})}
-    kinds = {"cell": {"choices": CELL_NAMES}, "embedding_size": {"type": int, "metavar": "N"},
-             "hidden_size": {"type": int, "metavar": "N"},
-             "num_layers": {"type": int, "metavar": "N"}, "dropout": {"type": float},
-             "min_freq": {"type": int, "metavar": "N"}}
+    ``--embedding-size``, ``--hidden-size``, ``--num-layers``, ``--dropout`` and ``--min-freq``.
+    ``defaults`` is the task's options object (every shared flag it has a field for is
+    added) or a mapping of the flags to add; their values appear in the help, the defaults
+    themselves stay with the task's options. ``help`` overrides a flag's description."""
+    if not isinstance(defaults, Mapping):
+        defaults = {n: getattr(defaults, n) for n in _MODEL_FLAGS if hasattr(defaults, n)}
     for name, default in defaults.items():
-        group.add_argument("--" + name.replace("_", "-"), **kinds[name],
-                           help=f"{text[name]} (default {default})")
+        text, kind = _MODEL_FLAGS[name]
+        group.add_argument("--" + name.replace("_", "-"), **kind,
+                           help=f"{(help or {}).get(name, text)} (default {default})")
 
 
 def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -37,10 +37,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--max-chars", type=int,
                    help="drop longer tunes (default 1500 characters)")
     m = parser.add_argument_group("model")
-    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
-                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
-                            "dropout": _OPTS.dropout},
-                        {"embedding_size": "character embedding size"})
+    common.add_model_arguments(m, _OPTS, {"embedding_size": "character embedding size"})
     m.add_argument("--label-size", type=int,
                    help=f"condition embedding size (default {_OPTS.label_size})")
     m.add_argument("--engine", choices=ENGINES,

@@ -123,23 +123,24 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
 @common.one_line
 def translate(args: argparse.Namespace) -> int:
     lines = seq2seq.read_input(args.input)
-    hyps, opts, seconds, (model, sources, src_vocab, tgt_vocab) = seq2seq.translate_sources(
-        args.run_dir, lines, args.input, on_long=args.on_long, device=args.device,
-        **_decode(args))
-    text = "".join(h + "\n" for h in hyps)
+    done = seq2seq.translate_sources(args.run_dir, lines, args.input, on_long=args.on_long,
+                                     device=args.device, **_decode(args))
+    text = "".join(h + "\n" for h in done.hyps)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    print(f"rnnkit: translated {len(lines)} lines in {seconds:.1f} s "
-          f"({len(lines) / max(seconds, 1e-9):.1f} sentences/s, beam {opts['beam']})",
+    print(f"rnnkit: translated {len(lines)} lines in {done.seconds:.1f} s "
+          f"({len(lines) / max(done.seconds, 1e-9):.1f} sentences/s, beam "
+          f"{done.options['beam']})",
           file=sys.stderr)
     if args.plot_attention:
         line = args.plot_line
-        if not 1 <= line <= len(lines) or not sources[line - 1]:
+        if not 1 <= line <= len(lines) or not done.sources[line - 1]:
             raise RnnkitError(f"--plot-line {line}: no such non-empty line in {args.input}")
-        seq2seq.plot_attention(model, sources[line - 1], tgt_vocab.encode(hyps[line - 1]),
-                               src_vocab, tgt_vocab, args.plot_attention)
+        seq2seq.plot_attention(done.model, done.sources[line - 1],
+                               done.tgt_vocab.encode(done.hyps[line - 1]), done.src_vocab,
+                               done.tgt_vocab, args.plot_attention)
         print(f"rnnkit: attention of line {line} saved to {args.plot_attention}",
               file=sys.stderr)
     return 0
@@ -159,18 +160,18 @@ def evaluate(args: argparse.Namespace) -> int:
     from rnnkit.metrics.translation import translation_scores
 
     pairs = read_parallel(args.src, args.ref)
-    hyps, opts, seconds, _ = seq2seq.translate_sources(
-        args.run_dir, [s for s, _ in pairs], args.src, on_long=args.on_long,
-        device=args.device, **_decode(args))
+    done = seq2seq.translate_sources(args.run_dir, [s for s, _ in pairs], args.src,
+                                     on_long=args.on_long, device=args.device, **_decode(args))
+    hyps, beam = done.hyps, done.options["beam"]
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     scores = translation_scores(hyps, [r for _, r in pairs])
-    result = {**scores.to_dict(), "beam": opts["beam"],
-              "sentences_per_second": len(pairs) / max(seconds, 1e-9)}
+    result = {**scores.to_dict(), "beam": beam,
+              "sentences_per_second": len(pairs) / max(done.seconds, 1e-9)}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  ({len(pairs)} sentences, beam "
-              f"{opts['beam']}, {result['sentences_per_second']:.1f} sentences/s)")
+              f"{beam}, {result['sentences_per_second']:.1f} sentences/s)")
         print(scores.signature)
     return 0

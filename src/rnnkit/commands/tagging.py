@@ -53,12 +53,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="no tag-scheme transition constraints in the CRF")
     m.add_argument("--char-encoder", choices=CHAR_KINDS,
                    help="character-level word representation (default lstm)")
-    common.add_model_arguments(m, {"cell": _OPTS.cell, "embedding_size": _OPTS.embedding_size,
-                            "hidden_size": _OPTS.hidden_size, "num_layers": _OPTS.num_layers,
-                            "dropout": _OPTS.dropout, "min_freq": _OPTS.min_freq},
-                        {"embedding_size": "word embedding size",
-                         "hidden_size": "hidden units per direction",
-                         "min_freq": "words seen fewer times become <unk>"})
+    common.add_model_arguments(m, _OPTS, common.WORD_ENCODER_HELP)
     m.add_argument("--char-dim", type=int, metavar="N",
                    help=f"character embedding size (default {_OPTS.char_dim})")
     m.add_argument("--char-hidden", type=int, metavar="N",

@@ -158,9 +158,11 @@ class Detokenizer:
     """Text of token ids one at a time, as :func:`decode` joins them: characters as they are;
     words with a space between them and a newline for ``<eos>`` (for streaming output)."""
 
-    def __init__(self, vocab: Vocabulary, level: str) -> None:
+    def __init__(self, vocab: Vocabulary, level: str, after_text: bool = False) -> None:
         self.vocab, self.words = vocab, check_level(level) == "word"
-        self.line_start = True  # nothing yet, or a newline last
+        # nothing yet (or a newline last); ``after_text``: the words continue a text, so the
+        # first one is preceded by a space
+        self.line_start = not after_text
 
     def piece(self, token_id: int) -> str:
         """The text that token ``token_id`` adds."""
@@ -192,11 +194,16 @@ def bundled_shakespeare() -> str:
         encoding="utf-8")
 
 
+def check_dev_fraction(fraction: float) -> None:
+    """ValueError naming ``--dev-fraction`` unless ``fraction`` lies in (0, 1)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--dev-fraction must lie in (0, 1), got {fraction}")
+
+
 def hold_out(text: str, fraction: float, source: str) -> tuple[str, str]:
     """``text`` split into its first ``1 - fraction`` (training) and the rest (validation);
     a :class:`DataError` naming ``source`` when either part would be blank."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"--dev-fraction must lie in (0, 1), got {fraction}")
+    check_dev_fraction(fraction)
     cut = int(len(text) * (1 - fraction))
     train, valid = text[:cut], text[cut:]
     if not train.strip() or not valid.strip():

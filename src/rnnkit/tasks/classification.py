@@ -195,8 +195,7 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
                **{k: d.get(k) for k in ("train", "dev", "text_column", "label_column",
                                         "header", "lower")}}
-        refuse_changed_options(run, option_changes(opts, {**was, "train": d.get("train")},
-                                                   ("train", "dev")))
+        refuse_changed_options(run, option_changes(opts, was, ("train", "dev"), ("train",)))
         words, labels = run.load_vocab(), run.load_vocab("labels.json")
         model_config = EncoderConfig.from_dict(saved["model"])
         data["lower"] = saved["data"].get("lower", False)

@@ -152,7 +152,7 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
                "label_size": m.get("label_size"), "train": data_cfg.data,
                "condition_from": data_cfg.condition_from, "field": data_cfg.field,
                "dev_fraction": data_cfg.valid_fraction, "batch_size": data_cfg.batch_size}
-        refuse_changed_options(run, option_changes(opts, was, ("train",)))
+        refuse_changed_options(run, option_changes(opts, was, ("train",), ("train",)))
     tunes = [t for t in read_abc_tunes(opts.train, data_cfg.condition_from, data_cfg.field)
              if len(t.text) <= opts.max_chars]
     if saved is None:

@@ -30,6 +30,7 @@ from rnnkit.data.text import (
     Detokenizer,
     build_vocab,
     bundled_shakespeare,
+    check_dev_fraction,
     decode,
     encode,
     hold_out,
@@ -310,8 +311,8 @@ def train(opts: LMOptions, request: RunRequest) -> int:
         raise RnnkitError(f"--sample-length must be >= 0, got {opts.sample_length}")
     if opts.bptt is not None and opts.bptt < 1:
         raise RnnkitError(f"--bptt must be a positive int, got {opts.bptt}")
-    if opts.dev_fraction is not None and not 0 < opts.dev_fraction < 1:
-        raise RnnkitError(f"--dev-fraction must lie in (0, 1), got {opts.dev_fraction}")
+    if opts.dev_fraction is not None:
+        check_dev_fraction(opts.dev_fraction)
     run, saved = open_run(request, TASK)
     if saved is None:
         data = _data_section(opts)
@@ -420,8 +421,7 @@ def stream_text(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 200
                           greedy=greedy)
 
     def pieces() -> Iterator[str]:
-        detok = Detokenizer(vocab, level)
-        detok.line_start = not prompt
+        detok = Detokenizer(vocab, level, after_text=bool(prompt))
         yield prompt
         for token in tokens:
             yield detok.piece(token[0])

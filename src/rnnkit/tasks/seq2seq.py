@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -296,11 +297,24 @@ def decode_options(config: dict, beam: int | None = None, length_penalty: float 
                                else d.get("length_penalty", 1.0))}
 
 
+class Translations(NamedTuple):
+    """What :func:`translate_sources` returns: the translations, the decoding options used,
+    the seconds decoding took, and the run's model, the source ids and the vocabularies (for
+    plotting attention)."""
+
+    hyps: list[str]
+    options: dict
+    seconds: float
+    model: Seq2Seq
+    sources: list[list[int]]
+    src_vocab: SubwordVocab
+    tgt_vocab: SubwordVocab
+
+
 def translate_sources(run_dir: str | Path, lines: Sequence[str], source_name: str, *,
                       on_long: str = "truncate", device: str = "cpu", **decode: object
-                      ) -> tuple[list[str], dict, float, tuple]:
-    """Translate ``lines`` (source sentences) with a run: the translations, the decoding
-    options used, the seconds it took, and ``(model, sources, src_vocab, tgt_vocab)``."""
+                      ) -> Translations:
+    """Translate ``lines`` (source sentences) with a run (see :class:`Translations`)."""
     model, src_vocab, tgt_vocab, config = load_run(run_dir)
     model.to(device)
     sources = prepare_sources(list(lines), src_vocab, config["data"]["max_src_len"],
@@ -308,7 +322,8 @@ def translate_sources(run_dir: str | Path, lines: Sequence[str], source_name: st
     opts = decode_options(config, **decode)
     start = time.perf_counter()
     hyps = translate_ids(model, sources, tgt_vocab, **opts)
-    return hyps, opts, time.perf_counter() - start, (model, sources, src_vocab, tgt_vocab)
+    return Translations(hyps, opts, time.perf_counter() - start, model, sources, src_vocab,
+                        tgt_vocab)
 
 
 @torch.no_grad()

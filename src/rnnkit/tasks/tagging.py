@@ -32,7 +32,6 @@ from rnnkit.training.options import (
     open_run,
     option_changes,
     refuse_changed_options,
-    same_path,
     saved_train_options,
     train_config,
 )
@@ -194,19 +193,16 @@ def _refuse_changes(run: RunDir, opts: TaggerOptions, data: dict, saved: dict) -
     """``--resume`` on other data (another file, format, column or tag scheme) or with a
     model option that differs from the run's: refused."""
     was_data, model = saved["data"], saved["model"]
-    changes = {"--train": (opts.train, was_data.get("train"),
-                           same_path(opts.train, was_data.get("train")))}
-    if "dev" in opts.given:
-        changes["--dev"] = (opts.dev, was_data.get("dev"), same_path(opts.dev, was_data.get("dev")))
+    changes = {}
     for key in ("format", "column", "token_column", "scheme"):  # what the file turned out as
         changes[f"the file's {key.replace('_', ' ')}"] = (data[key], was_data.get(key),
                                                           data[key] == was_data.get(key))
     names = {"embedding_size": "word_dim", **{n: n for n in (
         "cell", "char_dim", "char_hidden", "char_encoder", "hidden_size", "num_layers",
         "dropout", "word_dropout", "crf")}}
-    saved_opts = {n: model.get(m) for n, m in names.items()}
-    saved_opts["batch_size"] = was_data.get("batch_size")
-    changes.update(option_changes(opts, saved_opts))
+    was = {n: model.get(m) for n, m in names.items()}
+    was.update({k: was_data.get(k) for k in ("train", "dev", "batch_size")})
+    changes.update(option_changes(opts, was, paths=("train", "dev"), required=("train",)))
     refuse_changed_options(run, changes)
 
 

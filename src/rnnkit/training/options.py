@@ -133,13 +133,13 @@ def _open_run(request: RunRequest, task: str) -> tuple[RunDir, dict | None]:
         config = run.read_config(task=task)
         if not run.has_last():
             raise CheckpointError(f"{run.path}: has no last checkpoint to resume from")
-        _LOCKS[str(run.path)] = lock_run(run)
+        lock_run(run)
         return run, config
     if (run.path / CONFIG).exists() and not request.overwrite:
         raise CheckpointError(f"{run.path}: already holds a run; pass --resume to "
                               f"continue it, --overwrite to replace it, or another --out")
     run.path.mkdir(parents=True, exist_ok=True)
-    _LOCKS[str(run.path)] = lock_run(run)  # before anything of another trainer is removed
+    lock_run(run)  # before anything of another trainer is removed
     for entry in run.path.iterdir():  # --overwrite: all but the lock
         if entry.name != LOCK:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -151,18 +151,19 @@ LOCK = ".lock"
 _LOCKS: dict[str, object] = {}  # run directory -> its open lock file, held until exit
 
 
-def lock_run(run: RunDir) -> object:
-    """Lock ``run`` for this process (``DIR/.lock``, an advisory ``flock`` that the system
-    releases when the process ends, so a killed trainer's lock is taken over); a second
-    trainer gets a :class:`CheckpointError` naming the holder's pid. Returns the open file,
-    which holds the lock while it stays open."""
+def lock_run(run: RunDir) -> None:
+    """Lock ``run`` for this process until :func:`release_run` or its end (``DIR/.lock``, an
+    advisory ``flock`` that the system releases when the process ends, so a killed trainer's
+    lock is taken over); a second trainer gets a :class:`CheckpointError` naming the holder's
+    pid."""
     release_run(run.path)  # this process's own earlier lock on it
     path = run.path / LOCK
     f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open on purpose)
     try:
         import fcntl
     except ImportError:  # no flock on this system: no locking
-        return f
+        _LOCKS[str(run.path)] = f
+        return
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -176,7 +177,7 @@ def lock_run(run: RunDir) -> object:
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
-    return f
+    _LOCKS[str(run.path)] = f
 
 
 def same_path(a: object, b: object) -> bool:
@@ -186,13 +187,14 @@ def same_path(a: object, b: object) -> bool:
     return Path(str(a)).resolve() == Path(str(b)).resolve()
 
 
-def option_changes(opts: object, saved: dict[str, object], paths: tuple[str, ...] = ()
-                   ) -> dict[str, tuple[object, object, bool]]:
-    """For :func:`refuse_changed_options`: each option the command line set (``opts.given``)
-    that the run also has (``saved``: option name -> the run's value), as flag -> (value now,
-    the run's value, whether they agree); the options in ``paths`` are compared as files."""
+def option_changes(opts: object, saved: dict[str, object], paths: tuple[str, ...] = (),
+                   required: tuple[str, ...] = ()) -> dict[str, tuple[object, object, bool]]:
+    """For :func:`refuse_changed_options`: each option the command line set (``opts.given``,
+    and the ``required`` ones, always set) that the run also has (``saved``: option name ->
+    the run's value), as flag -> (value now, the run's value, whether they agree); the
+    options in ``paths`` are compared as files."""
     changes = {}
-    for name in sorted(getattr(opts, "given", frozenset()) & set(saved)):
+    for name in sorted((getattr(opts, "given", frozenset()) | set(required)) & set(saved)):
         now, was = getattr(opts, name), saved[name]
         same = same_path(now, was) if name in paths else now == was
         changes["--" + name.replace("_", "-")] = (now, was, same)
