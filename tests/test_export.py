@@ -106,7 +106,7 @@ def test_rnnkit_export_command(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     out = tmp_path / "c.onnx"
     assert main(["export", str(run.path), "--onnx", str(out)]) == 0
     assert out.stat().st_size > 0
-    assert "onnxruntime agrees with PyTorch at batch 4, length 9" in capsys.readouterr().out
+    assert "onnxruntime agrees with PyTorch at batch 4, length 9" in capsys.readouterr().err
     assert main(["export", str(run.path)]) == 2  # neither --onnx nor --torchscript
 
 
@@ -120,6 +120,6 @@ def test_rnnkit_export_command_for_a_language_model(tmp_path: Path,
     Vocabulary(["<unk>", "<eos>", *"abcdefghijk"]).save(run.path / "vocab.json")
     assert main(["export", str(run.path), "--onnx", str(tmp_path / "lm.onnx"),
                  "--torchscript", str(tmp_path / "lm.pt")]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "inputs tokens, h0_0, c0_0, h0_1, c0_1; outputs logits, h_0, c_0, h_1, c_1" in out
     assert "onnxruntime agrees with PyTorch" in out

@@ -53,7 +53,8 @@ def test_evaluate_json(run_dir, tmp_path, capsys):
     (tmp_path / "v.txt").write_text(VALID, encoding="utf-8")
     assert main(["evaluate", str(run_dir), "--data", str(tmp_path / "v.txt"), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) == {"loss", "perplexity", "tokens", "bits_per_char"}
+    assert set(metrics) == {"loss", "perplexity", "tokens", "bits_per_char", "unknown_share"}
+    assert metrics["unknown_share"] == 0.0
     assert metrics["tokens"] == len(VALID)
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
     assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
@@ -97,7 +98,7 @@ def test_bad_input_gives_one_line_errors(run_dir, tmp_path, capsys):
                    "is a directory")
     one_line_error(capsys, ["generate", str(run_dir), "--prompt", "Speak§Z"],
                    "--prompt", "'§'", "not in the character vocabulary")
-    one_line_error(capsys, ["generate", str(run_dir), "--top-p", "2"], "top_p")
+    one_line_error(capsys, ["generate", str(run_dir), "--top-p", "2"], "--top-p")
     one_line_error(capsys, ["train", "lm", "--out", str(run_dir), *SMALL],
                    "already holds a run", "--resume")
 
@@ -144,7 +145,7 @@ def test_resume_from_the_command_line(run_dir, tmp_path, capsys):
     shutil.copytree(run_dir, resumed)
     assert main(["train", "lm", "--resume", "--out", str(resumed), "--max-steps", "65",
                  "--no-progress", "--sample-length", "0", "--log-every", "1"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # notes go to stderr
     assert "resuming" in out and "65 steps" in out
     steps = [json.loads(r)["step"] for r in (resumed / "log.jsonl").read_text().splitlines()
              if '"train"' in r]

@@ -25,6 +25,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import TASKS as TASK_MODULES
@@ -70,10 +71,18 @@ def _dispatch(command: str):
     return handler
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``rnnkit: error: ... (see PROG --help)``, exit 2
+    (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"rnnkit: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
 
-    parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="rnnkit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -117,7 +126,7 @@ def _task_arguments(argv: list[str]) -> argparse.Namespace | None:
     adder = getattr(module, f"add_{command}_arguments", None) if module else None
     if adder is None:
         raise RnnkitError(f"'rnnkit {command}' does not apply to a {task} run")
-    parser = argparse.ArgumentParser(prog=f"rnnkit {command} DIR")
+    parser = Parser(prog=f"rnnkit {command} DIR")
     adder(parser)
     args = parser.parse_args(argv[2:])
     args.run_dir = run_dir

@@ -30,3 +30,30 @@ class CheckpointError(RnnkitError, ValueError):
 
 class TrainingError(RnnkitError, RuntimeError):
     """Training cannot go on (NaN or exploding loss); the last good checkpoint is kept."""
+
+
+class MeaninglessResult(RnnkitError):
+    """An evaluation whose numbers would mean nothing (``--strict`` turns the warning into
+    this error): most tokens unknown to the model, label sets that do not overlap."""
+
+
+def note(message: str) -> None:
+    """Print ``rnnkit: message`` on stderr: progress and notes go there, results to stdout."""
+    import sys
+
+    print(f"rnnkit: {message}", file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """Print ``rnnkit: warning: message`` on stderr (notes never go to stdout)."""
+    import sys
+
+    print(f"rnnkit: warning: {message}", file=sys.stderr, flush=True)
+
+
+def suspect(message: str, strict: bool = False) -> None:
+    """A result that may mean nothing: a warning, or with ``strict`` a
+    :class:`MeaninglessResult`."""
+    if strict:
+        raise MeaninglessResult(message + " (--strict)")
+    warn(message + " (--strict makes this an error)")

@@ -42,10 +42,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, note
 from rnnkit.layers.recurrent import Recurrent
 
 OPSET = 17
+#: the opsets the TorchScript-based exporter writes (torch.onnx._constants; 2.13: 9 to 20;
+#: below 9 there is no LSTM/GRU operator)
+OPSET_MIN, OPSET_MAX = 9, 20
 
 
 class ExportError(RnnkitError):
@@ -280,28 +283,31 @@ SPECS = {"lm": lm_spec, "tagger": tagger_spec, "classifier": classifier_spec}
 def export_model(model: nn.Module, task: str, *, onnx: str | None = None,
                  torchscript: str | None = None, opset: int = OPSET, check: bool = True) -> None:
     """Write a loaded ``model`` of ``task`` (one of :data:`SPECS`) as ONNX and/or TorchScript,
-    saying what was written on stdout, and check an ONNX file in onnxruntime on a batch and
+    saying what was written on stderr, and check an ONNX file in onnxruntime on a batch and
     length other than the traced ones (when onnxruntime is installed)."""
     if not onnx and not torchscript:
         raise ExportError("rnnkit export: give --onnx F.onnx and/or --torchscript F.pt")
+    if onnx and not OPSET_MIN <= opset <= OPSET_MAX:
+        raise ExportError(f"--opset {opset}: the ONNX exporter of torch {torch.__version__} "
+                          f"writes opsets {OPSET_MIN} to {OPSET_MAX}")
     spec = SPECS[task](model.eval())
     if torchscript:
         export_torchscript(spec, torchscript)
-        print(f"wrote {torchscript} (TorchScript; inputs {', '.join(spec.input_names)})")
+        note(f"wrote {torchscript} (TorchScript; inputs {', '.join(spec.input_names)})")
     if onnx:
         export_onnx(spec, onnx, opset=opset)
-        print(f"wrote {onnx} (ONNX opset {opset}; inputs "
+        note(f"wrote {onnx} (ONNX opset {opset}; inputs "
               f"{', '.join(spec.input_names)}; outputs {', '.join(spec.output_names)})")
         if check:
             try:
                 import onnxruntime  # noqa: F401
             except ImportError:
-                print("onnxruntime is not installed: the export was not checked")
+                note("onnxruntime is not installed: the export was not checked")
                 return
             other = SPECS[task](model)  # fresh examples; resized below
             inputs = resize_examples(other, batch=4, steps=9)
             diff = check_onnx(spec, onnx, inputs)
-            print(f"onnxruntime agrees with PyTorch at batch 4, length 9: max |diff| {diff:.2e}")
+            note(f"onnxruntime agrees with PyTorch at batch 4, length 9: max |diff| {diff:.2e}")
             if not diff < 1e-3:
                 raise ExportError(f"{onnx}: onnxruntime differs from PyTorch by {diff:.3g}")
 

@@ -11,14 +11,14 @@ The options; the task itself is :mod:`rnnkit.tasks.classification`.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
+import io
 
 import numpy as np
 
 from rnnkit.commands import common
 from rnnkit.data.tsv import parse_column
+from rnnkit.errors import note
+from rnnkit.files import write_bytes_atomic
 from rnnkit.models.classifier import POOLINGS
 from rnnkit.tasks import classification
 from rnnkit.tasks.classification import TASK, ClassifierOptions
@@ -62,16 +62,17 @@ train = common.train_handler(classification.train, ClassifierOptions)
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="F.tsv", help="labelled file")
     add_tsv_arguments(parser, run_defaults=True)
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    common.add_run_arguments(parser, device=False, json=True, strict=True)
 
 
-@common.one_line
+@common.run_command
 def evaluate(args: argparse.Namespace) -> int:
+    """Accuracy, macro-averaged F1 and per-class precision, recall and F1."""
     s, n = classification.evaluate_file(args.run_dir, args.data, args.text_column,
-                                        args.label_column, args.header)
+                                        args.label_column, args.header, strict=args.strict)
     if args.json:
-        print(json.dumps({"accuracy": s.accuracy, "macro_f1": s.macro_f1,
-                          "examples": n, "per_class": s.per_class}, indent=2))
+        print(common.json_line({"accuracy": s.accuracy, "macro_f1": s.macro_f1,
+                                "examples": n, "per_class": s.per_class}))
         return 0
     print(f"{args.data}: {n} examples")
     print(f"accuracy  {100 * s.accuracy:6.2f}\nmacro_f1  {100 * s.macro_f1:6.2f}\n")
@@ -85,16 +86,13 @@ def evaluate(args: argparse.Namespace) -> int:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="F", help="one text a line")
     parser.add_argument("--output", metavar="F", help="one label a line (default: stdout)")
+    common.add_run_arguments(parser, device=False)
 
 
-@common.one_line
+@common.run_command
 def predict(args: argparse.Namespace) -> int:
     """One label a line, aligned with the input's lines (blank lines stay blank)."""
-    text = classification.predict_file(args.run_dir, args.input)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    common.write_output(args.output, classification.predict_file(args.run_dir, args.input))
     return 0
 
 
@@ -102,13 +100,16 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="F", help="one text a line")
     parser.add_argument("--output", required=True, metavar="F.npy",
                         help="(N, D) float32 array, row i for line i (zeros for blank lines)")
+    common.add_run_arguments(parser, device=False)
 
 
-@common.one_line
+@common.run_command
 def encode(args: argparse.Namespace) -> int:
     out = classification.encode_file(args.run_dir, args.input)
-    np.save(args.output, out, allow_pickle=False)
-    print(f"{args.output}: {out.shape[0]} x {out.shape[1]} float32", file=sys.stderr)
+    buf = io.BytesIO()
+    np.save(buf, out, allow_pickle=False)
+    write_bytes_atomic(args.output, buf.getvalue())
+    note(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} float32")
     return 0
 
 

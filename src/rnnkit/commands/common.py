@@ -11,13 +11,20 @@ Earlier spellings are accepted as deprecated aliases (:func:`renamed`): hidden f
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from rnnkit.cells import CELL_NAMES
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, warn
+from rnnkit.files import write_text_atomic
+from rnnkit.training.checks import check_device, flag
 from rnnkit.training.loop import ON_NAN, OPTIMIZERS, TrainConfig
 from rnnkit.training.options import RunRequest, release_run, remove_failed_start
 from rnnkit.training.schedule import SCHEDULES
@@ -83,7 +90,8 @@ def add_model_arguments(group: argparse._ActionsContainer, defaults: Mapping | o
 
 
 def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Bad option values (ValueError, TypeError) become one-line :class:`RnnkitError`."""
+    """Bad option values (ValueError, TypeError) become one-line :class:`RnnkitError`; a
+    message that starts with an option's name starts with its flag instead."""
 
     def wrapper(args: argparse.Namespace) -> int:
         try:
@@ -91,7 +99,11 @@ def one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except (ValueError, TypeError) as err:
             if isinstance(err, RnnkitError):
                 raise
-            raise RnnkitError(str(err)) from None
+            message = str(err)
+            name = message.split(" ", 1)[0]
+            if name.isidentifier() and hasattr(args, name):  # "top_k must be" -> "--top-k"
+                message = flag(name) + message[len(name):]
+            raise RnnkitError(message) from None
 
     wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
     return wrapper
@@ -129,10 +141,12 @@ def train_handler(train: Callable[[Any, RunRequest], int], options: type
 
 def run_request(args: argparse.Namespace) -> RunRequest:
     """The :class:`RunRequest` of ``rnnkit train TASK``'s common options."""
-    for flag in ("threads", "batch_size"):
-        value = getattr(args, flag, None)
+    for name in ("threads", "batch_size"):
+        value = getattr(args, name, None)
         if value is not None and value < 1:
-            raise RnnkitError(f"--{flag.replace('_', '-')} must be a positive int, got {value}")
+            raise RnnkitError(f"{flag(name)} must be a positive int, got {value}")
+    if args.device not in (None, "auto"):
+        args.device = str(check_device(args.device))
     train = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     return RunRequest(out=args.out, resume=args.resume, overwrite=args.overwrite,
                       default_out=getattr(args, "_default_out", "runs/{task}-{time}"),
@@ -193,3 +207,96 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                    default=None, help="no progress bar")
     parser.set_defaults(_default_out=default_out)
+
+
+# -- commands on a run directory (evaluate, generate, predict, encode, translate, export) --------
+#: the options of a run command that name a file it writes (its folder must exist)
+OUTPUT_OPTIONS = ("output", "plot_attention", "onnx", "torchscript")
+#: the evaluation threshold: a warning (an error with --strict) when a larger share of the
+#: tokens are unknown to the model
+OOV_WARN_SHARE = 0.05
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, device: bool = True,
+                      batch_size: int | None = None, batch_help: str = "sequences per batch",
+                      json: bool = False, strict: bool = False) -> None:
+    """The options every command on a run directory shares: ``--threads``, ``--device``
+    (where the task runs its model on one), and when asked ``--batch-size`` (with its
+    default), ``--json`` and ``--strict``."""
+    if device:
+        parser.add_argument("--device", default="cpu",
+                            help="cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's)")
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
+                            help=f"{batch_help} (default {batch_size})")
+    if json:
+        parser.add_argument("--json", action="store_true",
+                            help="print the results as one JSON line")
+    if strict:
+        parser.add_argument("--strict", action="store_true",
+                            help="stop with an error where the results would mean nothing "
+                                 "(most tokens unknown, no label in common) instead of "
+                                 "warning")
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any work, a bad ``--device``, ``--threads``, ``--batch-size``,
+    ``--bptt`` or a file to write into a folder that does not exist; set the threads."""
+    if hasattr(args, "device"):
+        args.device = str(check_device(args.device))
+    for name in ("threads", "batch_size", "bptt"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise RnnkitError(f"{flag(name)} must be a positive int, got {value}")
+    for name in OUTPUT_OPTIONS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value != "-":
+            folder = Path(value).parent
+            if not folder.is_dir():
+                raise RnnkitError(f"{flag(name)} {value}: the folder {folder} does not exist")
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
+def run_command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command on a run directory: :func:`check_run_arguments`, then ``fn`` with one-line
+    errors (:func:`one_line`)."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        check_run_arguments(args)
+        return fn(args)
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return one_line(wrapper)
+
+
+def _finite(value: Any, path: str, bad: list[str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(f"{path} = {value}")
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{path}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def json_line(result: Mapping[str, Any]) -> str:
+    """``result`` as one line of strict JSON: a non-finite number becomes ``null``, with a
+    warning on stderr naming it."""
+    bad: list[str] = []
+    clean = _finite(result, "", bad)
+    if bad:
+        warn(f"not finite, written as null: {', '.join(bad)}")
+    return json.dumps(clean, allow_nan=False, ensure_ascii=False)
+
+
+def write_output(path: str | None, text: str) -> None:
+    """``text`` into ``path`` (atomically) or, with no path or ``-``, onto stdout."""
+    if path in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomic(path, text)

@@ -16,7 +16,7 @@ import sys
 from rnnkit.commands import common
 from rnnkit.data.abc import check_abc
 from rnnkit.engines import ENGINES
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import note
 from rnnkit.tasks import conditional
 from rnnkit.tasks.conditional import ConditionalOptions
 
@@ -52,30 +52,43 @@ train = common.train_handler(conditional.train, ConditionalOptions)
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--condition", required=True, metavar="LABEL",
                         help="the tune type (or field value) to write")
-    parser.add_argument("--num", type=int, default=1, help="how many tunes (default 1)")
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--max-len", type=int, default=2000, help="characters per tune at most")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num", type=int, default=1, metavar="N",
+                        help="how many tunes (default 1)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="divide the logits by this (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="draw from the K most probable characters only (default: all)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="nucleus sampling: the smallest set of probability >= P "
+                             "(default: off)")
+    parser.add_argument("--max-len", type=int, default=2000, metavar="N",
+                        help="characters per tune at most (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--check", action="store_true",
                         help="report the share of well-formed ABC tunes on stderr")
+    common.add_run_arguments(parser)
 
 
+@common.run_command
 def generate(args: argparse.Namespace) -> int:
+    """The tunes on stdout as they are drawn, a blank line between two."""
     model, vocab = conditional.load_run(args.run_dir)
-    try:
-        tunes = conditional.generate_tunes(model, vocab, args.condition, args.num, args.temperature,
-                               args.max_len, args.seed, args.top_k, args.top_p)
-    except ValueError as err:
-        raise RnnkitError(str(err)) from None
-    sys.stdout.write("\n\n".join(tunes) + "\n")
+    model.to(args.device)
+    tunes = conditional.stream_tunes(model, vocab, args.condition, args.num,
+                                     args.temperature, args.max_len, args.seed, args.top_k,
+                                     args.top_p)
+    well_formed = drawn = 0
+    for tune in tunes:
+        sys.stdout.write(("\n\n" if drawn else "") + tune)
+        sys.stdout.flush()
+        drawn += 1
+        if args.check:
+            check = check_abc(tune)
+            well_formed += check.ok
+            if not check.ok:
+                note(f"tune {drawn}: {check.problems[0]}")
+    sys.stdout.write("\n")
     if args.check:
-        checks = [check_abc(t) for t in tunes]
-        ok = sum(c.ok for c in checks)
-        print(f"rnnkit: {ok} of {len(tunes)} tunes well-formed ABC "
-              f"({100.0 * ok / max(len(tunes), 1):.0f}%)", file=sys.stderr)
-        for i, c in enumerate(checks, start=1):
-            if not c.ok:
-                print(f"rnnkit: tune {i}: {c.problems[0]}", file=sys.stderr)
+        note(f"{well_formed} of {drawn} tunes well-formed ABC "
+             f"({100.0 * well_formed / max(drawn, 1):.0f}%)")
     return 0

@@ -10,7 +10,6 @@ The options; the task itself is :mod:`rnnkit.tasks.lm`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from rnnkit.commands import common
@@ -84,25 +83,27 @@ train = common.train_handler(lm.train, LMOptions)
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rnnkit evaluate DIR`` for a language model."""
     parser.add_argument("--data", metavar="FILE", required=True, help="UTF-8 text to score")
-    parser.add_argument("--json", action="store_true", help="one JSON line")
-    parser.add_argument("--batch-size", type=int, default=10, help="parallel streams")
-    parser.add_argument("--bptt", type=int, default=200, help="window length")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bptt", type=int, default=200, help="window length (default 200)")
+    common.add_run_arguments(parser, batch_size=10, batch_help="parallel streams", json=True,
+                             strict=True)
 
 
-@common.one_line
+@common.run_command
 def evaluate(args: argparse.Namespace) -> int:
-    """Print loss (nats/token), perplexity, tokens and, for characters, bits per character."""
+    """Print loss (nats/token), perplexity, tokens and, for characters, bits per character;
+    warn (or with ``--strict`` stop) when more than 5% of the tokens are unknown to the
+    model."""
     metrics = lm.evaluate_file(args.run_dir, args.data, batch_size=args.batch_size,
-                               bptt=args.bptt, device=args.device)
+                               bptt=args.bptt, device=args.device,
+                               max_unknown=common.OOV_WARN_SHARE, strict=args.strict)
     if args.json:
-        print(json.dumps(metrics))
+        print(common.json_line(metrics))
     else:
         line = (f"{args.data}: loss {metrics['loss']:.4f} nats/token, perplexity "
                 f"{metrics['perplexity']:.3f}, {metrics['tokens']:,} tokens")
         if "bits_per_char" in metrics:
             line += f", {metrics['bits_per_char']:.4f} bits/char"
-        print(line)
+        print(line + f", {100 * metrics['unknown_share']:.2f}% unknown")
     return 0
 
 
@@ -110,16 +111,21 @@ def evaluate(args: argparse.Namespace) -> int:
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rnnkit generate DIR``."""
     parser.add_argument("--prompt", default="", help="text to continue (default: none)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                        help="tokens to draw (default 200)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="divide the logits by this (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="draw from the K most probable tokens only (default: all)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="nucleus sampling: the smallest set of probability >= P "
+                             "(default: off)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: none)")
     parser.add_argument("--greedy", action="store_true", help="most probable token each step")
-    parser.add_argument("--device", default="cpu")
+    common.add_run_arguments(parser)
 
 
-@common.one_line
+@common.run_command
 def generate(args: argparse.Namespace) -> int:
     """Print the prompt and its continuation, as the tokens are drawn."""
     pieces = lm.stream_text(args.run_dir, args.prompt, args.max_new_tokens,

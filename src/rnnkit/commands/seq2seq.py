@@ -10,17 +10,12 @@ The options; the task itself is :mod:`rnnkit.tasks.seq2seq`.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-
-import torch
 
 from rnnkit.cells import CELL_NAMES
 from rnnkit.commands import common
 from rnnkit.data.parallel import read_parallel
 from rnnkit.engines import ENGINES
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, note
 from rnnkit.layers.attention import ATTENTIONS
 from rnnkit.layers.stacking import CONNECTIONS
 from rnnkit.tasks import seq2seq
@@ -94,17 +89,13 @@ def _decode_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rank hypotheses by log-prob / length**X (default 1.0)")
     parser.add_argument("--max-len-ratio", type=float, default=None,
                         help="at most ceil(X * source length) + 10 subwords (default 1.5)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     parser.add_argument("--on-long", choices=("truncate", "error"), default="truncate",
                         help="a source longer than the run's maximum: truncate it with a "
                              "warning (default) or stop with an error")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    common.add_run_arguments(parser, batch_size=64, batch_help="sentences per batch")
 
 
 def _decode(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     return {"beam": args.beam, "length_penalty": args.length_penalty,
             "max_len_ratio": args.max_len_ratio, "batch_size": args.batch_size}
 
@@ -120,20 +111,15 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     _decode_arguments(parser)
 
 
-@common.one_line
+@common.run_command
 def translate(args: argparse.Namespace) -> int:
     lines = seq2seq.read_input(args.input)
     done = seq2seq.translate_sources(args.run_dir, lines, args.input, on_long=args.on_long,
                                      device=args.device, **_decode(args))
-    text = "".join(h + "\n" for h in done.hyps)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    print(f"rnnkit: translated {len(lines)} lines in {done.seconds:.1f} s "
-          f"({len(lines) / max(done.seconds, 1e-9):.1f} sentences/s, beam "
-          f"{done.options['beam']})",
-          file=sys.stderr)
+    common.write_output(args.output, "".join(h + "\n" for h in done.hyps))
+    note(f"translated {len(lines)} lines in {done.seconds:.1f} s "
+         f"({len(lines) / max(done.seconds, 1e-9):.1f} sentences/s, beam "
+         f"{done.options['beam']})")
     if args.plot_attention:
         line = args.plot_line
         if not 1 <= line <= len(lines) or not done.sources[line - 1]:
@@ -141,8 +127,7 @@ def translate(args: argparse.Namespace) -> int:
         seq2seq.plot_attention(done.model, done.sources[line - 1],
                                done.tgt_vocab.encode(done.hyps[line - 1]), done.src_vocab,
                                done.tgt_vocab, args.plot_attention)
-        print(f"rnnkit: attention of line {line} saved to {args.plot_attention}",
-              file=sys.stderr)
+        note(f"attention of line {line} saved to {args.plot_attention}")
     return 0
 
 
@@ -150,12 +135,12 @@ def translate(args: argparse.Namespace) -> int:
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, metavar="F", help="source sentences")
     parser.add_argument("--ref", required=True, metavar="F", help="reference translations")
-    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    parser.add_argument("--json", action="store_true", help="print the scores as one JSON line")
     parser.add_argument("--output", metavar="F", help="also write the translations here")
     _decode_arguments(parser)
 
 
-@common.one_line
+@common.run_command
 def evaluate(args: argparse.Namespace) -> int:
     from rnnkit.metrics.translation import translation_scores
 
@@ -164,12 +149,12 @@ def evaluate(args: argparse.Namespace) -> int:
                                      on_long=args.on_long, device=args.device, **_decode(args))
     hyps, beam = done.hyps, done.options["beam"]
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        common.write_output(args.output, "".join(h + "\n" for h in hyps))
     scores = translation_scores(hyps, [r for _, r in pairs])
     result = {**scores.to_dict(), "beam": beam,
               "sentences_per_second": len(pairs) / max(done.seconds, 1e-9)}
     if args.json:
-        print(json.dumps(result))
+        print(common.json_line(result))
     else:
         print(f"BLEU {scores.bleu:.2f}  chrF {scores.chrf:.2f}  ({len(pairs)} sentences, beam "
               f"{beam}, {result['sentences_per_second']:.1f} sentences/s)")

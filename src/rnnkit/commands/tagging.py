@@ -11,9 +11,6 @@ The options; the task itself is :mod:`rnnkit.tasks.tagging`.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
 from rnnkit.commands import common
 from rnnkit.data.schemes import SCHEMES
@@ -73,17 +70,18 @@ train = common.train_handler(tagging.train, TaggerOptions)
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="F", help="tagged file to score")
     add_data_arguments(parser, defaults=False)
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--batch-size", type=int, default=64)
+    common.add_run_arguments(parser, device=False, batch_size=64,
+                             batch_help="sentences per batch", json=True, strict=True)
 
 
-@common.one_line
+@common.run_command
 def evaluate(args: argparse.Namespace) -> int:
+    """Accuracy, and for entity tags precision, recall and F1 overall and per type."""
     result, corpus = tagging.evaluate_file(args.run_dir, args.data, fmt=args.format,
                                            column=args.column, token_column=args.token_column,
-                                           batch_size=args.batch_size)
+                                           batch_size=args.batch_size, strict=args.strict)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(common.json_line(result))
         return 0
     print(f"{args.data}: {corpus.summary()}")
     print(f"accuracy   {100 * result['accuracy']:6.2f}")
@@ -106,20 +104,19 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: conllu for *.conllu, text for *.txt, else the run's")
     parser.add_argument("--column", type=parse_column, metavar="upos|xpos|INDEX",
                         help="column to write the tags into (default: the run's)")
-    parser.add_argument("--token-column", type=parse_column, metavar="INDEX")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--token-column", type=parse_column, metavar="INDEX",
+                        help="token column (default: the run's)")
+    common.add_run_arguments(parser, device=False, batch_size=64,
+                             batch_help="sentences per batch")
 
 
-@common.one_line
+@common.run_command
 def predict(args: argparse.Namespace) -> int:
     """Tags written back in the input's format (see :func:`rnnkit.tasks.tagging.predict_file`)."""
     text = tagging.predict_file(args.run_dir, args.input, input_format=args.input_format,
                                 column=args.column, token_column=args.token_column,
                                 batch_size=args.batch_size)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    common.write_output(args.output, text)
     return 0
 
 

@@ -102,14 +102,22 @@ def read_abc(path: str | Path, condition_from: str = "filename", field_name: str
 
 def read_abc_tunes(source: str | Path, condition_from: str = "filename",
                    field_name: str = "R") -> list[Tune]:
-    """Every tune of a ``.abc`` file, or of every ``.abc`` file of a directory (sorted)."""
+    """Every tune of a ``.abc`` file, or of every ``.abc`` file of a directory (sorted).
+    Labels from a header field that no tune has are a :class:`DataError` (every tune would
+    be ``"none"``: a model with no condition)."""
     source = Path(source)
     if source.is_dir():
         files = sorted(source.glob("*.abc"))
         if not files:
             raise DataError("no .abc files in this directory", source)
-        return [t for f in files for t in read_abc(f, condition_from, field_name)]
-    return read_abc(source, condition_from, field_name)
+        tunes = [t for f in files for t in read_abc(f, condition_from, field_name)]
+    else:
+        tunes = read_abc(source, condition_from, field_name)
+    if condition_from == "field" and all(field_name not in t.fields for t in tunes):
+        raise DataError(f"--field {field_name}: none of its {len(tunes)} tunes has a header "
+                        f"field {field_name}: (fields seen: "
+                        f"{', '.join(sorted({k for t in tunes for k in t.fields}))})", source)
+    return tunes
 
 
 # -- well-formedness ------------------------------------------------------------------------

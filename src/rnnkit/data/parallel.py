@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import random
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data.text import read_text
-from rnnkit.errors import DataError
+from rnnkit.errors import DataError, warn
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -89,6 +88,11 @@ class SubwordVocab:
         texts = [t for t in texts if t]
         if not texts:
             raise DataError("no non-empty sentences to train a subword vocabulary on")
+        needed = len(set("".join(texts)) - {" "}) + 5  # the characters, 4 specials, '▁'
+        if vocab_size < needed and character_coverage >= 1.0:
+            raise DataError(f"--vocab-size {vocab_size} is smaller than the {needed} pieces "
+                            f"the text needs (its distinct characters and 4 special "
+                            f"symbols); use --vocab-size {needed} or more")
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
@@ -209,7 +213,7 @@ def prepare_sources(lines: Sequence[str], vocab: SubwordVocab, max_len: int,
             msg = f"source has {len(ids)} subword tokens, more than the maximum {max_len}"
             if on_long == "error":
                 raise DataError(msg, path, i)
-            print(f"rnnkit: warning: {path}:{i}: {msg}; truncated", file=sys.stderr)
+            warn(f"{path}:{i}: {msg}; truncated")
             ids = ids[:max_len]
         out.append(ids)
     return out

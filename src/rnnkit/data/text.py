@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.data.vocab import DEFAULT_SPECIALS, EOS, Vocabulary
+from rnnkit.data.vocab import DEFAULT_SPECIALS, EOS, UNK, Vocabulary
 from rnnkit.errors import DataError
 
 LEVELS = ("char", "word")
@@ -154,6 +154,18 @@ def encode(text: str, vocab: Vocabulary, level: str, *, strict: bool = False,
     return encode_words(text, vocab, strict=strict, source=source)
 
 
+def unknown_share(text: str, ids: Tensor, vocab: Vocabulary, level: str) -> float:
+    """The share of the tokens of ``text`` (encoded as ``ids``) that the vocabulary does not
+    hold, so became ``<unk>`` (a literal ``<unk>`` in a word-level text, as in the Penn
+    Treebank's, is a token of the vocabulary and not counted)."""
+    if vocab.unk_id is None or len(ids) == 0:
+        return 0.0
+    unknown = int((ids == vocab.unk_id).sum())
+    if check_level(level) == "word" and unknown:
+        unknown -= sum(line.split().count(UNK) for line in text.splitlines())
+    return unknown / len(ids)
+
+
 class Detokenizer:
     """Text of token ids one at a time, as :func:`decode` joins them: characters as they are;
     words with a space between them and a newline for ``<eos>`` (for streaming output)."""
@@ -165,9 +177,13 @@ class Detokenizer:
         self.line_start = not after_text
 
     def piece(self, token_id: int) -> str:
-        """The text that token ``token_id`` adds."""
+        """The text that token ``token_id`` adds. Characters: a special symbol is never
+        written as its name: ``<unk>`` is U+FFFD (the replacement character), the others
+        (``<eos>``, the start symbol) add nothing."""
         tok = self.vocab.itos[int(token_id)]
         if not self.words:
+            if tok in self.vocab.specials:
+                return "\ufffd" if tok == UNK else ""
             return tok
         if tok == EOS:
             self.line_start = True

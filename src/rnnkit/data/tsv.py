@@ -85,6 +85,9 @@ def read_tsv(path: str | Path, text_column: int | str = 0, label_column: int | s
     text_i = _resolve(text_column, "text column", names, width, path)
     label_i = (None if label_column is None
                else _resolve(label_column, "label column", names, width, path))
+    if label_i == text_i:
+        raise DataError(f"the text column and the label column are the same column "
+                        f"({text_i}): a model would read its label from its input", path)
     out = LabelledTexts(str(path), [], None if label_i is None else [], [])
     for i in range(first + (1 if header else 0), len(lines)):
         line = lines[i]

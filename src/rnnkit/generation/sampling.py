@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit.errors import RnnkitError
+
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ValueError naming the argument unless the options are valid."""
@@ -76,4 +78,10 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
     if temperature == 0:
         return greedy(logits)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    try:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    except RuntimeError:
+        if torch.isfinite(probs).all():
+            raise
+        raise RnnkitError("cannot sample: the model's next-token probabilities are not "
+                          "finite (its weights or logits hold inf or NaN)") from None

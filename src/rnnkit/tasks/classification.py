@@ -21,10 +21,12 @@ from torch import Tensor, nn
 from rnnkit.data.padding import length_batches, pad_ids
 from rnnkit.data.tsv import LabelledTexts, read_lines, read_tsv, tokenize
 from rnnkit.data.vocab import PAD, UNK, Vocabulary
-from rnnkit.errors import DataError
+from rnnkit.errors import DataError, note
 from rnnkit.metrics.classification import ClassificationScores, classification_scores
+from rnnkit.metrics.labels import check_labels
 from rnnkit.models.classifier import Classifier, EncoderConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
+from rnnkit.training.checks import check_options
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -81,6 +83,9 @@ class ClassifierOptions:
     batch_size: int | None = None
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def read_examples(path: str, data: dict, text_column: object = None,
@@ -232,9 +237,7 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
     task = ClassificationTask(ids, [labels.stoi[y] for y in examples.labels], dev,
                               labels.itos, batch_size)
     result = Trainer(model, task, run, config, resume=request.resume).fit()
-    best = f"best dev accuracy {result.best:.4f}, " if result.best is not None else ""
-    print(f"{result.steps} steps, {result.epochs} epochs ({result.stopped_by}), {best}"
-          f"{result.seconds:.0f} s; run in {run.path}", file=sys.stderr)
+    note(result.summary(task.monitor, run.path))
     return 0
 
 
@@ -251,11 +254,14 @@ def _texts(path: str) -> tuple[list[str], list[int]]:
 
 
 def evaluate_file(run_dir: str | Path, path: str, text_column: object = None,
-                  label_column: object = None, header: bool | None = None
-                  ) -> tuple[ClassificationScores, int]:
-    """The scores of a run on a labelled TSV file, and its number of examples."""
+                  label_column: object = None, header: bool | None = None,
+                  strict: bool = False) -> tuple[ClassificationScores, int]:
+    """The scores of a run on a labelled TSV file, and its number of examples. Labels mostly
+    unknown to the model are a warning (with ``strict`` an error,
+    :func:`~rnnkit.metrics.labels.check_labels`)."""
     model, config, words, labels = load(run_dir)
     ex = read_examples(path, config["data"], text_column, label_column, header)
+    check_labels(ex.labels, labels.stoi, path, strict=strict)
     guess = predict_ids(model, encode_texts(ex.texts, words, config["data"].get("lower")))
     return classification_scores(ex.labels, [labels.itos[i] for i in guess]), len(ex)
 

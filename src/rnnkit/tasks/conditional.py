@@ -13,7 +13,7 @@ import math
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,10 +23,12 @@ from torch import Tensor, nn
 from rnnkit.data.abc import Tune, read_abc_tunes
 from rnnkit.data.padding import IGNORE_INDEX as IGNORE
 from rnnkit.data.vocab import BOS, EOS, PAD, UNK, Vocabulary
-from rnnkit.errors import RnnkitError
+from rnnkit.errors import RnnkitError, note
+from rnnkit.generation.sampling import check_sampling
 from rnnkit.models.conditional import ConditionalLM, ConditionalLMConfig
 from rnnkit.models.lm import LMConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
+from rnnkit.training.checks import check_options
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -74,6 +76,9 @@ class ConditionalOptions:
     batch_size: int | None = None
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def _encode(tune: Tune, vocab: Vocabulary) -> list[int]:
@@ -181,9 +186,7 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
     model = ConditionalLM(model_cfg)
     task = TuneTask(train_seqs, valid, data_cfg.batch_size)
     result = Trainer(model, task, run, config, resume=request.resume).fit()
-    print(f"rnnkit: {result.steps} steps, {result.epochs} epochs, stopped by "
-          f"{result.stopped_by}; best validation loss {result.best}; run in {run.path}",
-          file=sys.stderr)
+    note(result.summary(task.monitor, run.path))
     return 0
 
 
@@ -194,13 +197,38 @@ def load_run(run_dir: str) -> tuple[ConditionalLM, Vocabulary]:
     return model, run.load_vocab()
 
 
-def generate_tunes(model: ConditionalLM, vocab: Vocabulary, label: str, num: int = 1,
-                   temperature: float = 0.8, max_len: int = 2000, seed: int | None = 0,
-                   top_k: int | None = None, top_p: float | None = None) -> list[str]:
-    """``num`` tunes of type ``label`` as ABC text."""
-    labels = torch.full((num,), model.label_id(label), dtype=torch.long,
-                        device=next(model.parameters()).device)
-    ids = model.generate(labels, vocab.bos_id, vocab.eos_id, max_len, temperature, top_k,
-                         top_p, seed)
+#: tunes drawn at once by :func:`stream_tunes` (memory stays bounded however many are asked)
+TUNE_BATCH = 16
+
+
+def stream_tunes(model: ConditionalLM, vocab: Vocabulary, label: str, num: int = 1,
+                 temperature: float = 0.8, max_len: int = 2000, seed: int | None = 0,
+                 top_k: int | None = None, top_p: float | None = None) -> Iterator[str]:
+    """``num`` tunes of type ``label`` as ABC text, one at a time, drawn
+    :data:`TUNE_BATCH` at a time (batch ``b`` with seed ``seed + b``) so that memory stays
+    constant however large ``num`` is. The options are checked before the first tune."""
+    if not isinstance(num, int) or num < 1:
+        raise RnnkitError(f"--num must be a positive int, got {num}")
+    if not isinstance(max_len, int) or max_len < 1:
+        raise RnnkitError(f"--max-len must be a positive int, got {max_len}")
+    check_sampling(temperature, top_k, top_p)
+    label_id = model.label_id(label)
+    device = next(model.parameters()).device
     specials = {vocab.id(s) for s in vocab.specials}
-    return ["".join(vocab.itos[i] for i in seq if i not in specials) for seq in ids]
+
+    def tunes() -> Iterator[str]:
+        for b, first in enumerate(range(0, num, TUNE_BATCH)):
+            labels = torch.full((min(TUNE_BATCH, num - first),), label_id, dtype=torch.long,
+                                device=device)
+            ids = model.generate(labels, vocab.bos_id, vocab.eos_id, max_len, temperature,
+                                 top_k, top_p, None if seed is None else seed + b)
+            for seq in ids:
+                yield "".join(vocab.itos[i] for i in seq if i not in specials)
+
+    return tunes()
+
+
+def generate_tunes(model: ConditionalLM, vocab: Vocabulary, label: str, num: int = 1,
+                   **options: object) -> list[str]:
+    """``num`` tunes of type ``label`` as ABC text (:func:`stream_tunes`, as a list)."""
+    return list(stream_tunes(model, vocab, label, num, **options))

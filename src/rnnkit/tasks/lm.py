@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from rnnkit.data.lm import IGNORE, LMBatch, LMStreams
 from rnnkit.data.text import (
@@ -30,21 +31,22 @@ from rnnkit.data.text import (
     Detokenizer,
     build_vocab,
     bundled_shakespeare,
-    check_dev_fraction,
     decode,
     encode,
     hold_out,
     prompt_ids,
     read_text,
     start_id,
+    unknown_share,
 )
 from rnnkit.data.vocab import Vocabulary
 from rnnkit.diagnostics.task_model import window_losses
-from rnnkit.errors import CheckpointError, RnnkitError, TrainingError
+from rnnkit.errors import CheckpointError, RnnkitError, TrainingError, note, suspect, warn
 from rnnkit.generation.sampling import check_sampling
 from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training.checkpoint import RunDir
+from rnnkit.training.checks import check_options
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
 from rnnkit.training.options import (
     RunRequest,
@@ -131,6 +133,9 @@ class LMOptions:
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        check_options(self)
+
 
 # -- data ---------------------------------------------------------------------------------------
 def load_texts(data: LMData) -> tuple[str, str | None]:
@@ -147,9 +152,11 @@ def load_texts(data: LMData) -> tuple[str, str | None]:
 # -- training -----------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_lm(model: LanguageModel, ids: Tensor, *, batch_size: int = 10, bptt: int = 100,
-                start_id: int = 0, level: str | None = None) -> dict[str, float]:
+                start_id: int = 0, level: str | None = None, progress: bool = False
+                ) -> dict[str, float]:
     """Metrics of ``model`` on ``ids`` (N,): every token is predicted once, from the state
     carried along its stream (B = ``batch_size`` streams, windows of ``bptt`` tokens).
+    ``progress``: a progress bar with the time left on stderr, when it is a terminal.
 
     Returns ``{"loss", "perplexity", "tokens"}`` plus ``"bits_per_char"`` when ``level`` is
     ``"char"``."""
@@ -158,16 +165,23 @@ def evaluate_lm(model: LanguageModel, ids: Tensor, *, batch_size: int = 10, bptt
     device = next(model.parameters()).device
     streams = LMStreams.from_ids(ids, batch_size, start_id=start_id)
     total, state = 0.0, None
+    bar = tqdm(total=streams.num_windows(bptt), unit="window", leave=False,
+               disable=None if progress else True)  # None: only on a terminal
     try:
-        for batch in streams.windows(bptt):
-            loss, state = model.loss(batch.inputs.to(device), batch.targets.to(device), state,
-                                     reduction="sum")
-            total += float(loss)
+        with torch.no_grad():
+            for batch in streams.windows(bptt):
+                loss, state = model.loss(batch.inputs.to(device), batch.targets.to(device),
+                                         state, reduction="sum")
+                total += float(loss)
+                bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
     n = streams.num_tokens
     mean = total / n
-    metrics = {"loss": mean, "perplexity": math.exp(min(mean, 700.0)), "tokens": n}
+    # exp overflows a float beyond 709.78: the perplexity is then infinite, not capped
+    metrics = {"loss": mean, "perplexity": math.exp(mean) if mean < 709.0 else math.inf,
+               "tokens": n}
     if level == "char":
         metrics["bits_per_char"] = mean / math.log(2)
     return metrics
@@ -301,18 +315,12 @@ def _data_section(opts: LMOptions) -> LMData:
 
 
 def train(opts: LMOptions, request: RunRequest) -> int:
-    """Train a language model into the run directory of ``request``, print its metrics and a
-    sample (to stdout). The sampling options are checked before anything is written."""
+    """Train a language model into the run directory of ``request``: its metrics on stderr,
+    a sample on stdout. The sampling options are checked before anything is written."""
     try:
         check_sampling(opts.temperature, None, None)
     except ValueError as err:
         raise RnnkitError(f"--temperature: {err}") from None
-    if opts.sample_length is not None and opts.sample_length < 0:
-        raise RnnkitError(f"--sample-length must be >= 0, got {opts.sample_length}")
-    if opts.bptt is not None and opts.bptt < 1:
-        raise RnnkitError(f"--bptt must be a positive int, got {opts.bptt}")
-    if opts.dev_fraction is not None:
-        check_dev_fraction(opts.dev_fraction)
     run, saved = open_run(request, TASK)
     if saved is None:
         data = _data_section(opts)
@@ -340,28 +348,33 @@ def train(opts: LMOptions, request: RunRequest) -> int:
     task = LMTask(train_ids, valid_ids, batch_size=data.batch_size, bptt=data.bptt,
                   variable_bptt=data.variable_bptt, start_id=start, level=level,
                   eval_batch_size=32)
-    print(f"rnnkit train lm: {data.train}, {level} level, {len(train_ids):,} training and "
-          f"{0 if valid_ids is None else len(valid_ids):,} validation tokens, vocabulary "
-          f"{len(vocab):,} (log V = {math.log(len(vocab)):.3f} nats)")
-    print(f"model: {config_model.num_layers} x {config_model.hidden_size} "
-          f"{config_model.cell}, {model.num_parameters():,} parameters; "
-          f"{'resuming' if saved else 'writing'} {run.path}", flush=True)
+    note(f"train lm: {data.train}, {level} level, {len(train_ids):,} training and "
+         f"{0 if valid_ids is None else len(valid_ids):,} validation tokens, vocabulary "
+         f"{len(vocab):,} (log V = {math.log(len(vocab)):.3f} nats)")
+    note(f"model: {config_model.num_layers} x {config_model.hidden_size} "
+         f"{config_model.cell}, {model.num_parameters():,} parameters; "
+         f"{'resuming' if saved else 'writing'} {run.path}")
     result = Trainer(model, task, run, config, resume=saved is not None).fit()
     m = result.metrics
-    where = f"{result.steps} steps, {result.seconds / 60:.1f} min, stopped by {result.stopped_by}"
     if m:
         extra = f", {m['bits_per_char']:.3f} bits/char" if "bits_per_char" in m else ""
-        print(f"validation: loss {m['loss']:.4f} nats/token, perplexity "
-              f"{m['perplexity']:.2f}{extra} (best {result.best:.4f}; {where})")
-    else:
-        print(f"done: {where}; last training loss {result.losses[-1]:.4f}"
-              if result.losses else f"done: {where}")
-    print(f"saved {run.path}/model.safetensors (best), {run.path}/last/ (resume with --resume)")
+        note(f"validation: loss {m['loss']:.4f} nats/token, perplexity "
+             f"{m['perplexity']:.2f}{extra}")
+    elif result.losses:
+        note(f"last training loss {result.losses[-1]:.4f}")
+    note(result.summary(task.monitor, run.path))
+    note(f"saved {run.path}/model.safetensors (best), {run.path}/last/ (resume with --resume)")
     length = _pick(opts.sample_length, 500 if level == "char" else 100)
     if length:
         run.load_weights(model)
-        ids = model.generate([start], length, temperature=opts.temperature, seed=config.seed)
-        print("sample:\n" + decode(ids, vocab, level))
+        try:
+            ids = model.generate([start], length, temperature=opts.temperature,
+                                 seed=config.seed)
+        except RnnkitError as err:  # the run is saved; only its sample fails
+            warn(f"no sample: {err}")
+            return 0
+        note("sample:")
+        print(decode(ids, vocab, level), flush=True)
     return 0
 
 
@@ -398,13 +411,23 @@ def run_data(config: dict) -> LMData:
 
 
 def evaluate_file(run_dir: str | Path, path: str, *, batch_size: int = 10, bptt: int = 200,
-                  device: str = "cpu") -> dict[str, float]:
-    """:func:`evaluate_lm` of a run on a UTF-8 text file."""
+                  device: str = "cpu", max_unknown: float = 1.0, strict: bool = False
+                  ) -> dict[str, float]:
+    """:func:`evaluate_lm` of a run on a UTF-8 text file, with ``"unknown_share"``: the
+    share of its tokens outside the model's vocabulary. Above ``max_unknown`` the result
+    says little of the model (a warning, or with ``strict`` a
+    :class:`~rnnkit.errors.MeaninglessResult`). An empty file is a :class:`DataError`."""
     model, vocab, config = load_lm(run_dir, device)
     level = run_data(config).level
-    ids = encode(read_text(path), vocab, level, source=path)
-    return evaluate_lm(model, ids, batch_size=batch_size, bptt=bptt,
-                       start_id=start_id(vocab, level), level=level)
+    text = read_text(path)
+    ids = encode(text, vocab, level, source=path)
+    share = unknown_share(text, ids, vocab, level)
+    if share > max_unknown:
+        suspect(f"{path}: {100 * share:.1f}% of its {len(ids):,} tokens are not in the "
+                f"model's vocabulary (scored as <unk>)", strict)
+    metrics = evaluate_lm(model, ids, batch_size=batch_size, bptt=bptt,
+                          start_id=start_id(vocab, level), level=level, progress=True)
+    return {**metrics, "unknown_share": share}
 
 
 def stream_text(run_dir: str | Path, prompt: str = "", max_new_tokens: int = 200, *,

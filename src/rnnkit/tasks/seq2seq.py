@@ -32,9 +32,10 @@ from rnnkit.data.parallel import (
     read_parallel,
     train_vocabs,
 )
-from rnnkit.errors import DataError, RnnkitError
+from rnnkit.errors import DataError, RnnkitError, note
 from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, sequence_loss
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
+from rnnkit.training.checks import check_options
 from rnnkit.training.distributed import info as dist_info
 from rnnkit.training.distributed import main_first
 from rnnkit.training.options import (
@@ -107,6 +108,9 @@ class Seq2SeqOptions:
     batch_size: int | None = None
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 def _pairs(src: str | None, tgt: str | None, tsv: str | None, what: str
@@ -232,9 +236,7 @@ def train(opts: Seq2SeqOptions, request: RunRequest) -> int:
           f"{len(tgt_vocab)}", file=sys.stderr)
     task = TranslationTask(train_ids, valid_ids, valid_text, tgt_vocab, opts)
     result = Trainer(model, task, run, config, resume=request.resume).fit()
-    print(f"rnnkit: {result.steps} steps, {result.epochs} epochs, stopped by "
-          f"{result.stopped_by}; best validation {task.monitor} {result.best}; "
-          f"run in {run.path}", file=sys.stderr)
+    note(result.summary(task.monitor, run.path))
     return 0
 
 
@@ -290,6 +292,12 @@ def decode_options(config: dict, beam: int | None = None, length_penalty: float 
     beam = beam if beam is not None else d.get("beam", 5)
     if beam < 1:
         raise RnnkitError(f"--beam must be at least 1, got {beam}")
+    if batch_size < 1:
+        raise RnnkitError(f"--batch-size must be a positive int, got {batch_size}")
+    if max_len_ratio is not None and not max_len_ratio > 0:
+        raise RnnkitError(f"--max-len-ratio must be > 0, got {max_len_ratio}")
+    if length_penalty is not None and not 0 <= length_penalty < math.inf:
+        raise RnnkitError(f"--length-penalty must be a number >= 0, got {length_penalty}")
     return {"beam": beam, "batch_size": batch_size,
             "max_len_ratio": max_len_ratio or d.get("max_len_ratio", 1.5),
             "max_len_offset": d.get("max_len_offset", 10),

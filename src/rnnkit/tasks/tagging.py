@@ -23,10 +23,12 @@ from rnnkit.data.padding import length_batches, pad_ids, word_characters
 from rnnkit.data.schemes import check_scheme, convert_tags
 from rnnkit.data.tsv import read_lines, tokenize
 from rnnkit.data.vocab import PAD, UNK, Vocabulary
-from rnnkit.errors import DataError
+from rnnkit.errors import DataError, note, warn
+from rnnkit.metrics.labels import check_labels
 from rnnkit.metrics.tagging import span_f1, token_accuracy
 from rnnkit.models.tagger import Tagger, TaggerBatch, TaggerConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
+from rnnkit.training.checks import check_options
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -38,6 +40,8 @@ from rnnkit.training.options import (
 from rnnkit.training.runconfig import RunConfig
 
 TASK = "tagger"
+#: longer sentences are tagged in pieces of this many tokens (memory stays bounded)
+MAX_SENTENCE = 1000
 # no early stopping by default: entity F1 stays 0 for the first epochs of an NER model
 DEFAULT_TRAIN = TrainConfig(epochs=20, lr=2e-3, clip=5.0, patience=0)
 
@@ -93,6 +97,9 @@ class TaggerOptions:
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
 
+    def __post_init__(self) -> None:
+        check_options(self)
+
 
 # -- data --------------------------------------------------------------------------------------
 class Encoded:
@@ -109,6 +116,21 @@ class Encoded:
             # tags unseen in training get id -1 for the loss (never used) and count as wrong
             self.tag_ids = [[tag_vocab.stoi.get(t, -1) for t in ts] for ts in tags]
         self.lengths = [len(s) for s in self.tokens]
+
+    def pieces(self, max_len: int) -> tuple[Encoded, list[int]]:
+        """The sentences cut into pieces of at most ``max_len`` tokens, and the sentence
+        each piece comes from."""
+        piece = Encoded.__new__(Encoded)
+        owners = [i for i, n in enumerate(self.lengths) for _ in range(0, max(n, 1), max_len)]
+        starts = [a for n in self.lengths for a in range(0, max(n, 1), max_len)]
+        cut = [slice(a, a + max_len) for a in starts]
+        piece.tokens = [self.tokens[i][c] for i, c in zip(owners, cut)]
+        piece.word_ids = [self.word_ids[i][c] for i, c in zip(owners, cut)]
+        piece.tags = None if self.tags is None else [self.tags[i][c] for i, c in zip(owners, cut)]
+        piece.tag_ids = (None if self.tag_ids is None
+                         else [self.tag_ids[i][c] for i, c in zip(owners, cut)])
+        piece.lengths = [len(t) for t in piece.tokens]
+        return piece, owners
 
     def batch(self, idx: Sequence[int], chars: Vocabulary) -> TaggerBatch:
         words, lengths = pad_ids([self.word_ids[i] for i in idx])
@@ -151,14 +173,28 @@ class TaggingTask(TrainingTask):
 
 def predict_tags(model: Tagger, data: Encoded, chars: Vocabulary, tag_vocab: Vocabulary,
                  batch_size: int = 64) -> list[list[str]]:
-    """Tag strings of every sentence of ``data`` (in its order)."""
+    """Tag strings of every sentence of ``data`` (in its order). A sentence longer than
+    :data:`MAX_SENTENCE` tokens (a whole file on one line) is tagged in pieces of that
+    length, with a warning, so that memory stays bounded."""
     model.eval()
     device = next(model.parameters()).device
-    out: list[list[str] | None] = [None] * len(data.lengths)
-    for idx in length_batches(data.lengths, batch_size):
-        for i, ids in zip(idx, model.decode(data.batch(idx, chars).to(device))):
-            out[i] = tag_vocab.decode(ids)
-    return out
+    owners = None
+    if data.lengths and max(data.lengths) > MAX_SENTENCE:
+        long = sum(n > MAX_SENTENCE for n in data.lengths)
+        warn(f"{long} sentence(s) longer than {MAX_SENTENCE} tokens (the longest "
+             f"{max(data.lengths):,}) are tagged in pieces of {MAX_SENTENCE} tokens")
+        data, owners = data.pieces(MAX_SENTENCE)
+    out: list[list[str]] = [[] for _ in data.lengths]
+    with torch.no_grad():
+        for idx in length_batches(data.lengths, batch_size):
+            for i, ids in zip(idx, model.decode(data.batch(idx, chars).to(device))):
+                out[i] = tag_vocab.decode(ids)
+    if owners is None:
+        return out
+    joined: list[list[str]] = [[] for _ in range(owners[-1] + 1)]
+    for owner, tags in zip(owners, out):
+        joined[owner].extend(tags)
+    return joined
 
 
 def score(gold: Sequence[Sequence[str]], guess: Sequence[Sequence[str]], scheme: str
@@ -274,9 +310,7 @@ def train(opts: TaggerOptions, request: RunRequest) -> int:
           f"{'CRF' if opts.crf else 'softmax'} output", file=sys.stderr)
     task = TaggingTask(train_data, dev, chars, tags, corpus.scheme, batch_size)
     result = Trainer(model, task, run, config, resume=request.resume).fit()
-    best = f"best dev {task.monitor} {result.best:.4f}, " if result.best is not None else ""
-    print(f"{result.steps} steps, {result.epochs} epochs ({result.stopped_by}), {best}"
-          f"{result.seconds:.0f} s; run in {run.path}", file=sys.stderr)
+    note(result.summary(task.monitor, run.path))
     return 0
 
 
@@ -290,20 +324,26 @@ def load(run_dir: str | Path) -> tuple[Tagger, dict, Vocabulary, Vocabulary, Voc
 
 
 def evaluate_file(run_dir: str | Path, path: str, *, fmt: str | None = None,
-                  column: object = None, token_column: object = None, batch_size: int = 64
-                  ) -> tuple[dict[str, object], TaggedCorpus]:
+                  column: object = None, token_column: object = None, batch_size: int = 64,
+                  strict: bool = False) -> tuple[dict[str, object], TaggedCorpus]:
     """The metrics of a run on a tagged file (:func:`score` plus ``sentences``, ``tokens``,
-    ``skipped``) and the corpus read."""
+    ``skipped``, ``unknown_tags``: the share of gold tags the model does not have) and the
+    corpus read. A file with no sentence is a :class:`DataError`; tags mostly unknown to the
+    model are a warning (with ``strict`` an error, :func:`~rnnkit.metrics.labels.check_labels`)."""
     model, config, words, chars, tags = load(run_dir)
     corpus = read_run_file(path, config["data"], fmt, column, token_column)
+    if not corpus.sentences:
+        raise DataError("holds no sentence to evaluate on", path)
     if any(s.tags is None for s in corpus.sentences):
         raise DataError("the file has no tag column to evaluate against", path)
+    unknown = check_labels((t for s in corpus.sentences for t in s.tags), tags.stoi, path,
+                           strict=strict)
     data = Encoded([s.tokens for s in corpus.sentences], words,
                    [s.tags for s in corpus.sentences], tags)
     guess = predict_tags(model, data, chars, tags, batch_size)
     result = score(data.tags, guess, config["data"]["scheme"])
     result.update(sentences=len(corpus.sentences), tokens=corpus.num_tokens,
-                  skipped=dict(corpus.skipped))
+                  skipped=dict(corpus.skipped), unknown_tags=unknown)
     return result, corpus
 
 

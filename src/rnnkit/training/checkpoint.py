@@ -24,6 +24,7 @@ of another task.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -85,16 +86,50 @@ def refuse_pickle(path: str | Path) -> None:
                               f"(it can run arbitrary code). Save tensors with safetensors.")
 
 
+#: the metadata key of a tensor file's checksum: SHA-256 of its data section (the bytes after
+#: the header), written by :func:`save_tensors` and verified by :func:`load_tensors`
+CHECKSUM = "sha256"
+
+
+def _with_checksum(raw: bytes) -> bytes:
+    """A safetensors file ``raw`` with the SHA-256 of its data section in its metadata (the
+    header is rewritten; data offsets are relative to the data section, so they stay)."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    data = raw[8 + n:]
+    header.setdefault("__metadata__", {})[CHECKSUM] = hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def _verify_checksum(path: Path, raw: bytes) -> None:
+    """:class:`CheckpointError` when the data section of ``raw`` does not hash to the
+    checksum its header records (files written before checksums carry none: not checked)."""
+    try:
+        n = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8:8 + n]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return  # not a header: safetensors' own reader names the problem
+    want = meta.get(CHECKSUM) if isinstance(meta, dict) else None
+    if want is not None and hashlib.sha256(raw[8 + n:]).hexdigest() != want:
+        raise CheckpointError(f"{path}: corrupt: its tensors do not match the SHA-256 "
+                              f"checksum recorded when it was written (the file was changed "
+                              f"or damaged)")
+
+
 def save_tensors(path: str | Path, tensors: Mapping[str, Tensor],
                  metadata: Mapping[str, str] | None = None) -> None:
-    """Write named tensors as a safetensors file, atomically (tensors are copied to
-    contiguous CPU memory first)."""
+    """Write named tensors as a safetensors file, atomically, with the SHA-256 of its data in
+    its metadata (tensors are copied to contiguous CPU memory first)."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_bytes_atomic(path, st_save(data, metadata=dict(metadata) if metadata else None))
+    raw = st_save(data, metadata=dict(metadata) if metadata else None)
+    write_bytes_atomic(path, _with_checksum(raw))
 
 
 def load_tensors(path: str | Path) -> dict[str, Tensor]:
-    """Read a safetensors file; :class:`CheckpointError` when missing, pickled or corrupt."""
+    """Read a safetensors file; :class:`CheckpointError` when missing, pickled, corrupt or
+    not matching its checksum."""
     path = Path(path)
     refuse_pickle(path)
     try:
@@ -103,6 +138,7 @@ def load_tensors(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: missing") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, expected a safetensors file") from None
+    _verify_checksum(path, raw)
     try:
         return st_load(raw)
     except Exception as err:  # safetensors raises its own error type for every bad header

@@ -46,11 +46,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.training import distributed
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
+from rnnkit.training.progress import Progress
 from rnnkit.training.schedule import Schedule
 from rnnkit.training.signals import Interrupted, set_handlers
 from rnnkit.training.task import (
@@ -196,7 +196,16 @@ class Trainer:
                 self.run.save_weights(self.model)
         else:
             value = float(metrics[self.task.monitor])
-            improved = self._improved(value) and math.isfinite(value)
+            if not math.isfinite(value):  # the weights are NaN / inf: nothing to keep
+                self._log({"kind": "bad_eval", "step": self.state["step"],
+                           "reason": f"validation {self.task.monitor} is {value}"})
+                kept = (f"the best weights so far ({self.run.path / 'model.safetensors'}) "
+                        f"are kept" if self.state["best"] is not None else
+                        "no weights were good enough to keep")
+                raise TrainingError(f"step {self.state['step']}: validation "
+                                    f"{self.task.monitor} is {value}; training stopped and "
+                                    f"{kept}. Try a lower --lr or a smaller --clip.")
+            improved = self._improved(value)
             if improved:
                 self.state["best"] = value
                 if self.dist.is_main:
@@ -330,9 +339,8 @@ class Trainer:
         start = self._start = time.monotonic()
         stopped = "epochs"
         timed = cfg.max_minutes is not None and cfg.max_steps is None
-        bar = tqdm(total=None if timed else self.total_steps, initial=st["step"],
-                   disable=not cfg.progress or not self.dist.is_main,
-                   unit="step", dynamic_ncols=True, leave=True)
+        bar = Progress(self.total_steps, 60 * cfg.max_minutes if timed else None, st["step"],
+                       st["seconds"], enabled=cfg.progress and self.dist.is_main)
         window_loss, window_tokens, window_start = 0.0, 0, time.monotonic()
         window_clipped = 0  # steps whose gradient clipping scaled down since the last record
         self._signalled: int | None = None
@@ -394,10 +402,10 @@ class Trainer:
                                 post["ppl"] = f"{math.exp(min(mean, 50)):.1f}"
                             if self.metrics and self.task.monitor in self.metrics:
                                 post["val"] = f"{self.metrics[self.task.monitor]:.3f}"
-                            bar.set_postfix(post, refresh=False)
+                            bar.set_postfix(post)
                             window_loss, window_tokens, window_start = 0.0, 0, now
                             window_clipped = 0
-                        bar.update(1)
+                        bar.update(st["step"], self._elapsed(start))
                         if cfg.eval_every and st["step"] % cfg.eval_every == 0:
                             self.evaluate(scheduled=True)
                     else:
@@ -409,7 +417,7 @@ class Trainer:
                         if reason and st["epoch"] < cfg.epochs:
                             stopped = reason
                 except _Rollback:
-                    bar.n = st["step"]
+                    bar.update(st["step"], self._elapsed(start))
                     continue
         except KeyboardInterrupt as err:
             bar.close()
@@ -429,7 +437,7 @@ class Trainer:
         if st["last_eval"] != st["step"]:
             self.evaluate(scheduled=False)
         return TrainResult(st["step"], st["epoch"], stopped, st["best"], self.metrics,
-                           time.monotonic() - start, self.losses)
+                           time.monotonic() - start, self.losses, time_bounded=timed)
 
 
 def _to_device(state: object, device: torch.device) -> object:

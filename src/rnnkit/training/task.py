@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -107,8 +108,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         bounds = {"clip": (self.clip >= 0, ">= 0 (0: no clipping)"),
@@ -133,6 +134,17 @@ class TrainResult:
     metrics: dict[str, float] | None
     seconds: float
     losses: list[float] = field(default_factory=list)
+    #: the run was bounded by ``--max-minutes`` alone: its step count depends on the machine
+    time_bounded: bool = False
+
+    def summary(self, monitor: str | None, run_path: object) -> str:
+        """The one line a task prints when training ends (on stderr)."""
+        best = (f"best dev {monitor} {self.best:.4f}, "
+                if monitor and self.best is not None else "")
+        machine = (" (bounded by time alone: the step count depends on this machine's speed)"
+                   if self.time_bounded else "")
+        return (f"{self.steps} steps, {self.epochs} epochs, stopped by {self.stopped_by}"
+                f"{machine}, {best}{self.seconds:.0f} s; run in {run_path}")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

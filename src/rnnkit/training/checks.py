@@ -1,0 +1,128 @@
+"""Checks of option values made before any work starts, each failing with one line that
+names the flag (``--hidden-size must be a positive int, got 0``).
+
+One table, :data:`RANGES`, says what every model and data option of every task may be; each
+task's options dataclass calls :func:`check_options` from its ``__post_init__``, so a program
+that builds the options object is checked as the command line is. :func:`check_device`
+checks a ``--device`` for every verb.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import fields
+
+import torch
+
+from rnnkit.errors import RnnkitError
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of the option ``name`` (``hidden_size`` -> ``--hidden-size``)."""
+    return "--" + name.replace("_", "-")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _non_negative_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _dropout(v: object) -> bool:
+    return _number(v) and 0 <= v < 1
+
+
+def _fraction(v: object) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+def _open_fraction(v: object) -> bool:
+    return _number(v) and 0 < v < 1
+
+
+_Rule = tuple[Callable[[object], bool], Callable[[], str]]
+
+
+def _choice(names: Callable[[], tuple[str, ...]]) -> _Rule:
+    return (lambda v: v in names()), (lambda: "one of " + ", ".join(names()))
+
+
+def _cells() -> tuple[str, ...]:
+    from rnnkit.cells import CELL_NAMES
+    return tuple(CELL_NAMES)
+
+
+def _engines() -> tuple[str, ...]:
+    from rnnkit.engines import ENGINES
+    return tuple(ENGINES)
+
+
+def _connections() -> tuple[str, ...]:
+    from rnnkit.layers.stacking import CONNECTIONS
+    return tuple(CONNECTIONS)
+
+
+_POSITIVE = (_positive_int, lambda: "a positive int")
+_NON_NEGATIVE = (_non_negative_int, lambda: "an int >= 0")
+_DROPOUT = (_dropout, lambda: "a probability in [0, 1)")
+_FRACTION = (_fraction, lambda: "a number in [0, 1]")
+
+#: option name -> (test, what it must be); an option of a task's options dataclass that is
+#: in this table is checked when the options are made (None: not given, not checked)
+RANGES: dict[str, _Rule] = {
+    **dict.fromkeys(("hidden_size", "num_layers", "embedding_size", "char_dim", "char_hidden",
+                     "min_freq", "batch_size", "bptt", "max_vocab", "vocab_size",
+                     "max_src_len", "max_tgt_len", "max_tokens", "encoder_hidden",
+                     "decoder_hidden", "encoder_layers", "decoder_layers", "dev_beam",
+                     "label_size", "max_chars"), _POSITIVE),
+    "sample_length": _NON_NEGATIVE,
+    **dict.fromkeys(("dropout", "word_dropout", "embedding_dropout", "output_dropout",
+                     "dropconnect", "label_smoothing"), _DROPOUT),
+    "sampling_rate": _FRACTION,
+    "dev_fraction": (_open_fraction, lambda: "a number in (0, 1)"),
+    "cell": _choice(_cells),
+    "engine": _choice(_engines),
+    "connection": _choice(_connections),
+}
+
+
+def check_options(options: object) -> None:
+    """Raise :class:`RnnkitError` naming the flag of the first field of the dataclass
+    ``options`` whose value is outside :data:`RANGES` (NaN is outside every range)."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if f.name not in RANGES or value is None:
+            continue
+        ok, want = RANGES[f.name]
+        if not ok(value) or (isinstance(value, float) and math.isnan(value)):
+            raise RnnkitError(f"{flag(f.name)} must be {want()}, got {value!r}")
+
+
+def check_device(name: str | None, option: str = "--device") -> torch.device:
+    """The torch device ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``; None: ``cpu``),
+    refused with one line when it is not a device or not on this machine."""
+    name = "cpu" if name in (None, "") else name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RnnkitError(f"{option} {name!r} is not a device (cpu, cuda, cuda:N, mps)"
+                          ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RnnkitError(f"{option} {name}: this machine has no CUDA device (torch "
+                              f"{torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RnnkitError(f"{option} {name}: there are only "
+                              f"{torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RnnkitError(f"{option} {name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise RnnkitError(f"{option} {name}: rnnkit runs on cpu, cuda or mps")
+    return device
