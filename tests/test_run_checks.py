@@ -379,3 +379,18 @@ def test_weights_that_give_no_probabilities_cannot_be_sampled(runs, tmp_path, ca
                  "4", "--lr", "1e30", "--max-steps", "1", "--clip", "0"]) == 0
     assert "rnnkit: warning: no sample: cannot sample" in capsys.readouterr().err
     _one_line_error(capsys, ["generate", str(out)], "probabilities are not finite")
+
+
+def test_a_run_bounded_by_time_alone_says_its_steps_depend_on_the_machine(runs, tmp_path,
+                                                                         capsys) -> None:
+    out = tmp_path / "timed"
+    capsys.readouterr()
+    assert main(["train", "lm", "--train", str(runs["text"]), "--out", str(out), *COMMON,
+                 "--hidden-size", "4", "--num-layers", "1", "--batch-size", "2", "--bptt",
+                 "4", "--max-minutes", "0.01", "--epochs", "1000", "--sample-length",
+                 "0"]) == 0
+    err = capsys.readouterr().err
+    assert "stopped by max_minutes (bounded by time alone: the step count depends on this " \
+           "machine's speed)" in err
+    trainer = json.loads((out / "last" / "trainer.json").read_text())
+    assert trainer["seconds"] >= 0.6  # the time its schedule used, for an exact resume
