@@ -394,3 +394,57 @@ def test_a_run_bounded_by_time_alone_says_its_steps_depend_on_the_machine(runs, 
            "machine's speed)" in err
     trainer = json.loads((out / "last" / "trainer.json").read_text())
     assert trainer["seconds"] >= 0.6  # the time its schedule used, for an exact resume
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_is_kept(runs, tmp_path, capsys,
+                                                                monkeypatch) -> None:
+    import errno
+    import os as os_module
+
+    from rnnkit import files
+    out = tmp_path / "full"
+    argv = ["train", "lm", "--train", str(runs["text"]), "--out", str(out), *COMMON,
+            "--hidden-size", "4", "--num-layers", "1", "--batch-size", "2", "--bptt", "4",
+            "--max-steps", "6", "--eval-every", "3", "--sample-length", "0"]
+    real_fsync, writes = os_module.fsync, [0]
+
+    def fsync(fd: int) -> None:  # the disk fills up after 12 files
+        writes[0] += 1
+        if writes[0] > 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    line = _one_line_error(capsys, argv, "No space left on device")
+    assert str(out) in line and "cannot write" in line
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    trainer = json.loads((out / "last" / "trainer.json").read_text())
+    assert trainer["step"] == 3 and not list(out.rglob("*.tmp"))
+    assert main([*argv, "--resume"]) == 0  # nothing was lost
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == 6
+
+
+def test_training_on_an_empty_file_is_an_error_and_leaves_nothing(runs, tmp_path,
+                                                                  capsys) -> None:
+    empty = tmp_path / "empty.conll"
+    empty.write_text("\n\n", encoding="utf-8")
+    _one_line_error(capsys, ["train", "tagger", "--train", str(empty), "--out",
+                             str(tmp_path / "t"), *COMMON], "holds no sentence to train on")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_task_that_gives_no_batch_stops_training(tmp_path) -> None:
+    from rnnkit.errors import TrainingError
+    from rnnkit.training.checkpoint import RunDir
+    from rnnkit.training.loop import TrainConfig, Trainer, TrainingTask
+
+    class Nothing(TrainingTask):
+        def train_batches(self, epoch, generator):
+            return iter(())
+
+        def loss(self, model, batch, carry):  # never called
+            raise AssertionError
+
+    with pytest.raises(TrainingError, match="gives no batch"):
+        Trainer(torch.nn.Linear(2, 2), Nothing(), RunDir(tmp_path / "r"),
+                TrainConfig(epochs=2, progress=False)).fit()

@@ -145,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RnnkitError as err:
         print(f"rnnkit: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: the files written are whole
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rnnkit: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:
         print(f"rnnkit: interrupted: {err}" if str(err) else "rnnkit: interrupted",
               file=sys.stderr)

@@ -34,7 +34,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not err.filename:  # a full disk names no file
+            raise OSError(err.errno, f"cannot write: {err.strerror or err}; the file as it "
+                                     f"was before is kept", str(path)) from err
         raise

@@ -252,6 +252,8 @@ def train(opts: TaggerOptions, request: RunRequest) -> int:
     corpus = read_tagged(opts.train, fmt, column=opts.column, token_column=opts.token_column,
                          scheme=opts.scheme)
     print(f"train: {opts.train}: {corpus.summary()}", file=sys.stderr)
+    if not corpus.sentences:
+        raise DataError("holds no sentence to train on", opts.train)
     if any(s.tags is None for s in corpus.sentences):
         raise DataError("the training file has no tag column", opts.train)
     input_scheme = corpus.scheme

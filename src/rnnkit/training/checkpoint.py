@@ -415,15 +415,20 @@ class RunDir:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_weights(model, tmp / WEIGHTS)
-        opt_tensors, opt_plain = optimizer_state(optimizer)
-        save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-        save_json(tmp / "optimizer.json", opt_plain)
-        rng_tensors, rng_plain = rng_state()
-        save_tensors(tmp / "rng.safetensors", rng_tensors)
-        carry_tensors, carry_struct = flatten_state(carry)
-        save_tensors(tmp / "carry.safetensors", carry_tensors)
-        save_json(tmp / "trainer.json", {**trainer, "rng": rng_plain, "carry": carry_struct})
+        try:
+            save_weights(model, tmp / WEIGHTS)
+            opt_tensors, opt_plain = optimizer_state(optimizer)
+            save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+            save_json(tmp / "optimizer.json", opt_plain)
+            rng_tensors, rng_plain = rng_state()
+            save_tensors(tmp / "rng.safetensors", rng_tensors)
+            carry_tensors, carry_struct = flatten_state(carry)
+            save_tensors(tmp / "carry.safetensors", carry_tensors)
+            save_json(tmp / "trainer.json", {**trainer, "rng": rng_plain,
+                                             "carry": carry_struct})
+        except Exception:  # a full disk: the previous last/ stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         old = self.path / (LAST + ".old")
         if old.exists():
             shutil.rmtree(old)

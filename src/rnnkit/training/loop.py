@@ -409,6 +409,9 @@ class Trainer:
                         if cfg.eval_every and st["step"] % cfg.eval_every == 0:
                             self.evaluate(scheduled=True)
                     else:
+                        if st["batch"] == 0 and st["step"] == 0:
+                            raise TrainingError("the training data gives no batch (is it "
+                                                "empty, or shorter than one batch?)")
                         st["epoch"] += 1
                         st["batch"] = 0
                         self.carry = None
