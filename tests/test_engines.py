@@ -3,6 +3,9 @@ engines agreeing on outputs, final states, per-step states and gradients."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -267,6 +270,11 @@ def test_bptt_double_backward_is_refused() -> None:
         torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
 
 
+def _compiler() -> str | None:
+    """The C++ compiler torch's extension builder would use, if there is one."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
 @pytest.fixture(scope="module")
 def compiled_loops():
     """The bptt engine's C++ step loops; the tests that need them skip, saying why, where
@@ -274,6 +282,9 @@ def compiled_loops():
     from rnnkit.engines import compiled
 
     if compiled.loops() is None:
+        if _compiler() and not os.environ.get("RNNKIT_NO_COMPILED"):
+            pytest.fail(f"a C++ compiler ({_compiler()}) is here but the bptt engine's C++ "
+                        f"step loops were not built: the fast path would fall back silently")
         pytest.skip("the bptt engine's C++ step loops could not be built here (no C++ "
                     "compiler?) or are disabled (RNNKIT_NO_COMPILED); the Python loops ran")
     return compiled
@@ -335,3 +346,64 @@ def test_subclass_that_overrides_step_is_honoured(engine) -> None:
     plain.load_state_dict(cell.state_dict())
     assert not torch.allclose(out, Recurrent(plain, engine=engine)(x)[0])
     assert cell.native_mode is None and plain.native_mode == "LSTM"
+
+
+class _Spy:
+    """The compiled loops module, noting the name of every loop called."""
+
+    def __init__(self, module) -> None:
+        self.module, self.called = module, []
+
+    def __getattr__(self, name: str):
+        self.called.append(name)
+        return getattr(self.module, name)
+
+
+@pytest.mark.parametrize("cell_id", ["lstm", "gru-after", "lstm-ln"])
+def test_the_compiled_loops_are_used_forward_and_backward(compiled_loops, cell_id,
+                                                           monkeypatch) -> None:
+    """Where the loops are built, the bptt engine runs its forward and backward in them (at
+    a small batch): a silent fall-back to the Python loops fails here."""
+    spy = _Spy(compiled_loops.loops())
+    monkeypatch.setitem(compiled_loops._state, "module", spy)
+    layer = build_layer(cell_id, "bptt", 3, 4, seed=1).float()
+    out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
+    out.sum().backward()
+    kind = cell_id.split("-")[0]
+    assert f"{kind}_forward" in spy.called and f"{kind}_backward" in spy.called, spy.called
+
+
+@pytest.mark.parametrize("cell_id", ["lstm-ln", "gru-after-ln"])
+@pytest.mark.parametrize("mixed", ["compiled forward, python backward (recording)",
+                                   "python forward, compiled backward"])
+def test_mixed_compiled_and_python_paths_of_layer_norm_cells(compiled_loops, cell_id,
+                                                             mixed, monkeypatch) -> None:
+    """A layer-norm cell whose forward ran in the C++ loops and whose backward runs in
+    Python (under record_state_grads), or the reverse, gets the reference engine's
+    gradients: reversed, with padding, in float64."""
+    from rnnkit.engines import record_state_grads
+
+    torch.manual_seed(5)
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    lengths = torch.tensor([9, 4, 6])
+    want = _run_layer(build_layer(cell_id, "reference", 2, 4, seed=6, batch_first=True,
+                                  reverse=True), x, None, lengths)
+    layer = build_layer(cell_id, "bptt", 2, 4, seed=6, batch_first=True, reverse=True)
+    xs = x.clone().requires_grad_()
+    spy = _Spy(compiled_loops.loops())
+    monkeypatch.setitem(compiled_loops._state, "module", spy)
+    kind = cell_id.split("-")[0]
+    if mixed.startswith("compiled forward"):
+        with record_state_grads() as rec:
+            outs = flat(layer(xs, lengths=lengths))
+            grads = grads_of(outs, [xs, *layer.parameters()])
+        assert rec.runs and rec.runs[0] is not None
+    else:
+        with compiled_loops.disabled():
+            outs = flat(layer(xs, lengths=lengths))
+        grads = grads_of(outs, [xs, *layer.parameters()])
+    ran = ([f"{kind}_forward"] if mixed.startswith("compiled forward")
+           else [f"{kind}_backward"])
+    assert spy.called == ran  # the one half in C++, the other in Python
+    for a, b in zip(outs + list(grads), want[0] + list(want[1])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
