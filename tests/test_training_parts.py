@@ -99,8 +99,9 @@ def test_common_options_defaults_saved_values_and_resume_rules():
     add_common_train_arguments(parser)
     defaults = TrainConfig(lr=3e-3, epochs=7)
     cfg = train_config(parser.parse_args(["--max-steps", "5"]), None, defaults)
-    assert (cfg.lr, cfg.epochs, cfg.max_steps, cfg.optimizer) == (3e-3, 7, 5, "adamw")
-    saved = {**vars(cfg)}
+    # a bound given replaces the default ones (the default 7 epochs no longer apply)
+    assert (cfg.lr, cfg.epochs, cfg.max_steps, cfg.optimizer) == (3e-3, None, 5, "adamw")
+    saved = {**vars(cfg), "epochs": 7}
     resumed = train_config(parser.parse_args(["--max-steps", "9"]), saved, TrainConfig())
     assert (resumed.lr, resumed.epochs, resumed.max_steps) == (3e-3, 7, 9)
     with pytest.raises(CheckpointError, match=r"--lr 0\.1 differs"):

@@ -167,12 +167,34 @@ def test_a_step_budget_schedule_never_reads_the_clock(tmp_path, monkeypatch):
     assert lrs[2] > lrs[-1]  # it does decay, over the steps
 
 
-def test_the_default_time_budget_gives_way_to_a_step_budget(tmp_path):
-    from rnnkit.tasks.lm import _defaults_for
-    from rnnkit.training.options import RunRequest
+def test_a_bound_given_replaces_the_default_bounds(tmp_path):
+    """The default run's 4.8 minutes and 100 epochs give way to a step budget (and the
+    other tasks' default epochs too): --max-steps 1000 runs 1,000 steps."""
+    from rnnkit.tasks.lm import train_defaults
+    from rnnkit.training.options import train_config
 
-    assert _defaults_for(RunRequest(), True).max_minutes == 4.8  # the default run
-    assert _defaults_for(RunRequest(train={"max_steps": 300}), True).max_minutes is None
-    assert _defaults_for(RunRequest(train={"epochs": 2}), True).max_minutes is None
-    both = RunRequest(train={"max_steps": 300, "max_minutes": 2.0})
-    assert _defaults_for(both, True).max_minutes == 4.8  # given max_minutes wins in train_config
+    bundled = train_defaults(True)
+    cfg = train_config({}, None, bundled)  # the default run
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (100, None, 4.8)
+    cfg = train_config({"max_steps": 300}, None, bundled)
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (None, 300, None)
+    cfg = train_config({"epochs": 2}, None, bundled)
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (2, None, None)
+    cfg = train_config({"max_steps": 300, "max_minutes": 2.0}, None, bundled)
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (None, 300, 2.0)
+    cfg = train_config({"max_minutes": 20.0}, None, train_defaults(False))
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (None, None, 20.0)
+    # a resumed run keeps its own bounds unless given
+    cfg = train_config({"max_steps": 50}, {"epochs": 3, "max_minutes": 1.0}, bundled)
+    assert (cfg.epochs, cfg.max_steps, cfg.max_minutes) == (3, 50, 1.0)
+    with pytest.raises(ValueError, match="a run needs a bound"):
+        TrainConfig(epochs=None)
+
+
+def test_a_run_bounded_by_time_alone_decays_over_its_time(tmp_path, monkeypatch):
+    from rnnkit.training.schedule import Schedule
+    schedule = Schedule("cosine", 1.0, None, warmup=0, min_ratio=0.0, by_time=True)
+    assert schedule.lr(0, 0.0) == 1.0 and schedule.lr(10**6, 0.5) == pytest.approx(0.5)
+    assert schedule.lr(3, 1.0) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="needs a known number of steps"):
+        Schedule("cosine", 1.0, None)

@@ -288,18 +288,6 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
     refuse_changed_options(run, changes)
 
 
-def _defaults_for(request: RunRequest, bundled: bool) -> TrainConfig:
-    """:func:`train_defaults`, without the default run's time budget when the run is bounded
-    by ``--max-steps`` or ``--epochs`` and no ``--max-minutes`` is given (a run bounded by
-    steps is then the same on every machine)."""
-    defaults = train_defaults(bundled)
-    given = request.train
-    if given.get("max_minutes") is None and (given.get("max_steps") is not None
-                                             or given.get("epochs") is not None):
-        defaults.max_minutes = None
-    return defaults
-
-
 def _data_section(opts: LMOptions) -> LMData:
     defaults = LMData()
     data = LMData(train=opts.train or BUNDLED, valid=opts.dev,
@@ -328,7 +316,7 @@ def train(opts: LMOptions, request: RunRequest) -> int:
         vocab = build_vocab(train_text, data.level, max_size=opts.max_vocab,
                             min_freq=opts.min_freq)
         config_model = model_config(opts, len(vocab), data.level)
-        config = train_config(request.train, None, _defaults_for(request, opts.train is None))
+        config = train_config(request.train, None, train_defaults(opts.train is None))
         run.save_vocab(vocab)
     else:
         source = str(run.path / "config.json")

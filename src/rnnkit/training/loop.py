@@ -100,7 +100,8 @@ class Trainer:
         if total is None and per_epoch and config.epochs:
             total = per_epoch * config.epochs
         self.schedule = Schedule(config.schedule, config.lr, total, config.warmup,
-                                 config.min_lr_ratio, config.lr_factor)
+                                 config.min_lr_ratio, config.lr_factor,
+                                 by_time=config.max_minutes is not None)
         self.total_steps = total
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best": None,
                                       "bad_evals": 0, "first_loss": None, "last_eval": -1,
@@ -353,7 +354,8 @@ class Trainer:
 
         previous = set_handlers(on_signal)
         try:
-            while st["epoch"] < cfg.epochs and stopped == "epochs":
+            epochs = math.inf if cfg.epochs is None else cfg.epochs
+            while st["epoch"] < epochs and stopped == "epochs":
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + st["epoch"])
                 try:
                     for i, batch in enumerate(self._batches(st["epoch"], gen)):
@@ -417,7 +419,7 @@ class Trainer:
                         self.carry = None
                         self.evaluate(scheduled=True)
                         reason = self._bound(start)
-                        if reason and st["epoch"] < cfg.epochs:
+                        if reason and st["epoch"] < epochs:
                             stopped = reason
                 except _Rollback:
                     bar.update(st["step"], self._elapsed(start))

@@ -67,10 +67,13 @@ def train_config(given: Mapping[str, object] | object, saved: Mapping[str, objec
     """The :class:`TrainConfig` of this run: options given now (a mapping, or an object with
     them as attributes; None: not given), else (when resuming) the saved ones, else
     ``defaults``. On resume only bounds and reporting may change; other options given now must
-    agree with the saved ones. A ``threads`` option sets torch's CPU threads."""
+    agree with the saved ones. For a new run, a bound given (``epochs``, ``max_steps``,
+    ``max_minutes``) replaces the default bounds: ``--max-steps 1000`` runs 1,000 steps
+    however many epochs that is. A ``threads`` option sets torch's CPU threads."""
     if not isinstance(given, Mapping):
         given = vars(given)
     base = asdict(defaults or TrainConfig())
+    new_run = saved is None
     saved = dict(saved or {})
     values = {}
     for f in fields(TrainConfig):
@@ -86,6 +89,11 @@ def train_config(given: Mapping[str, object] | object, saved: Mapping[str, objec
             values[f.name] = saved[f.name]
         else:
             values[f.name] = base[f.name]
+    bounds = ("epochs", "max_steps", "max_minutes")
+    if new_run and any(given.get(b) is not None for b in bounds):
+        for b in bounds:  # a bound given replaces the default bounds: only it applies
+            if given.get(b) is None:
+                values[b] = None
     if given.get("threads"):
         torch.set_num_threads(given["threads"])
     if values["device"] == "auto":

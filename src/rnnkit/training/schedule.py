@@ -33,11 +33,13 @@ class Schedule:
     min_ratio: float = 0.0
     factor: float = 0.25
     scale: float = 1.0
+    #: the run is bounded in time: with no ``total_steps`` the decay follows the time used
+    by_time: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
-        if self.kind in ("linear", "cosine") and not self.total_steps:
+        if self.kind in ("linear", "cosine") and not self.total_steps and not self.by_time:
             raise ValueError(f"schedule {self.kind!r} needs a known number of steps: give "
                              f"--max-steps or --epochs")
 
@@ -48,8 +50,11 @@ class Schedule:
         if self.warmup and step < self.warmup:
             shape = (step + 1) / self.warmup
         elif self.kind in ("linear", "cosine"):
-            span = max(1, self.total_steps - self.warmup)
-            t = min(1.0, max((step - self.warmup) / span, time_fraction))
+            if self.total_steps:
+                span = max(1, self.total_steps - self.warmup)
+                t = min(1.0, max((step - self.warmup) / span, time_fraction))
+            else:  # bounded by time alone
+                t = min(1.0, time_fraction)
             if self.kind == "linear":
                 frac = 1.0 - t
             else:

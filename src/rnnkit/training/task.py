@@ -76,7 +76,9 @@ class TrainingTask:
 class TrainConfig:
     """Options of one training run (``rnnkit train <task>``'s common options)."""
 
-    epochs: int = 10
+    #: the bounds of the run, whichever comes first (None: not bounded by it; at least one
+    #: must be given)
+    epochs: int | None = 10
     max_steps: int | None = None
     max_minutes: float | None = None
     seed: int = 0
@@ -108,6 +110,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if self.epochs is None and self.max_steps is None and self.max_minutes is None:
+            raise ValueError("epochs: a run needs a bound: --epochs, --max-steps or "
+                             "--max-minutes")
         if not 0 < self.lr < math.inf:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.max_minutes is not None and not self.max_minutes > 0:
