@@ -5,11 +5,12 @@ For each shape (T, B, input, hidden) of DESIGN.md it times forward+backward and 
 ``rnnkit.layers.Recurrent`` (time-major input, one layer), of torch.nn.LSTM / GRU / RNN
 themselves and of the drop-ins ``rnnkit.LSTM`` / ``rnnkit.GRU`` (engine="native"). Every time
 is the median of interleaved repeats (each candidate once per round, after warm-up), reported
-as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference``: each run in a fresh
-subprocess, the rise of the resident set's high-water mark (reset after set-up) above the
-resident set, during one forward+backward after a first one of the same size (glibc malloc
-with a fixed mmap threshold, so that the resident set follows the live tensors; the smallest
-of three runs).
+as a ratio to torch.nn.LSTM. Peak memory of ``bptt`` against ``reference`` and, for the
+RNN, LSTM and GRU, against torch.nn's module with autograd (what a user would otherwise
+run): each run in a fresh subprocess, the rise of the resident set's high-water mark
+(reset after set-up) above the resident set, during one forward+backward after a first one
+of the same size (glibc malloc with a fixed mmap threshold, so that the resident set follows
+the live tensors; the smallest of three runs).
 
     python benchmarks/bench_layers.py                      # everything, 2 threads
     python benchmarks/bench_layers.py --quick              # one small shape, to check it runs
@@ -63,6 +64,8 @@ CELLS: dict[str, tuple[str, dict]] = {
     "rnn-relu": ("rnn-relu", {}),
     "gru-before-ln": ("gru-before", {"layer_norm": True}),
 }
+#: the torch.nn module of the same recurrence, for the peak-memory baseline
+TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 DEFAULT_CELLS = ["rnn", "lstm", "lstm-ln", "peephole", "gru", "gru-ln", "gru-before", "mingru"]
 ENGINES = ["reference", "bptt", "native"]
 BASELINE = "torch.nn.LSTM"
@@ -86,6 +89,56 @@ class Candidate:
     inner: int = 1
 
 
+class _GemmOnly(torch.autograd.Function):
+    """Only the matrix products of a recurrent layer with ``k`` gate blocks, at its shapes:
+    forward the input projection over all steps and one (B, H) x (H, kH) product per step;
+    backward dX, dW_ih, one (B, kH) x (kH, H) product per step and dW_hh. No nonlinearity,
+    no state arithmetic: the time a cell cannot go below (its physical floor)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh):
+        T, B, I = x.shape
+        H = w_hh.shape[1]
+        torch.mm(x.reshape(T * B, I), w_ih.t())
+        h, w_hh_t, hs = x.new_zeros(B, H), w_hh.t(), []
+        for _ in range(T):
+            h = torch.mm(h, w_hh_t)[:, :H]  # the next product reads a (B, H) state
+            hs.append(h)
+        out = torch.stack(hs)
+        ctx.save_for_backward(x, w_ih, w_hh, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w_ih, w_hh, hs = ctx.saved_tensors
+        T, B, I = x.shape
+        g = grad.new_ones(T * B, w_hh.shape[0])  # dL/d gates, all steps
+        dx = torch.mm(g, w_ih).view(T, B, I)
+        dw_ih = torch.mm(g.t(), x.reshape(T * B, I))
+        for t in range(T):
+            torch.mm(g[t * B:(t + 1) * B], w_hh)
+        dw_hh = torch.mm(g.t(), hs.reshape(T * B, -1))
+        return dx, dw_ih, dw_hh
+
+
+class GemmFloor(nn.Module):
+    """:class:`_GemmOnly` as a layer: ``k`` gate blocks of ``H`` (LSTM 4, GRU 3, RNN 1)."""
+
+    def __init__(self, I: int, H: int, k: int) -> None:
+        super().__init__()
+        self.w_ih = nn.Parameter(torch.randn(k * H, I) / I ** 0.5)
+        self.w_hh = nn.Parameter(torch.randn(k * H, H) / H ** 0.5)
+
+    def forward(self, x):
+        return _GemmOnly.apply(x, self.w_ih, self.w_hh), None
+
+
+def gate_blocks(label: str, I: int = 3, H: int = 5) -> int:
+    """How many gate blocks of H the cell ``label`` multiplies by (its weight_hh's rows / H)."""
+    name, opts = CELLS[label]
+    return make_cell(name, I, H, **opts).weight_hh.shape[0] // H
+
+
 def build_candidates(shape: tuple[int, int, int, int], cells: list[str], engines: list[str]
                      ) -> list[Candidate]:
     """torch.nn's layers, rnnkit's layers for every (cell, engine) supported, the drop-ins."""
@@ -102,6 +155,8 @@ def build_candidates(shape: tuple[int, int, int, int], cells: list[str], engines
             out.append(Candidate(f"{label} [{engine}]", layer, label, engine))
     out.append(Candidate("rnnkit.LSTM [native]", rnnkit.LSTM(I, H, engine="native")))
     out.append(Candidate("rnnkit.GRU [native]", rnnkit.GRU(I, H, engine="native")))
+    for k in sorted({gate_blocks(label) for label in cells}):
+        out.append(Candidate(f"GEMMs only, {k} block(s)", GemmFloor(I, H, k)))
     return out
 
 
@@ -185,7 +240,10 @@ def memory_child(cell_label: str, engine: str, shape: tuple[int, int, int, int],
     torch.set_num_threads(threads)
     T, B, I, H = shape
     name, opts = CELLS[cell_label]
-    layer = Recurrent(make_cell(name, I, H, **opts), batch_first=False, engine=engine)
+    if engine == "torch.nn":  # what a user would otherwise run: torch's module, autograd
+        layer = TORCH_MODULES[cell_label](I, H)
+    else:
+        layer = Recurrent(make_cell(name, I, H, **opts), batch_first=False, engine=engine)
     x = torch.randn(T, B, I, requires_grad=True)
     out, _ = layer(x)
     out.sum().backward()
@@ -280,12 +338,20 @@ def render(title: str, head: list[str], rows: list[list[str]], markdown: bool) -
 
 
 def format_table(shape, medians, r, memory, markdown: bool) -> str:
-    head = ["layer", "fwd+bwd ms", "x LSTM", "fwd ms", "x LSTM", "peak MiB"]
+    """One row per layer; ``x own GEMMs``: its forward+backward time over that of its own
+    matrix products alone (:class:`GemmFloor` with its gate blocks), the distance to the
+    floor."""
+    head = ["layer", "fwd+bwd ms", "x LSTM", "x own GEMMs", "fwd ms", "x LSTM", "peak MiB"]
+    torch_blocks = {"torch.nn.LSTM": 4, "torch.nn.GRU": 3, "torch.nn.RNN": 1,
+                    "rnnkit.LSTM [native]": 4, "rnnkit.GRU [native]": 3}
     rows = []
     for label, t in medians.items():
         c_label, _, engine = label.partition(" [")
         mem = (memory or {}).get(c_label, {}).get(engine.rstrip("]"))
-        rows.append([label, f"{1e3 * t['fb']:.2f}", f"{r[label]['fb']:.2f}",
+        k = gate_blocks(c_label) if c_label in CELLS else torch_blocks.get(label)
+        floor = medians.get(f"GEMMs only, {k} block(s)")
+        own = "" if floor is None or label.startswith("GEMMs") else f"{t['fb'] / floor['fb']:.2f}"
+        rows.append([label, f"{1e3 * t['fb']:.2f}", f"{r[label]['fb']:.2f}", own,
                      f"{1e3 * t['f']:.2f}", f"{r[label]['f']:.2f}",
                      "" if mem is None else f"{mem / 1024:.1f}"])
     return render("T={}, B={}, input={}, hidden={}".format(*shape), head, rows, markdown)
@@ -293,10 +359,11 @@ def format_table(shape, medians, r, memory, markdown: bool) -> str:
 
 def format_memory(shape, memory: dict[str, dict[str, int]], markdown: bool) -> str:
     """The peak-memory table of one shape (``--memory-only``), MiB."""
-    rows = [[cell, f"{m['bptt'] / 1024:.1f}", f"{m['reference'] / 1024:.1f}"]
+    rows = [[cell, f"{m['bptt'] / 1024:.1f}", f"{m['reference'] / 1024:.1f}",
+             f"{m['torch.nn'] / 1024:.1f}" if "torch.nn" in m else ""]
             for cell, m in memory.items() if "bptt" in m and "reference" in m]
     title = "T={}, B={}, input={}, hidden={}: peak memory, MiB".format(*shape)
-    return render(title, ["cell", "bptt", "reference"], rows, markdown)
+    return render(title, ["cell", "bptt", "reference", "torch.nn (autograd)"], rows, markdown)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
@@ -367,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                     if engine in args.engines and f"{cell} [{engine}]" in labels:
                         memory.setdefault(cell, {})[engine] = peak_memory(
                             cell, engine, shape, args.threads)
+                if cell in TORCH_MODULES and cell in memory:
+                    memory[cell]["torch.nn"] = peak_memory(cell, "torch.nn", shape,
+                                                           args.threads)
         if args.memory_only:
             r = {}
             print(format_memory(shape, memory or {}, args.markdown))

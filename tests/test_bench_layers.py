@@ -29,7 +29,9 @@ def test_candidates_and_ratio_table(bench) -> None:
     assert labels[:3] == ["torch.nn.LSTM", "torch.nn.GRU", "torch.nn.RNN"]
     assert "lstm [native]" in labels and "gru-ln [bptt]" in labels
     assert "gru-ln [native]" not in labels and "mingru [native]" not in labels
-    assert labels[-2:] == ["rnnkit.LSTM [native]", "rnnkit.GRU [native]"]
+    assert labels[-5:] == ["rnnkit.LSTM [native]", "rnnkit.GRU [native]",
+                           "GEMMs only, 2 block(s)", "GEMMs only, 3 block(s)",
+                           "GEMMs only, 4 block(s)"]  # mingru 2, gru 3, lstm 4
     # a fake clock: every timed measurement lasts one tick
     ticks = itertools.count()
     medians = bench.measure(candidates, shape, repeats=3, warmup=1, min_time=0.0,
@@ -40,7 +42,7 @@ def test_candidates_and_ratio_table(bench) -> None:
     assert r == {"torch.nn.LSTM": {"fb": 1.0, "f": 1.0}, "x": {"fb": 1.5, "f": 4.0}}
     table = bench.format_table(shape, medians, bench.ratios(medians),
                                {"lstm": {"bptt": 2048, "reference": 4096}}, markdown=True)
-    assert "| lstm [bptt] | 1000.00 | 1.00 | 1000.00 | 1.00 | 2.0 |" in table
+    assert "| lstm [bptt] | 1000.00 | 1.00 | 1.00 | 1000.00 | 1.00 | 2.0 |" in table
 
 
 def test_targets(bench) -> None:
@@ -62,3 +64,18 @@ def test_targets(bench) -> None:
     small = dict(bench.check_targets((256, 1, 128, 128), ratios, None))
     assert small["lstm-ln [bptt] within 4.0x of torch.nn.LSTM: 2.10x"] is True
     assert not any("within 1.5x" in k for k in small)
+
+
+def test_the_gemm_floor_multiplies_what_the_cell_multiplies(bench) -> None:
+    """The floor's gradients have the shapes of the cell's weights, and its forward does
+    T + 1 products: one over all steps, one per step."""
+    import torch
+    floor = bench.GemmFloor(4, 5, 3)
+    x = torch.randn(6, 2, 4, requires_grad=True)
+    out, _ = floor(x)
+    assert out.shape == (6, 2, 5)
+    out.backward(torch.ones_like(out))
+    assert x.grad.shape == x.shape and floor.w_ih.grad.shape == (15, 4)
+    assert floor.w_hh.grad.shape == (15, 5)
+    assert [bench.gate_blocks(c) for c in ("rnn", "lstm", "peephole", "gru", "mingru")] == \
+        [1, 4, 4, 3, 2]

@@ -44,8 +44,15 @@ def test_claims_end_to_end_writes_report_and_plots(tmp_path, capsys):
     summary = report.split("\n## ")[0]
     rows = [ln for ln in summary.splitlines() if re.match(r"\| [1-7] \|", ln)]
     assert [r.split("|")[1].strip() for r in rows] == [str(n) for n in range(1, 8)]
-    for row in rows:
-        assert re.search(r"\*\*(held|did not hold|partly)\*\*", row)
+    from rnnkit.diagnostics.claims.report import OPS
+    for row in rows:  # the verdict follows from the tests written beside it
+        tests = re.findall(r"= (\S+) (<=|>=|<|>) (\S+): (yes|no)", row)
+        assert tests, row
+        passed = [t[3] == "yes" for t in tests]
+        want = "held" if all(passed) else "did not hold" if not any(passed) else "partly"
+        assert f"**{want}**" in row, row
+        assert all(t[1] in OPS for t in tests)
+    assert "*Facts (not tested).*" in report  # experiments 4, 5 and 7 state facts
     images = _images(report)
     assert len(images) >= 8
     for name in images:
@@ -111,3 +118,34 @@ def test_diagnose_a_language_model_run(tmp_path):
 def test_diagnose_needs_a_run_or_cells(capsys):
     assert main(["diagnose"]) == 2
     assert "give either a run directory DIR or --cell" in capsys.readouterr().err
+
+
+# -- verdicts: each made of falsifiable checks --------------------------------------------------
+def test_checks_and_verdicts_can_fail():
+    import math
+
+    from rnnkit.diagnostics.claims import Check, verdict
+
+    yes, no = Check("a", 3.0, ">=", 2.0), Check("b", 0.3, ">", 1.0)
+    assert yes.holds and not no.holds
+    assert verdict(yes, yes) == "held"
+    assert verdict(no, no) == "did not hold"
+    assert verdict(yes, no) == "partly"
+    assert verdict() == "did not hold"
+    assert not Check("nan", math.nan, "<", 1.0).holds and not Check("nan", math.nan, ">", 0).holds
+    assert Check("diverged", math.inf, ">=", 10).holds  # a NaN loss counts as inf growth
+    assert str(no) == "b = 0.3 > 1: no"
+    with pytest.raises(ValueError, match="op must be"):
+        Check("x", 1.0, "==", 1.0)
+
+
+def test_the_report_writes_each_threshold_and_the_facts(tmp_path):
+    from rnnkit.diagnostics.claims import SCALES, Check, ClaimResult
+    from rnnkit.diagnostics.claims.report import write_report
+
+    result = ClaimResult(2, "Memory horizon", "An RNN remembers about 7 steps.", "RNN 20.",
+                         [Check("RNN horizon", 20, "<=", 10)], facts=["a fact"])
+    assert result.verdict == "did not hold"
+    report = write_report(tmp_path, [result], SCALES["tiny"], 1, 0.0).read_text()
+    assert "RNN horizon = 20 <= 10: no" in report and "**did not hold**" in report
+    assert "*Facts (not tested).*" in report and "- a fact" in report

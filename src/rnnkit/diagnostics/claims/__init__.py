@@ -1,7 +1,10 @@
 """The classic claims about recurrent networks, each reproduced by an experiment.
 
 ``run_claims(out, scale)`` runs the experiments and writes ``out/REPORT.md`` with plots and a
-table of each claim, what was measured and whether it held (``rnnkit claims`` is its command):
+table of each claim, what was measured and whether it held (``rnnkit claims`` is its command).
+Each verdict is made of falsifiable :class:`Check` s (a measured value against a threshold
+written in the report); what is arithmetic or true by construction is reported as a fact,
+outside the verdict:
 
 1. gradient norm against distance, RNN / LSTM / GRU, before and after training;
 2. memory horizon on the copy and agreement tasks;
@@ -27,7 +30,14 @@ from rnnkit.diagnostics.claims.memory import (
     gradient_vs_distance,
     memory_horizon,
 )
-from rnnkit.diagnostics.claims.report import SCALES, ClaimResult, Scale, write_report
+from rnnkit.diagnostics.claims.report import (
+    SCALES,
+    Check,
+    ClaimResult,
+    Scale,
+    verdict,
+    write_report,
+)
 
 EXPERIMENTS: dict[int, Callable[[Scale, Path, int], ClaimResult]] = {
     1: gradient_vs_distance,
@@ -66,4 +76,4 @@ def run_claims(out: str | Path, scale: str | Scale = "full", only: Sequence[int]
     return out / "REPORT.md", results
 
 
-__all__ = ["EXPERIMENTS", "SCALES", "ClaimResult", "Scale", "run_claims"]
+__all__ = ["EXPERIMENTS", "SCALES", "Check", "ClaimResult", "Scale", "run_claims", "verdict"]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from rnnkit.diagnostics.markdown import table
+from rnnkit.diagnostics.markdown import fmt, table
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Scale:
     seconds: float  # time limit of one memory-task training run
     lm_seconds: float  # time limit of one language-model training run (experiments 4, 5)
     depth_seconds: float  # time limit of one depth-experiment training run
+    seeds: int = 1  # seeds of the experiments reported over seeds (2: horizons, 5: gaps)
 
     @property
     def tiny(self) -> bool:
@@ -55,6 +58,33 @@ SCALES: dict[str, Scale] = {
 
 HELD, NOT_HELD, PARTLY = "held", "did not hold", "partly"
 
+#: the comparisons a :class:`Check` may make
+OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+       ">=": lambda a, b: a >= b}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One falsifiable comparison of a claim, written in the report with its threshold:
+    ``name`` (what was measured) ``value`` ``op`` ``threshold``. A NaN value fails."""
+
+    name: str
+    value: float
+    op: str
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"op must be one of {', '.join(OPS)}, got {self.op!r}")
+
+    @property
+    def holds(self) -> bool:
+        return not math.isnan(self.value) and bool(OPS[self.op](self.value, self.threshold))
+
+    def __str__(self) -> str:
+        return (f"{self.name} = {fmt(self.value)} {self.op} {fmt(self.threshold)}: "
+                f"{'yes' if self.holds else 'no'}")
+
 
 @dataclass
 class ClaimResult:
@@ -64,27 +94,42 @@ class ClaimResult:
         number, title: the experiment (1-7) and its name.
         claim: what the notes / folklore say.
         measured: one line of what was measured.
-        verdict: ``"held"``, ``"did not hold"`` or ``"partly"``.
+        checks: the falsifiable comparisons the verdict is made of.
         details: Markdown (tables, notes) for the report's section.
         plots: PNG file names, relative to the report's directory.
         seconds: wall time of the experiment.
+        facts: what was computed rather than tested (arithmetic, or true by construction),
+            reported beside the verdict and not part of it.
     """
 
     number: int
     title: str
     claim: str
     measured: str
-    verdict: str
+    checks: list[Check]
     details: str = ""
     plots: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    facts: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(*self.checks)
 
 
-def verdict(*conditions: bool) -> str:
-    """``held`` when every condition holds, ``did not hold`` when none does, else ``partly``."""
-    if all(conditions):
+def verdict(*checks: Check) -> str:
+    """``held`` when every check holds, ``did not hold`` when none does, else ``partly``
+    (no check at all: ``did not hold``, there is nothing that held)."""
+    results = [c.holds for c in checks]
+    if results and all(results):
         return HELD
-    return NOT_HELD if not any(conditions) else PARTLY
+    return NOT_HELD if not any(results) else PARTLY
+
+
+def spread(values: list[float]) -> str:
+    """``median [min, max]`` of the values over the seeds (the median alone for one seed)."""
+    med = statistics.median(values)
+    return fmt(med) if len(values) == 1 else f"{fmt(med)} [{fmt(min(values))}, {fmt(max(values))}]"
 
 
 def write_report(out: Path, results: list[ClaimResult], scale: Scale, threads: int,
@@ -99,13 +144,23 @@ def write_report(out: Path, results: list[ClaimResult], scale: Scale, threads: i
         "claim that did not hold on this budget says so. Small budgets (`--quick`) train for "
         "seconds: read their verdicts as a smoke test, not as evidence.",
         "",
-        table(["#", "claim", "measured", "verdict"],
-              [[str(r.number), r.claim, r.measured, f"**{r.verdict}**"] for r in results]),
+        table(["#", "claim", "measured", "tests (threshold: held?)", "verdict"],
+              [[str(r.number), r.claim, r.measured, "; ".join(map(str, r.checks)),
+                f"**{r.verdict}**"] for r in results]),
+        "",
+        "Each verdict is made of the tests in its row, each a comparison with the threshold "
+        "written beside it: held when all pass, did not hold when none does, partly "
+        "otherwise. Models stop training on a validation set; the tests are measured on a "
+        "test set drawn with another seed. Facts (arithmetic, or true by construction) are "
+        "listed in the sections and are not part of any verdict.",
         "",
     ]
     for r in results:
         lines += [f"## {r.number}. {r.title}", "", f"*Claim.* {r.claim}", "",
-                  f"*Measured.* {r.measured} Verdict: **{r.verdict}** ({r.seconds:.0f} s).", ""]
+                  f"*Measured.* {r.measured} Verdict: **{r.verdict}** ({r.seconds:.0f} s).", "",
+                  "*Tests.*", "", *[f"- {c}" for c in r.checks], ""]
+        if r.facts:
+            lines += ["*Facts (not tested).*", "", *[f"- {f}" for f in r.facts], ""]
         if r.details:
             lines += [r.details.strip(), ""]
         lines += [f"![{p}]({p})" for p in r.plots]
