@@ -241,6 +241,21 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, device: bool = True,
                                  "warning")
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: float,
+                           seed: int | None, unit: str = "tokens") -> None:
+    """``--temperature --top-k --top-p --seed`` of a command that samples (``unit``: what
+    it draws, for the help)."""
+    parser.add_argument("--temperature", type=float, default=temperature,
+                        help=f"divide the logits by this (default {temperature})")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help=f"draw from the K most probable {unit} only (default: all)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="nucleus sampling: the smallest set of probability >= P "
+                             "(default: off)")
+    parser.add_argument("--seed", type=int, default=seed,
+                        help=f"random seed (default {'none' if seed is None else seed})")
+
+
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any work, a bad ``--device``, ``--threads``, ``--batch-size``,
     ``--bptt`` or a file to write into a folder that does not exist; set the threads."""

@@ -54,16 +54,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the tune type (or field value) to write")
     parser.add_argument("--num", type=int, default=1, metavar="N",
                         help="how many tunes (default 1)")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="divide the logits by this (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="draw from the K most probable characters only (default: all)")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="nucleus sampling: the smallest set of probability >= P "
-                             "(default: off)")
+    common.add_sampling_arguments(parser, temperature=0.8, seed=0, unit="characters")
     parser.add_argument("--max-len", type=int, default=2000, metavar="N",
                         help="characters per tune at most (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--check", action="store_true",
                         help="report the share of well-formed ABC tunes on stderr")
     common.add_run_arguments(parser)

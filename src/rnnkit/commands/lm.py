@@ -113,14 +113,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="", help="text to continue (default: none)")
     parser.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
                         help="tokens to draw (default 200)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="divide the logits by this (default 1.0)")
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help="draw from the K most probable tokens only (default: all)")
-    parser.add_argument("--top-p", type=float, default=None, metavar="P",
-                        help="nucleus sampling: the smallest set of probability >= P "
-                             "(default: off)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: none)")
+    common.add_sampling_arguments(parser, temperature=1.0, seed=None)
     parser.add_argument("--greedy", action="store_true", help="most probable token each step")
     common.add_run_arguments(parser)
 
