@@ -128,14 +128,17 @@ def test_check_device() -> None:
 
 
 @pytest.mark.parametrize("device", ["banana", "cuda"])
-@pytest.mark.parametrize("verb", ["train", "evaluate", "generate"])
+@pytest.mark.parametrize("verb", ["train", "evaluate", "generate", "predict", "encode"])
 def test_bad_device_is_one_line_for_every_verb(runs, device, verb, tmp_path, capsys) -> None:
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     argv = {"train": ["train", "lm", "--train", str(runs["text"]), "--out",
                       str(tmp_path / "x"), "--max-steps", "1", *COMMON],
             "evaluate": ["evaluate", str(runs["lm"]), "--data", str(runs["text"])],
-            "generate": ["generate", str(runs["lm"])]}[verb]
+            "generate": ["generate", str(runs["lm"])],
+            "predict": ["predict", str(runs["tagger"]), "--input", str(runs["tagged"])],
+            "encode": ["encode", str(runs["classifier"]), "--input", str(runs["tsv"]),
+                       "--output", str(tmp_path / "v.npy")]}[verb]
     _one_line_error(capsys, [*argv, "--device", device], "--device")
     assert not (tmp_path / "x").exists()
 

@@ -62,14 +62,15 @@ train = common.train_handler(classification.train, ClassifierOptions)
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="F.tsv", help="labelled file")
     add_tsv_arguments(parser, run_defaults=True)
-    common.add_run_arguments(parser, device=False, json=True, strict=True)
+    common.add_run_arguments(parser, json=True, strict=True)
 
 
 @common.run_command
 def evaluate(args: argparse.Namespace) -> int:
     """Accuracy, macro-averaged F1 and per-class precision, recall and F1."""
     s, n = classification.evaluate_file(args.run_dir, args.data, args.text_column,
-                                        args.label_column, args.header, strict=args.strict)
+                                        args.label_column, args.header, strict=args.strict,
+                                        device=args.device)
     if args.json:
         print(common.json_line({"accuracy": s.accuracy, "macro_f1": s.macro_f1,
                                 "examples": n, "per_class": s.per_class}))
@@ -86,13 +87,14 @@ def evaluate(args: argparse.Namespace) -> int:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="F", help="one text a line")
     parser.add_argument("--output", metavar="F", help="one label a line (default: stdout)")
-    common.add_run_arguments(parser, device=False)
+    common.add_run_arguments(parser)
 
 
 @common.run_command
 def predict(args: argparse.Namespace) -> int:
     """One label a line, aligned with the input's lines (blank lines stay blank)."""
-    common.write_output(args.output, classification.predict_file(args.run_dir, args.input))
+    labels = classification.predict_file(args.run_dir, args.input, args.device)
+    common.write_output(args.output, labels)
     return 0
 
 
@@ -100,12 +102,12 @@ def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, metavar="F", help="one text a line")
     parser.add_argument("--output", required=True, metavar="F.npy",
                         help="(N, D) float32 array, row i for line i (zeros for blank lines)")
-    common.add_run_arguments(parser, device=False)
+    common.add_run_arguments(parser)
 
 
 @common.run_command
 def encode(args: argparse.Namespace) -> int:
-    out = classification.encode_file(args.run_dir, args.input)
+    out = classification.encode_file(args.run_dir, args.input, args.device)
     buf = io.BytesIO()
     np.save(buf, out, allow_pickle=False)
     write_bytes_atomic(args.output, buf.getvalue())

@@ -70,7 +70,7 @@ train = common.train_handler(tagging.train, TaggerOptions)
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="F", help="tagged file to score")
     add_data_arguments(parser, defaults=False)
-    common.add_run_arguments(parser, device=False, batch_size=64,
+    common.add_run_arguments(parser, batch_size=64,
                              batch_help="sentences per batch", json=True, strict=True)
 
 
@@ -79,7 +79,8 @@ def evaluate(args: argparse.Namespace) -> int:
     """Accuracy, and for entity tags precision, recall and F1 overall and per type."""
     result, corpus = tagging.evaluate_file(args.run_dir, args.data, fmt=args.format,
                                            column=args.column, token_column=args.token_column,
-                                           batch_size=args.batch_size, strict=args.strict)
+                                           batch_size=args.batch_size, strict=args.strict,
+                                           device=args.device)
     if args.json:
         print(common.json_line(result))
         return 0
@@ -106,7 +107,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="column to write the tags into (default: the run's)")
     parser.add_argument("--token-column", type=parse_column, metavar="INDEX",
                         help="token column (default: the run's)")
-    common.add_run_arguments(parser, device=False, batch_size=64,
+    common.add_run_arguments(parser, batch_size=64,
                              batch_help="sentences per batch")
 
 
@@ -115,7 +116,7 @@ def predict(args: argparse.Namespace) -> int:
     """Tags written back in the input's format (see :func:`rnnkit.tasks.tagging.predict_file`)."""
     text = tagging.predict_file(args.run_dir, args.input, input_format=args.input_format,
                                 column=args.column, token_column=args.token_column,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, device=args.device)
     common.write_output(args.output, text)
     return 0
 

@@ -241,11 +241,13 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
     return 0
 
 
-def load(run_dir: str | Path) -> tuple[Classifier, dict, Vocabulary, Vocabulary]:
-    """``(model (eval mode, best weights), config, words, labels)`` of a classifier run."""
+def load(run_dir: str | Path, device: str = "cpu"
+         ) -> tuple[Classifier, dict, Vocabulary, Vocabulary]:
+    """``(model (eval mode, best weights, on ``device``), config, words, labels)`` of a
+    classifier run."""
     run = RunDir(run_dir)
     model, config = run.load_model(TASK, lambda m: Classifier(EncoderConfig.from_dict(m)))
-    return model, config, run.load_vocab(), run.load_vocab("labels.json")
+    return model.to(device), config, run.load_vocab(), run.load_vocab("labels.json")
 
 
 def _texts(path: str) -> tuple[list[str], list[int]]:
@@ -255,20 +257,21 @@ def _texts(path: str) -> tuple[list[str], list[int]]:
 
 def evaluate_file(run_dir: str | Path, path: str, text_column: object = None,
                   label_column: object = None, header: bool | None = None,
-                  strict: bool = False) -> tuple[ClassificationScores, int]:
+                  strict: bool = False, device: str = "cpu"
+                  ) -> tuple[ClassificationScores, int]:
     """The scores of a run on a labelled TSV file, and its number of examples. Labels mostly
     unknown to the model are a warning (with ``strict`` an error,
     :func:`~rnnkit.metrics.labels.check_labels`)."""
-    model, config, words, labels = load(run_dir)
+    model, config, words, labels = load(run_dir, device)
     ex = read_examples(path, config["data"], text_column, label_column, header)
     check_labels(ex.labels, labels.stoi, path, strict=strict)
     guess = predict_ids(model, encode_texts(ex.texts, words, config["data"].get("lower")))
     return classification_scores(ex.labels, [labels.itos[i] for i in guess]), len(ex)
 
 
-def predict_file(run_dir: str | Path, path: str) -> str:
+def predict_file(run_dir: str | Path, path: str, device: str = "cpu") -> str:
     """One label a line, aligned with the input's lines (blank lines stay blank)."""
-    model, config, words, labels = load(run_dir)
+    model, config, words, labels = load(run_dir, device)
     texts, kept = _texts(path)
     guess = predict_ids(model, encode_texts([texts[i] for i in kept], words,
                                             config["data"].get("lower")))
@@ -278,9 +281,9 @@ def predict_file(run_dir: str | Path, path: str) -> str:
     return "".join(line + "\n" for line in out)
 
 
-def encode_file(run_dir: str | Path, path: str) -> np.ndarray:
+def encode_file(run_dir: str | Path, path: str, device: str = "cpu") -> np.ndarray:
     """Sentence vectors (N, D) float32, row i for line i (zeros for blank lines)."""
-    model, config, words, _ = load(run_dir)
+    model, config, words, _ = load(run_dir, device)
     texts, kept = _texts(path)
     vecs = encode_ids(model, encode_texts([texts[i] for i in kept], words,
                                           config["data"].get("lower")))

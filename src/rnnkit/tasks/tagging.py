@@ -317,22 +317,25 @@ def train(opts: TaggerOptions, request: RunRequest) -> int:
 
 
 # -- a trained run ------------------------------------------------------------------------
-def load(run_dir: str | Path) -> tuple[Tagger, dict, Vocabulary, Vocabulary, Vocabulary]:
-    """``(model (eval mode, best weights), config, words, chars, tags)`` of a tagger run."""
+def load(run_dir: str | Path, device: str = "cpu"
+         ) -> tuple[Tagger, dict, Vocabulary, Vocabulary, Vocabulary]:
+    """``(model (eval mode, best weights, on ``device``), config, words, chars, tags)`` of a
+    tagger run."""
     run = RunDir(run_dir)
     model, config = run.load_model(TASK, lambda m: Tagger(TaggerConfig.from_dict(m)))
-    return (model, config, run.load_vocab(), run.load_vocab("chars.json"),
+    return (model.to(device), config, run.load_vocab(), run.load_vocab("chars.json"),
             run.load_vocab("tags.json"))
 
 
 def evaluate_file(run_dir: str | Path, path: str, *, fmt: str | None = None,
                   column: object = None, token_column: object = None, batch_size: int = 64,
-                  strict: bool = False) -> tuple[dict[str, object], TaggedCorpus]:
+                  strict: bool = False, device: str = "cpu"
+                  ) -> tuple[dict[str, object], TaggedCorpus]:
     """The metrics of a run on a tagged file (:func:`score` plus ``sentences``, ``tokens``,
     ``skipped``, ``unknown_tags``: the share of gold tags the model does not have) and the
     corpus read. A file with no sentence is a :class:`DataError`; tags mostly unknown to the
     model are a warning (with ``strict`` an error, :func:`~rnnkit.metrics.labels.check_labels`)."""
-    model, config, words, chars, tags = load(run_dir)
+    model, config, words, chars, tags = load(run_dir, device)
     corpus = read_run_file(path, config["data"], fmt, column, token_column)
     if not corpus.sentences:
         raise DataError("holds no sentence to evaluate on", path)
@@ -350,11 +353,11 @@ def evaluate_file(run_dir: str | Path, path: str, *, fmt: str | None = None,
 
 
 def predict_file(run_dir: str | Path, path: str, *, input_format: str | None = None,
-                 column: object = None, token_column: object = None, batch_size: int = 64
-                 ) -> str:
+                 column: object = None, token_column: object = None, batch_size: int = 64,
+                 device: str = "cpu") -> str:
     """Tags written back in the input's format: CoNLL(-U) with the tag column replaced (or
     added), or for text one line of space-separated tags per input line."""
-    model, config, words, chars, tags = load(run_dir)
+    model, config, words, chars, tags = load(run_dir, device)
     data_cfg = config["data"]
     fmt = input_format or ("conllu" if path.endswith(".conllu") else
                            "text" if path.endswith(".txt") else data_cfg["format"])
