@@ -147,8 +147,7 @@ class LanguageModel(nn.Module):
             nn.init.zeros_(self.decoder.bias)
             if c.tie_weights:
                 self.decoder.weight = self.embedding.weight
-            else:
-                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+            # untied: nn.Linear's own initialisation (uniform +-1/sqrt(in_features))
         self._fast: tuple | None = None
 
     # -- training ------------------------------------------------------------------------------

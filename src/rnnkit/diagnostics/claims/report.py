@@ -47,7 +47,7 @@ SCALES: dict[str, Scale] = {
                   delays=(5, 10, 20, 30, 50, 70, 100, 150, 200),
                   flow_distance=100, lm_steps=2000, lm_hidden=128, bptt=64, depth_steps=1000,
                   depths=(2, 4, 8), explode_steps=500, seconds=20.0, lm_seconds=60.0,
-                  depth_seconds=45.0),
+                  depth_seconds=45.0, seeds=3),
     "quick": Scale("quick", hidden=32, steps=300, delays=(5, 10, 20, 40), flow_distance=40,
                    lm_steps=80, lm_hidden=64, bptt=32, depth_steps=40, depths=(2, 4, 8),
                    explode_steps=150, seconds=4.0, lm_seconds=8.0, depth_seconds=8.0),
