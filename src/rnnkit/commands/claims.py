@@ -1,6 +1,6 @@
 """``rnnkit claims``: reproduce the classic claims about recurrent networks.
 
-    rnnkit claims                       # every experiment, about 18 minutes in all
+    rnnkit claims                       # every experiment, about 15 minutes in all
     rnnkit claims --quick --out claims/ # a small version of each: 30-70 s in all
     rnnkit claims --only 2,3            # the memory horizon and exploding gradients only
 
