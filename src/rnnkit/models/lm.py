@@ -147,7 +147,9 @@ class LanguageModel(nn.Module):
             nn.init.zeros_(self.decoder.bias)
             if c.tie_weights:
                 self.decoder.weight = self.embedding.weight
-            # untied: nn.Linear's own initialisation (uniform +-1/sqrt(in_features))
+            else:  # nn.Linear's own init learns faster in 150 steps at 1 x 64, but costs
+                # the 5-minute default run 0.025 nats/char (benchmarks/RESULTS.md)
+                nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         self._fast: tuple | None = None
 
     # -- training ------------------------------------------------------------------------------
