@@ -5,6 +5,7 @@ The command line prints them as one line (``rnnkit: error: ...``) with no traceb
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -39,15 +40,11 @@ class MeaninglessResult(RnnkitError):
 
 def note(message: str) -> None:
     """Print ``rnnkit: message`` on stderr: progress and notes go there, results to stdout."""
-    import sys
-
     print(f"rnnkit: {message}", file=sys.stderr, flush=True)
 
 
 def warn(message: str) -> None:
     """Print ``rnnkit: warning: message`` on stderr (notes never go to stdout)."""
-    import sys
-
     print(f"rnnkit: warning: {message}", file=sys.stderr, flush=True)
 
 

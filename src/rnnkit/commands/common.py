@@ -139,14 +139,22 @@ def train_handler(train: Callable[[Any, RunRequest], int], options: type
     return one_line(handler)
 
 
-def run_request(args: argparse.Namespace) -> RunRequest:
-    """The :class:`RunRequest` of ``rnnkit train TASK``'s common options."""
-    for name in ("threads", "batch_size"):
+def _check_common(args: argparse.Namespace, positive: tuple[str, ...],
+                  keep: tuple[str | None, ...] = ()) -> None:
+    """The checks every verb makes: the options ``positive`` (where given) are positive
+    ints, and ``--device`` (where the verb has one, and it is not one of ``keep``) is a
+    device of this machine, written back in torch's spelling."""
+    for name in positive:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise RnnkitError(f"{flag(name)} must be a positive int, got {value}")
-    if args.device not in (None, "auto"):
+    if hasattr(args, "device") and args.device not in keep:
         args.device = str(check_device(args.device))
+
+
+def run_request(args: argparse.Namespace) -> RunRequest:
+    """The :class:`RunRequest` of ``rnnkit train TASK``'s common options."""
+    _check_common(args, ("threads", "batch_size"), keep=(None, "auto"))
     train = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     return RunRequest(out=args.out, resume=args.resume, overwrite=args.overwrite,
                       default_out=getattr(args, "_default_out", "runs/{task}-{time}"),
@@ -212,9 +220,6 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
 # -- commands on a run directory (evaluate, generate, predict, encode, translate, export) --------
 #: the options of a run command that name a file it writes (its folder must exist)
 OUTPUT_OPTIONS = ("output", "plot_attention", "onnx", "torchscript")
-#: the evaluation threshold: a warning (an error with --strict) when a larger share of the
-#: tokens are unknown to the model
-OOV_WARN_SHARE = 0.05
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, device: bool = True,
@@ -259,12 +264,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: floa
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any work, a bad ``--device``, ``--threads``, ``--batch-size``,
     ``--bptt`` or a file to write into a folder that does not exist; set the threads."""
-    if hasattr(args, "device"):
-        args.device = str(check_device(args.device))
-    for name in ("threads", "batch_size", "bptt"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise RnnkitError(f"{flag(name)} must be a positive int, got {value}")
+    _check_common(args, ("threads", "batch_size", "bptt"))
     for name in OUTPUT_OPTIONS:
         value = getattr(args, name, None)
         if isinstance(value, str) and value != "-":

@@ -16,6 +16,7 @@ from rnnkit.commands import common
 from rnnkit.data.text import LEVELS
 from rnnkit.engines import ENGINES
 from rnnkit.layers.stacking import CONNECTIONS
+from rnnkit.metrics.labels import MAX_UNKNOWN
 from rnnkit.tasks import lm
 from rnnkit.tasks.lm import MODEL_DEFAULTS, LMData, LMOptions
 
@@ -95,7 +96,7 @@ def evaluate(args: argparse.Namespace) -> int:
     model."""
     metrics = lm.evaluate_file(args.run_dir, args.data, batch_size=args.batch_size,
                                bptt=args.bptt, device=args.device,
-                               max_unknown=common.OOV_WARN_SHARE, strict=args.strict)
+                               max_unknown=MAX_UNKNOWN, strict=args.strict)
     if args.json:
         print(common.json_line(metrics))
     else:

@@ -1,4 +1,5 @@
-"""Whether an evaluation's gold labels are ones the model can predict at all.
+"""Whether an evaluation's gold labels are ones the model can predict at all, and the one
+threshold (:data:`MAX_UNKNOWN`) of every "unknown to the model" warning.
 
 Evaluating a named-entity model on a part-of-speech file, or a classifier on another data
 set's labels, gives zeros that say nothing about the model; :func:`check_labels` says so.
@@ -11,12 +12,13 @@ from collections.abc import Collection, Iterable
 
 from rnnkit.errors import suspect
 
-#: a larger share of gold labels unknown to the model is a warning (an error with --strict)
-MAX_UNKNOWN_LABELS = 0.05
+#: a larger share of tokens, or of gold labels, unknown to the model makes an evaluation
+#: mean little: a warning (an error with --strict)
+MAX_UNKNOWN = 0.05
 
 
 def check_labels(gold: Iterable[str], known: Collection[str], source: str, *,
-                 strict: bool = False, max_unknown: float = MAX_UNKNOWN_LABELS) -> float:
+                 strict: bool = False, max_unknown: float = MAX_UNKNOWN) -> float:
     """The share of the labels in ``gold`` that are not in ``known`` (the model's label
     set). When it is above ``max_unknown`` the evaluation would mean little: a warning naming
     the most frequent unknown labels, or with ``strict`` a
