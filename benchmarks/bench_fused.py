@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from rnnkit.layers import Recurrent
 
     torch.set_num_threads(args.threads)
+    from rnnkit import gemm
+
+    print(f"# {gemm.describe()}", flush=True)  # the machine the numbers are true of
     if compiled.loops() is None:
         print("the compiled loops could not be built here", file=sys.stderr)
         return 1

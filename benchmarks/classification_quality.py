@@ -19,6 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from rnnkit import gemm
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
@@ -78,6 +82,8 @@ def main() -> None:
     parser.add_argument("extra", nargs="*",
                         help="more 'rnnkit train classifier' options, after --")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {gemm.describe()}", flush=True)  # the machine the numbers are true of
     if not args.data.is_dir():
         raise SystemExit(f"data not found: {args.data}")
     rows = [run(name, args) for name in args.only.split(",")]

@@ -23,9 +23,7 @@ import contextlib
 import io
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rnnkit import gemm
 from rnnkit.cli import main
 from rnnkit.data.lm import LMStreams
 from rnnkit.data.text import build_vocab, bundled_shakespeare, encode
@@ -112,15 +111,6 @@ def train_rnnkit(train: Path, valid: Path, budget: list[str], seed: int, out: Pa
     return evals[-1]["loss"], steps  # the final weights, as the plain loop's
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
 def run(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.threads)
     text = bundled_shakespeare()
@@ -151,7 +141,7 @@ def run(args: argparse.Namespace) -> str:
         rows.append((name, statistics.median(steps_seen), statistics.median(ours),
                      statistics.median(plain), min(ours), max(ours), min(plain), max(plain)))
     lines = [f"LM defaults against the plain PyTorch loop, {time.strftime('%Y-%m-%d')}, "
-             f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, seeds "
+             f"{gemm.machine()}, seeds "
              f"{args.seeds}; validation nats/char (median, [min, max] over the seeds)"
              + (f"; rnnkit options: `{args.rnnkit_options}`" if extra else ""), "",
              "| budget | steps | rnnkit | plain loop | rnnkit - plain |",

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from rnnkit.tasks.conditional import generate_tunes, load_run
 
     torch.set_num_threads(args.threads)
+    from rnnkit import gemm
+
+    print(f"# {gemm.describe()}", flush=True)  # the machine the numbers are true of
     if not Path(args.data).is_dir():
         print(f"Nottingham tunes not found in {args.data}", file=sys.stderr)
         return 1

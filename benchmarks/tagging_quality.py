@@ -25,6 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from rnnkit import gemm
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
@@ -84,6 +88,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-tagging")
     parser.add_argument("--results", type=Path, help="append the table to this file")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {gemm.describe()}", flush=True)  # the machine the numbers are true of
     if not args.data.is_dir():
         raise SystemExit(f"data not found: {args.data}")
     rows = [run(name, args) for name in args.only.split(",")]

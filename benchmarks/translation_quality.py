@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from rnnkit import gemm
+
+    print(f"# {gemm.describe()}", flush=True)  # the machine the numbers are true of
     data = Path(args.data)
     if not (data / "train.de").is_file():
         print(f"Multi30k not found in {data}", file=sys.stderr)

@@ -175,3 +175,39 @@ def test_generation_streams_in_constant_memory(run_dir, capsys):
                  "--temperature", "0.8", "--seed", "3"]) == 0
     assert capsys.readouterr().out == want + ("" if want.endswith("\n") else "\n")
     assert torch.equal(model.generate(ids, 5, seed=1), model.generate(ids, 5, seed=1))
+
+
+def test_word_level_defaults_are_the_benchmark_configuration():
+    """--level word with no model option: the WikiText-2 benchmark's model and schedule; an
+    adaptive softmax from 20,000 words (not below, not with --tie-weights or --adaptive none);
+    the character defaults unchanged."""
+    from rnnkit.tasks.lm import (
+        ADAPTIVE_CUTOFFS,
+        ADAPTIVE_FROM,
+        LMOptions,
+        _data_section,
+        model_config,
+        train_defaults,
+    )
+
+    word = model_config(LMOptions(level="word"), 33_278, "word")
+    assert (word.num_layers, word.hidden_size, word.embedding_size) == (2, 512, 256)
+    assert (word.dropout, word.embedding_dropout, word.output_dropout) == (0.3, 0.1, 0.3)
+    assert word.adaptive_cutoffs == ADAPTIVE_CUTOFFS == [2000, 10000]
+    assert model_config(LMOptions(level="word"), ADAPTIVE_FROM - 1, "word").adaptive_cutoffs \
+        is None
+    assert model_config(LMOptions(level="word", adaptive="none"), 33_278,
+                        "word").adaptive_cutoffs is None
+    assert model_config(LMOptions(level="word", tie_weights=True, embedding_size=512), 33_278,
+                        "word").adaptive_cutoffs is None
+    assert model_config(LMOptions(level="word", hidden_size=200), 33_278,
+                        "word").hidden_size == 200
+    char = model_config(LMOptions(), 65, "char")
+    assert (char.hidden_size, char.embedding_size, char.dropout, char.adaptive_cutoffs) == \
+        (384, 64, 0.1, None)
+    assert _data_section(LMOptions(level="word", train="x")).bptt == 70
+    assert _data_section(LMOptions(level="word", train="x", bptt=35)).bptt == 35
+    assert _data_section(LMOptions(train="x")).bptt == 64
+    words = train_defaults(False, "word")
+    assert (words.lr, words.warmup, words.clip, words.min_lr_ratio) == (2e-3, 100, 0.5, 0.02)
+    assert train_defaults(False).clip == 1.0

@@ -1,14 +1,16 @@
 """The ``rnnkit`` command.
 
     rnnkit train TASK ...        train a model (TASK: lm, tagger, classifier, seq2seq,
-                                 conditional-lm), writing a run directory
+                                 conditional-lm, asr), writing a run directory
     rnnkit evaluate DIR ...      metrics of a trained run on a data file
     rnnkit generate DIR ...      sample from a language model
     rnnkit predict DIR ...       tags or labels for a file
     rnnkit encode DIR ...        sentence vectors as .npy
     rnnkit translate DIR ...     translate a file
+    rnnkit transcribe DIR ...    transcribe sound files (speech recognition)
     rnnkit diagnose ...          gradient diagnostics
     rnnkit claims ...            reproduce the classic claims about RNNs
+    rnnkit prepare-digits ...    build the connected-digit speech sets
     rnnkit export DIR ...        ONNX / TorchScript export
 
 Each task is a module ``rnnkit.tasks.<name>`` (data, training, evaluation, prediction,
@@ -41,6 +43,7 @@ RUN_COMMANDS: dict[str, str] = {
     "predict": "tag or classify every line of a file",
     "encode": "write one vector per sentence to a .npy file",
     "translate": "translate a file with a trained seq2seq run",
+    "transcribe": "transcribe sound files with a trained speech run",
     "export": "export a trained run to ONNX or TorchScript",
 }
 
@@ -48,6 +51,7 @@ RUN_COMMANDS: dict[str, str] = {
 TOOLS: dict[str, tuple[str, str]] = {
     "diagnose": ("rnnkit.commands.diagnose", "gradient flow, Jacobians and gate saturation"),
     "claims": ("rnnkit.commands.claims", "reproduce the classic claims about RNNs"),
+    "prepare-digits": ("rnnkit.commands.asr", "build connected-digit speech sets from FSDD"),
 }
 
 

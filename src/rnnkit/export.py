@@ -276,7 +276,29 @@ def classifier_spec(model: nn.Module) -> ExportSpec:
                       {"words": {0: "B", 1: "T"}, "lengths": {0: "B"}, "logits": {0: "B"}})
 
 
-SPECS = {"lm": lm_spec, "tagger": tagger_spec, "classifier": classifier_spec}
+class AcousticGraph(nn.Module):
+    """``forward(frames (B, T, n_mels), lengths (B,)) -> log_probs (B, T', V)`` for a speech
+    model (:class:`~rnnkit.models.asr.AcousticModel`; normalised features in)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        return self.model(frames, lengths)[0]
+
+
+def asr_spec(model: nn.Module) -> ExportSpec:
+    """The :class:`ExportSpec` of a speech model (examples B = 3, T = 12 frames)."""
+    B, T = 3, 12
+    frames = torch.randn(B, T, model.config.features.n_mels)
+    lengths = torch.tensor([T, T - 3, T - 5])
+    axes = {"frames": {0: "B", 1: "T"}, "lengths": {0: "B"}, "log_probs": {0: "B", 1: "S"}}
+    return ExportSpec(AcousticGraph(model), (frames, lengths), ["frames", "lengths"],
+                      ["log_probs"], axes)
+
+
+SPECS = {"lm": lm_spec, "tagger": tagger_spec, "classifier": classifier_spec, "asr": asr_spec}
 
 
 # -- exporting a trained model ------------------------------------------------------------

@@ -18,9 +18,20 @@ from rnnkit.engines import ENGINES
 from rnnkit.layers.stacking import CONNECTIONS
 from rnnkit.metrics.labels import MAX_UNKNOWN
 from rnnkit.tasks import lm
-from rnnkit.tasks.lm import MODEL_DEFAULTS, LMData, LMOptions
+from rnnkit.tasks.lm import (
+    ADAPTIVE_CUTOFFS,
+    ADAPTIVE_FROM,
+    MODEL_DEFAULTS,
+    WORD_DEFAULTS,
+    LMData,
+    LMOptions,
+)
 
 _DATA = LMData()
+
+
+def _by_level(name: str) -> str:
+    return f"{MODEL_DEFAULTS[name]} for characters, {WORD_DEFAULTS[name]} for words"
 
 
 # -- rnnkit train lm ------------------------------------------------------------------------
@@ -40,25 +51,25 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--max-vocab", type=int, metavar="N", help="keep the N most frequent")
     common.add_model_arguments(d, {"min_freq": 1})
     d.add_argument("--bptt", type=int, metavar="N",
-                   help=f"truncated-BPTT window (default {_DATA.bptt})")
+                   help=f"truncated-BPTT window (default {_DATA.bptt} for characters, "
+                        f"{WORD_DEFAULTS['bptt']} for words)")
     d.add_argument("--variable-bptt", action="store_true",
                    help="randomised window lengths (AWD-LSTM)")
     m = parser.add_argument_group("model")
     common.add_model_arguments(m, {"cell": MODEL_DEFAULTS["cell"],
                             "num_layers": MODEL_DEFAULTS["num_layers"],
-                            "hidden_size": MODEL_DEFAULTS["hidden_size"],
-                            "embedding_size": f"{MODEL_DEFAULTS['embedding_size']} for "
-                                              f"characters, --hidden-size for words"})
+                            "hidden_size": _by_level("hidden_size"),
+                            "embedding_size": _by_level("embedding_size")})
     m.add_argument("--engine", choices=ENGINES,
                    help="how the recurrence runs (rnnkit.engines; default auto)")
     m.add_argument("--connection", choices=CONNECTIONS,
                    help="skip connections between layers (default none)")
-    common.add_model_arguments(m, {"dropout": MODEL_DEFAULTS["dropout"]},
+    common.add_model_arguments(m, {"dropout": _by_level("dropout")},
                         {"dropout": "between layers"})
     m.add_argument("--embedding-dropout", type=float,
-                   help=f"on the embeddings (default {MODEL_DEFAULTS['embedding_dropout']})")
+                   help=f"on the embeddings (default {_by_level('embedding_dropout')})")
     m.add_argument("--output-dropout", type=float,
-                   help=f"before the decoder (default {MODEL_DEFAULTS['output_dropout']})")
+                   help=f"before the decoder (default {_by_level('output_dropout')})")
     m.add_argument("--variational", action="store_true",
                    help="one dropout mask per sequence between layers")
     m.add_argument("--dropconnect", type=float, help="DropConnect on recurrent weights")
@@ -66,7 +77,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--tie-weights", action="store_true",
                    help="share embedding and decoder weights")
     m.add_argument("--adaptive", metavar="CUTOFFS",
-                   help="adaptive softmax with these cutoffs, e.g. 2000,10000")
+                   help=f"adaptive softmax with these cutoffs, e.g. 2000,10000; none: a full "
+                        f"softmax (default: {','.join(map(str, ADAPTIVE_CUTOFFS))} for "
+                        f"{ADAPTIVE_FROM:,} words or more, else none)")
     s = parser.add_argument_group("sample after training")
     s.add_argument("--sample-length", type=int,
                    help="tokens to print at the end (default 500 chars / 100 words; 0: none)")

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rnnkit import gemm
 from rnnkit.cells.base import Params, RecurrentCell, check_choice
 from rnnkit.engines.bptt import bptt_supports, run_bptt
 from rnnkit.engines.native import run_native
@@ -59,8 +60,14 @@ def supports(engine: str, cell: RecurrentCell, need_states: bool = False) -> boo
 
 
 def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
-                   need_states: bool = False) -> str:
-    """The concrete engine for ``engine`` (which may be ``"auto"``) on ``device``."""
+                   need_states: bool = False, batch_size: int | None = None) -> str:
+    """The concrete engine for ``engine`` (which may be ``"auto"``) on ``device``.
+
+    ``"auto"`` on the CPU, for a float32 cell that both ``native`` and ``bptt`` run, with
+    ``batch_size`` known and choices measured (:func:`rnnkit.gemm.measuring`): the faster of
+    the two at this batch and size, forward and backward over 16 steps, measured once per
+    machine and cached with the GEMM layer's choices. Otherwise a fixed rule: ``native`` off
+    the CPU and for torch's fused LSTM on it, else ``bptt`` where a kernel is registered."""
     check_choice("engine", engine, ENGINES)
     if engine != "auto":
         if not supports(engine, cell, need_states):
@@ -72,11 +79,32 @@ def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
                              f"engine='auto' or 'reference'")
         return engine
     native_ok = supports("native", cell, need_states)
+    if native_ok and device.type == "cpu" and batch_size and bptt_supports(cell) \
+            and gemm.measuring() and cell.weight_hh.dtype == torch.float32:
+        key = f"engine:{type(cell).__qualname__}:{cell.native_mode}:{batch_size}:" \
+              f"{cell.input_size}:{cell.hidden_size}"
+        return gemm.remembered(key, lambda: _faster_engine(cell, batch_size))
     if native_ok and (device.type != "cpu" or cell.native_mode in _NATIVE_FASTEST_ON_CPU):
         return "native"
     if bptt_supports(cell):
         return "bptt"
     return "native" if native_ok else "reference"
+
+
+def _faster_engine(cell: RecurrentCell, batch_size: int, steps: int = 16) -> str:
+    """``"native"`` or ``"bptt"``, whichever runs ``cell`` forward and backward over ``steps``
+    steps of ``batch_size`` faster here (on copies of its weights)."""
+    x = torch.randn(steps, batch_size, cell.input_size)
+    params = {k: v.detach().clone().requires_grad_() for k, v in cell.params().items()}
+    state = tuple(torch.zeros(batch_size, n) for n in cell.state_sizes())
+
+    def timed(engine: str):
+        def go() -> None:
+            with torch.enable_grad():
+                run(engine, cell, params, x, state, None).output.sum().backward()
+        return go
+
+    return gemm.fastest({"native": timed("native"), "bptt": timed("bptt")})
 
 
 def run(engine: str, cell: RecurrentCell, params: Params, x: Tensor,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
+from rnnkit import gemm
 from rnnkit.cells.base import LN_EPS, Params, RecurrentCell
 from rnnkit.engines.kernels import plan_for
 from rnnkit.engines.state_grads import current_recorder
@@ -151,10 +152,11 @@ class _Recurrence(Function):
 
 def input_projection(x: Tensor, w: Tensor, bias: Tensor | None, ln_weight: Tensor | None
                      ) -> Tensor:
-    """The input projection of all steps in one GEMM: ``[LN](x W^T) + bias``, (T, B, G)."""
+    """The input projection of all steps in one GEMM (:func:`rnnkit.gemm.linear`):
+    ``[LN](x W^T) + bias``, (T, B, G)."""
     if ln_weight is None:
-        return F.linear(x, w, bias)
-    xp = F.layer_norm(F.linear(x, w), w.shape[:1], ln_weight, None, LN_EPS)
+        return gemm.linear(x, w, bias)
+    xp = F.layer_norm(gemm.linear(x, w), w.shape[:1], ln_weight, None, LN_EPS)
     return xp if bias is None else xp + bias
 
 

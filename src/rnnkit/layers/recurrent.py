@@ -160,9 +160,11 @@ class Recurrent(nn.Module):
     def output_size(self) -> int:
         return self.cell.output_size
 
-    def engine_for(self, device: torch.device, need_states: bool = False) -> str:
-        """The concrete engine this layer runs on ``device``."""
-        return engines.resolve_engine(self.engine, self.cell, device, need_states)
+    def engine_for(self, device: torch.device, need_states: bool = False,
+                   batch_size: int | None = None) -> str:
+        """The concrete engine this layer runs on ``device`` (at ``batch_size``, when known:
+        ``"auto"`` may measure, see :func:`rnnkit.engines.resolve_engine`)."""
+        return engines.resolve_engine(self.engine, self.cell, device, need_states, batch_size)
 
     def initial_state(self, batch_size: int, like: Tensor) -> tuple[Tensor, ...]:
         """The initial state used when none is given: zeros or the learned one."""
@@ -212,7 +214,7 @@ class Recurrent(nn.Module):
         if self.training and self.dropconnect:
             for name in self.cell.recurrent_weights:
                 params[name] = F.dropout(params[name], self.dropconnect, training=True)
-        engine = self.engine_for(x.device, need_states)
+        engine = self.engine_for(x.device, need_states, B)
         res = engines.run(engine, self.cell, params, x, state_t, run_lengths, need_states)
         out, states = res.output, res.states
         if self.reverse:

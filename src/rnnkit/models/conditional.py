@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from rnnkit import gemm
 from rnnkit.generation.sampling import check_sampling, sample
 from rnnkit.models.lm import LanguageModel, LMConfig
 
@@ -54,6 +55,7 @@ class ConditionalLM(nn.Module):
         for layer in self.lm.rnn.layers:
             sizes = layer.cell.state_sizes()
             self.bridge.append(nn.ModuleList(nn.Linear(config.label_size, n) for n in sizes))
+        gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 
     def label_id(self, label: str) -> int:
         """The id of ``label``; ValueError listing the known labels otherwise."""

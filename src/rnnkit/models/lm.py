@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit import gemm
 from rnnkit.cells.base import from_tuple
 from rnnkit.data.lm import IGNORE
 from rnnkit.generation.sampling import check_sampling, sample
@@ -151,6 +152,7 @@ class LanguageModel(nn.Module):
                 # the 5-minute default run 0.025 nats/char (benchmarks/RESULTS.md)
                 nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         self._fast: tuple | None = None
+        gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 
     # -- training ------------------------------------------------------------------------------
     def features(self, tokens: Tensor, state: list | None = None) -> tuple[Tensor, list]:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit import gemm
 from rnnkit.cells.base import check_choice
 from rnnkit.layers import map_states, stack
 from rnnkit.layers.attention import ATTENTIONS, Attention, length_mask
@@ -132,6 +133,7 @@ class Seq2Seq(nn.Module):
         if c.tie_embeddings:
             self.out.weight = self.tgt_embed.weight
         self.drop = nn.Dropout(c.dropout)
+        gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 
     # -- encoding ------------------------------------------------------------------------------
     def _bridge(self, finals: list, batch: int, like: Tensor) -> list:

@@ -1,5 +1,5 @@
 """The tasks, one module each: its data section, training task, evaluation, prediction and
-loading (``lm``, ``tagging``, ``classification``, ``seq2seq``, ``conditional``).
+loading (``lm``, ``tagging``, ``classification``, ``seq2seq``, ``conditional``, ``asr``).
 
 A task module takes dataclasses (its options, a :class:`~rnnkit.training.RunRequest`), never
 command-line arguments: ``rnnkit.commands`` turns those into calls of these modules.
@@ -19,6 +19,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "classifier": ("rnnkit.tasks.classification", "rnnkit.commands.classification"),
     "seq2seq": ("rnnkit.tasks.seq2seq", "rnnkit.commands.seq2seq"),
     "conditional-lm": ("rnnkit.tasks.conditional", "rnnkit.commands.conditional"),
+    "asr": ("rnnkit.tasks.asr", "rnnkit.commands.asr"),
 }
 
 

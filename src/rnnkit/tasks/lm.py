@@ -11,7 +11,9 @@ The state is the trainer's ``carry``, so it is saved in checkpoints and restored
 bundled tiny Shakespeare (first 90% to train, last 10% to validate) for about five minutes.
 
 Every default of the task is here: :class:`LMData` (the data section), :data:`MODEL_DEFAULTS`
-(the model options of the command line) and :func:`train_defaults`.
+and :data:`WORD_DEFAULTS` (the model options of the command line, for characters and what
+differs for words), :data:`ADAPTIVE_FROM` (when words get an adaptive softmax) and
+:func:`train_defaults`.
 """
 
 from __future__ import annotations
@@ -83,19 +85,39 @@ class LMData:
     variable_bptt: bool = False
 
 
-#: the model options of ``rnnkit train lm`` when not given (embedding_size: 64 for characters,
-#: hidden_size for words)
+#: the model options of ``rnnkit train lm`` when not given, for characters
 MODEL_DEFAULTS = dict(cell="lstm", num_layers=2, hidden_size=384, embedding_size=64,
                       dropout=0.1, embedding_dropout=0.0, output_dropout=0.1)
+#: what differs for words: the configuration of ``benchmarks/lm_quality.py``'s WikiText-2 run
+#: (2 x 512 LSTM, 256-dim embeddings, stronger dropout, windows of 70 words), so that a user who
+#: gives only the data and a time budget gets the benchmark's model
+WORD_DEFAULTS = dict(hidden_size=512, embedding_size=256, dropout=0.3, embedding_dropout=0.1,
+                     output_dropout=0.3, bptt=70)
+#: a word vocabulary of at least this many types gets an adaptive softmax (Grave et al. 2017)
+#: with :data:`ADAPTIVE_CUTOFFS` unless ``--adaptive`` or ``--tie-weights`` says otherwise: the
+#: full softmax over WikiText-2's 33,278 words is 4/5 of a step's time
+ADAPTIVE_FROM = 20_000
+ADAPTIVE_CUTOFFS = [2000, 10000]
 
 
-def train_defaults(bundled: bool) -> TrainConfig:
+def model_defaults(level: str) -> dict:
+    """The model options when not given, at ``level`` (``"char"`` or ``"word"``)."""
+    if level == "word":
+        return {**MODEL_DEFAULTS, **{k: v for k, v in WORD_DEFAULTS.items() if k != "bptt"}}
+    return dict(MODEL_DEFAULTS)
+
+
+def train_defaults(bundled: bool, level: str = "char") -> TrainConfig:
     """The training options when not given: the 5-minute default run on the bundled text
-    (on 2 cores), else 10 epochs."""
+    (on 2 cores), else 10 epochs (for words, the WikiText-2 benchmark's learning rate, warm-up
+    and clipping)."""
     if bundled:
         return TrainConfig(epochs=100, max_minutes=4.8, lr=4e-3, schedule="cosine",
                            warmup=30, min_lr_ratio=0.05, clip=1.0, eval_every=0,
                            log_every=10)
+    if level == "word":
+        return TrainConfig(epochs=10, lr=2e-3, schedule="cosine", warmup=100,
+                           min_lr_ratio=0.02, clip=0.5, eval_every=2000)
     return TrainConfig(epochs=10, lr=2e-3, schedule="cosine", warmup=50, min_lr_ratio=0.05,
                        clip=1.0)
 
@@ -250,22 +272,26 @@ def _pick(value: object, default: object) -> object:
 
 
 def model_config(opts: LMOptions, vocab_size: int, level: str) -> LMConfig:
-    """The model options; the embedding defaults to 64 for characters and to the hidden
-    size for words."""
+    """The model options: those given, else :func:`model_defaults` of ``level``; a word
+    vocabulary of :data:`ADAPTIVE_FROM` types or more gets an adaptive softmax unless
+    ``--adaptive none`` or ``--tie-weights``."""
     cutoffs = None
-    if opts.adaptive:
+    if opts.adaptive and opts.adaptive.lower() != "none":
         try:
             cutoffs = [int(c) for c in opts.adaptive.split(",")]
         except ValueError:
-            raise RnnkitError(f"--adaptive: expected comma-separated integers, got "
+            raise RnnkitError(f"--adaptive: expected comma-separated integers or none, got "
                               f"{opts.adaptive!r}") from None
         if sorted(cutoffs) != cutoffs or cutoffs[-1] >= vocab_size or cutoffs[0] < 1:
             raise RnnkitError(f"--adaptive: cutoffs must increase and lie in [1, {vocab_size})"
                               f" (the vocabulary size), got {cutoffs}")
-    d = MODEL_DEFAULTS
-    hidden = _pick(opts.hidden_size, d["hidden_size"])
-    embedding = _pick(opts.embedding_size, d["embedding_size"] if level == "char" else hidden)
-    return LMConfig(vocab_size=vocab_size, embedding_size=embedding, hidden_size=hidden,
+    elif (opts.adaptive is None and level == "word" and vocab_size >= ADAPTIVE_FROM
+          and not opts.tie_weights):
+        cutoffs = list(ADAPTIVE_CUTOFFS)
+    d = model_defaults(level)
+    return LMConfig(vocab_size=vocab_size,
+                    embedding_size=_pick(opts.embedding_size, d["embedding_size"]),
+                    hidden_size=_pick(opts.hidden_size, d["hidden_size"]),
                     num_layers=_pick(opts.num_layers, d["num_layers"]),
                     cell=_pick(opts.cell, d["cell"]), engine=opts.engine or "auto",
                     connection=opts.connection or "none",
@@ -290,11 +316,12 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
 
 def _data_section(opts: LMOptions) -> LMData:
     defaults = LMData()
+    level = _pick(opts.level, defaults.level)
+    bptt = WORD_DEFAULTS["bptt"] if level == "word" else defaults.bptt
     data = LMData(train=opts.train or BUNDLED, valid=opts.dev,
                   valid_fraction=_pick(opts.dev_fraction, defaults.valid_fraction),
-                  level=_pick(opts.level, defaults.level),
-                  batch_size=_pick(opts.batch_size, defaults.batch_size),
-                  bptt=_pick(opts.bptt, defaults.bptt), variable_bptt=opts.variable_bptt)
+                  level=level, batch_size=_pick(opts.batch_size, defaults.batch_size),
+                  bptt=_pick(opts.bptt, bptt), variable_bptt=opts.variable_bptt)
     if data.train != BUNDLED:
         data.train = str(Path(data.train).resolve())
     if data.valid:
@@ -316,7 +343,8 @@ def train(opts: LMOptions, request: RunRequest) -> int:
         vocab = build_vocab(train_text, data.level, max_size=opts.max_vocab,
                             min_freq=opts.min_freq)
         config_model = model_config(opts, len(vocab), data.level)
-        config = train_config(request.train, None, train_defaults(opts.train is None))
+        config = train_config(request.train, None,
+                              train_defaults(opts.train is None, data.level))
         run.save_vocab(vocab)
     else:
         source = str(run.path / "config.json")
@@ -461,6 +489,7 @@ def diagnostic_losses(run_dir: str | Path, batch_size: int, length: int,
     return model, window_losses(model, encode(text, vocab, data.level), batch_size, length)
 
 
-__all__ = ["BUNDLED", "LMData", "LMOptions", "LMTask", "MODEL_DEFAULTS", "bundled_shakespeare",
+__all__ = ["ADAPTIVE_CUTOFFS", "ADAPTIVE_FROM", "BUNDLED", "LMData", "LMOptions", "LMTask",
+           "MODEL_DEFAULTS", "WORD_DEFAULTS", "model_defaults", "bundled_shakespeare",
            "diagnostic_losses", "evaluate_file", "evaluate_lm", "generate_text", "load_lm",
            "load_texts", "model_config", "prompt_ids", "start_id", "train", "train_defaults"]

@@ -80,7 +80,7 @@ RANGES: dict[str, _Rule] = {
                      "min_freq", "batch_size", "bptt", "max_vocab", "vocab_size",
                      "max_src_len", "max_tgt_len", "max_tokens", "encoder_hidden",
                      "decoder_hidden", "encoder_layers", "decoder_layers", "dev_beam",
-                     "label_size", "max_chars"), _POSITIVE),
+                     "label_size", "max_chars", "subsample", "n_mels"), _POSITIVE),
     "sample_length": _NON_NEGATIVE,
     **dict.fromkeys(("dropout", "word_dropout", "embedding_dropout", "output_dropout",
                      "dropconnect", "label_smoothing"), _DROPOUT),

@@ -26,8 +26,10 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from rnnkit import gemm
 from rnnkit.cells.base import LN_EPS, Params, RecurrentCell, State
 from rnnkit.engines import compiled
+from rnnkit.gemm import StepWeight
 
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
@@ -132,13 +134,9 @@ def dot_tb(a: Tensor, b: Tensor) -> Tensor:
 
 
 def grad_w(da: Tensor, h: Tensor) -> Tensor:
-    """``sum_t da_t^T h_t`` as one GEMM: da (T, B, G), h (T, B, H) -> (G, H)."""
-    return torch.mm(da.reshape(-1, da.shape[-1]).t(), h.reshape(-1, h.shape[-1]))
-
-
-def mm_add(base: Tensor | None, a: Tensor, w: Tensor) -> Tensor:
-    """``base + a @ w``, or ``a @ w`` when ``base`` is None, in one call."""
-    return torch.mm(a, w) if base is None else torch.addmm(base, a, w)
+    """``sum_t da_t^T h_t`` as one GEMM (:mod:`rnnkit.gemm`): da (T, B, G), h (T, B, H) ->
+    (G, H)."""
+    return gemm.mm(da.reshape(-1, da.shape[-1]).t(), h.reshape(-1, h.shape[-1]), kind="wgrad")
 
 
 def step_views(buf: Tensor, lo: int | None = None, hi: int | None = None) -> tuple[Tensor, ...]:
@@ -190,18 +188,18 @@ class StepNorms:
         them."""
         return [torch.stack(self.mean), torch.stack(self.rstd)]
 
-    def start_backward(self, inputs: tuple[Tensor, ...] = (), weight_t: Tensor | None = None
-                       ) -> None:
+    def start_backward(self, inputs: tuple[Tensor, ...] = (),
+                       weight: StepWeight | None = None) -> None:
         """Forget the gain and shift gradients of a previous pass. A backward pass overwrote
         the stored inputs with their gradients, so from the second one on
-        (``retain_graph=True``) the inputs are recomputed as ``inputs[t] @ weight_t``, step by
-        step, bit for bit as in the forward."""
+        (``retain_graph=True``) the inputs are recomputed as ``inputs[t] @ B`` with the forward
+        loop's ``weight``, step by step, bit for bit as in the forward."""
         self.dweights: list[Tensor] = []
         self.dbiases: list[Tensor] = []
         self.passes += 1
         if self.passes > 1 and self.steps is not None:
             for x, a in zip(inputs, self.steps):
-                torch.mm(x, weight_t, out=a)
+                weight.addmm(None, x, out=a)
 
     def backward(self, t: int, dy: Tensor) -> Tensor:
         """The gradient of step ``t``'s input from that of its output (stored in the buffer
@@ -260,8 +258,9 @@ class Kernel:
     needs_input_grad = True
     #: layer normalisation inside the recurrence (a kernel that has it sets it per instance)
     ln = False
-    #: the transposed copies of recurrent weights that only the forward GEMMs read
-    transposed: ClassVar[tuple[str, ...]] = ("w_hh_t",)
+    #: the transposed copies of recurrent weights that only the forward GEMMs read, and the
+    #: forward loop's :class:`~rnnkit.gemm.StepWeight`
+    transposed: ClassVar[tuple[str, ...]] = ("w_hh_t", "fw")
     #: True when the kernel receives the layer input x instead of the input projection xp
     #: (and returns dL/dx and the input weights' gradients itself)
     owns_projection: ClassVar[bool] = False
@@ -279,6 +278,11 @@ class Kernel:
         self.state_seqs = state_seqs
         self.state_steps = [buf.unbind(0) for buf in state_seqs]
         self.xp_steps = xp.unbind(0)
+
+    def step_weight(self, b: Tensor, bt: Tensor | None = None) -> StepWeight:
+        """``b`` (k, n) for the per-step products ``a @ b`` of this run's batch
+        (:class:`~rnnkit.gemm.StepWeight`); ``bt``: its contiguous transpose, if at hand."""
+        return StepWeight(b, self.B, bt)
 
     def _views(self) -> None:
         """(Re)make the per-step views of the ``consumed`` buffers."""

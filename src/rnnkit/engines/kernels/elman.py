@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from rnnkit import gemm
 from rnnkit.cells.elman import ElmanCell
-from rnnkit.engines.kernels.base import Kernel, Plan, bias_sum, chunk_size, mm_add, register_kernel
+from rnnkit.engines.kernels.base import Kernel, Plan, bias_sum, chunk_size, register_kernel
 
 
 class ElmanKernel(Kernel):
@@ -33,8 +33,9 @@ class ElmanKernel(Kernel):
     def __init__(self, x, weights, state_seqs):
         self.w_hh, self.w_ih, self.b = weights
         self.x = x
-        super().__init__(F.linear(x, self.w_ih, self.b), weights, state_seqs)
+        super().__init__(gemm.linear(x, self.w_ih, self.b), weights, state_seqs)
         self.w_hh_t = self.w_hh.t().contiguous()  # (H, H): forward GEMMs read it row-major
+        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
 
     def start_backward(self):
         self.chunk = chunk_size(self.T)
@@ -44,10 +45,11 @@ class ElmanKernel(Kernel):
                    if self.needs_input_grad else None)
         self.dw_hh, self.dw_ih = torch.zeros_like(self.w_hh), torch.zeros_like(self.w_ih)
         self.db = None if self.b is None else torch.zeros_like(self.b)
+        self.bw = self.step_weight(self.w_hh)
 
     def forward_step(self, t):
         h_steps = self.state_steps[0]
-        a = torch.addmm(self.xp_steps[t], h_steps[t], self.w_hh_t, out=h_steps[t + 1])
+        a = self.fw.addmm(self.xp_steps[t], h_steps[t], out=h_steps[t + 1])
         if self.relu:
             a.relu_()
         else:
@@ -63,7 +65,7 @@ class ElmanKernel(Kernel):
             else:
                 torch.addcmul(self.ones, h, h, value=-1, out=d)
             self.dpre_steps = d.unbind(0)
-        out = mm_add(base, self.dpre_steps[t - lo].mul_(dh), self.w_hh)
+        out = self.bw.addmm(base, self.dpre_steps[t - lo].mul_(dh))
         if t == lo:
             self._emit(lo, lo + len(self.dpre_steps))
         return [out]
@@ -73,14 +75,15 @@ class ElmanKernel(Kernel):
         dpre = self.dpre[:hi - lo].reshape(-1, self.w_hh.shape[0])
         x = self.x[lo:hi].reshape(-1, self.x.shape[-1])
         if self.dx is not None:
-            torch.mm(dpre, self.w_ih, out=self.dx[lo:hi].view(-1, self.x.shape[-1]))
-        self.dw_ih.addmm_(dpre.t(), x)
-        self.dw_hh.addmm_(dpre.t(), self.state_seqs[0][lo:hi].reshape(-1, self.w_hh.shape[1]))
+            gemm.mm(dpre, self.w_ih, kind="dgrad", out=self.dx[lo:hi].view(-1, self.x.shape[-1]))
+        gemm.mm(dpre.t(), x, self.dw_ih, out=self.dw_ih)
+        gemm.mm(dpre.t(), self.state_seqs[0][lo:hi].reshape(-1, self.w_hh.shape[1]),
+                self.dw_hh, out=self.dw_hh)
         if self.db is not None:
             self.db += dpre.sum(0)
 
     def end_backward(self):
-        self.dpre = self.dpre_steps = None
+        self.dpre = self.dpre_steps = self.bw = None
 
     def input_grad(self):
         return self.dx

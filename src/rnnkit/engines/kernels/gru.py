@@ -95,6 +95,7 @@ class GRUAfterKernel(_GRUKernel):
         self.w_hh, self.b_hh, self.g_hh = weights
         self.ln = self.g_hh is not None
         self.w_hh_t = self.w_hh.t().contiguous()  # (H, 3H): forward GEMMs read it row-major
+        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
         self.gh_hmn = xp.new_empty(*xp.shape[:2], 4 * self.H)
         self._views()
         if self.ln:
@@ -120,19 +121,18 @@ class GRUAfterKernel(_GRUKernel):
         torch.mul(q, r, out=dn)
         self.dgh_steps = step_views(d)
         self.factor_steps = self.gh_hmn.unflatten(-1, (4, H)).unbind(0)  # (B, 4, H) per step
+        self.bw = self.step_weight(self.w_hh)
         if self.ln:
-            self.norm.start_backward(self.state_steps[0], self.w_hh_t)
+            self.norm.start_backward(self.state_steps[0], self.fw)
 
     def forward_step(self, t):
         (h_steps,) = self.state_steps
         h = h_steps[t]
         if self.ln:
-            a = torch.mm(h, self.w_hh_t, out=self.norm.steps[t])
+            a = self.fw.addmm(None, h, out=self.norm.steps[t])
             self.gh_steps[t].copy_(self.norm.forward(a))
-        elif self.b_hh is not None:
-            torch.addmm(self.b_hh, h, self.w_hh_t, out=self.gh_steps[t])
         else:
-            torch.mm(h, self.w_hh_t, out=self.gh_steps[t])
+            self.fw.addmm(None, h, out=self.gh_steps[t], bias=self.b_hh)
         torch.add(self.xp_rz_steps[t], self.gh_rz_steps[t], out=self.rz_steps[t]).sigmoid_()
         n = torch.addcmul(self.xp_n_steps[t], self.r_steps[t], self.gh_n_steps[t],
                           out=self.n_steps[t]).tanh_()
@@ -164,7 +164,7 @@ class GRUAfterKernel(_GRUKernel):
         (dh,) = grads
         self.factor_steps[t].mul_(dh.unsqueeze(1))
         dgh = self.norm.backward(t, self.dgh_steps[t]) if self.ln else self.dgh_steps[t]
-        return [torch.addmm(self._direct(t, dh, base), dgh, self.w_hh)]
+        return [self.bw.addmm(self._direct(t, dh, base), dgh)]
 
     def input_grad(self):
         H = self.H
@@ -207,7 +207,7 @@ class GRUBeforeKernel(_GRUKernel):
     """
 
     consumed = ("gates", "rh_hmn")
-    transposed = ("w_rz_t", "w_n_t")
+    transposed = ("w_rz_t", "w_n_t", "fw_rz", "fw_n")
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -217,6 +217,8 @@ class GRUBeforeKernel(_GRUKernel):
         H = self.H
         self.w_rz, self.w_n = self.w_hh[:2 * H], self.w_hh[2 * H:]
         self.w_rz_t, self.w_n_t = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
+        self.fw_rz = self.step_weight(self.w_rz_t, self.w_rz)
+        self.fw_n = self.step_weight(self.w_n_t, self.w_n)
         self.rh_hmn = xp.new_empty(T, B, 2 * H)
         self._views()
         if self.ln:
@@ -231,8 +233,9 @@ class GRUBeforeKernel(_GRUKernel):
 
     def start_backward(self):
         if self.ln:  # first: a second pass recomputes their inputs from r * a<t-1>
-            self.norm_rz.start_backward(self.state_steps[0], self.w_rz_t)
-            self.norm_n.start_backward(self.r_h_steps, self.w_n_t)
+            self.norm_rz.start_backward(self.state_steps[0], self.fw_rz)
+            self.norm_n.start_backward(self.r_h_steps, self.fw_n)
+        self.bw_rz, self.bw_n = self.step_weight(self.w_rz), self.step_weight(self.w_n)
         H = self.H
         r, z, n = self.gates.split(H, -1)
         self.r_h.addcmul_(self.r_h, r, value=-1)  # r (1 - r) a<t-1>
@@ -248,30 +251,30 @@ class GRUBeforeKernel(_GRUKernel):
         (h_steps,) = self.state_steps
         h = h_steps[t]
         if self.ln:
-            a = torch.mm(h, self.w_rz_t, out=self.norm_rz.steps[t])
+            a = self.fw_rz.addmm(None, h, out=self.norm_rz.steps[t])
             torch.add(self.xp_rz_steps[t], self.norm_rz.forward(a), out=self.rz_steps[t])
         else:
-            torch.addmm(self.xp_rz_steps[t], h, self.w_rz_t, out=self.rz_steps[t])
+            self.fw_rz.addmm(self.xp_rz_steps[t], h, out=self.rz_steps[t])
         self.rz_steps[t].sigmoid_()
         rh = torch.mul(self.r_steps[t], h, out=self.r_h_steps[t])
         if self.ln:
-            a = torch.mm(rh, self.w_n_t, out=self.norm_n.steps[t])
+            a = self.fw_n.addmm(None, rh, out=self.norm_n.steps[t])
             n = torch.add(self.xp_n_steps[t], self.norm_n.forward(a), out=self.n_steps[t])
         else:
-            n = torch.addmm(self.xp_n_steps[t], rh, self.w_n_t, out=self.n_steps[t])
+            n = self.fw_n.addmm(self.xp_n_steps[t], rh, out=self.n_steps[t])
         n.tanh_()
         self._blend(t, h, n)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
         dn = self.n_steps[t].mul_(dh)
-        drh = torch.mm(self.norm_n.backward(t, dn) if self.ln else dn, self.w_n)
+        drh = self.bw_n.addmm(None, self.norm_n.backward(t, dn) if self.ln else dn)
         self.dr_steps[t].mul_(drh)
         self.dz_steps[t].mul_(dh)
         drz = self.drz_steps[t]
         da_rz = self.norm_rz.backward(t, drz) if self.ln else drz
         direct = self._direct(t, dh, base).addcmul_(drh, self.r_steps[t])
-        return [torch.addmm(direct, da_rz, self.w_rz)]
+        return [self.bw_rz.addmm(direct, da_rz)]
 
     def input_grad(self):
         self.gates[..., :2 * self.H] = self.rh_hmn  # after the weight gradients: r was needed
@@ -314,6 +317,7 @@ class MinimalGRUKernel(Kernel):
         super().__init__(xp, weights, state_seqs)
         (self.w_hh,) = weights
         self.w_hh_t = self.w_hh.t().contiguous()  # (H, 2H): forward GEMMs read it row-major
+        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
         self.H = xp.shape[2] // 2
         self.gates = xp  # u, n after their nonlinearities, written over xp
         self._views()
@@ -335,11 +339,12 @@ class MinimalGRUKernel(Kernel):
         self.u_kept_steps = self.u.unbind(0)
         self.factor_steps = self.gates.unflatten(-1, (2, H)).unbind(0)  # (B, 2, H) per step
         self.dgate_steps = step_views(self.gates)
+        self.bw = self.step_weight(self.w_hh)
 
     def forward_step(self, t):
         (h_steps,) = self.state_steps
         h = h_steps[t]
-        torch.addmm(self.xp_steps[t], h, self.w_hh_t, out=self.gate_steps[t])
+        self.fw.addmm(self.xp_steps[t], h, out=self.gate_steps[t])
         u, n = self.u_steps[t].sigmoid_(), self.n_steps[t].tanh_()
         torch.lerp(h, n, u, out=h_steps[t + 1])
 
@@ -349,7 +354,7 @@ class MinimalGRUKernel(Kernel):
         if base is not None:
             direct += base
         self.factor_steps[t].mul_(dh.unsqueeze(1))
-        return [torch.addmm(direct, self.dgate_steps[t], self.w_hh)]
+        return [self.bw.addmm(direct, self.dgate_steps[t])]
 
     def input_grad(self):
         return self.dgates

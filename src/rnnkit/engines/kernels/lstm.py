@@ -15,7 +15,6 @@ from rnnkit.engines.kernels.base import (
     chunks,
     dot_tb,
     grad_w,
-    mm_add,
     register_inference,
     register_kernel,
     step_views,
@@ -60,6 +59,7 @@ class LSTMKernel(Kernel):
         self.w_hh, self.g_hh, self.g_c, self.b_c = weights
         self.ln = self.g_hh is not None
         self.w_hh_t = self.w_hh.t().contiguous()  # (H, 4H): forward GEMMs read it row-major
+        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
         T, B, G = xp.shape
         self.H = G // 4
         self.gates = xp  # (T, B, 4H) i, f, g, o after their nonlinearities, over xp
@@ -101,18 +101,19 @@ class LSTMKernel(Kernel):
         self.dh_to_dc_steps, self.forget_steps = dh_to_dc.unbind(0), forget.unbind(0)
         self.dgate_steps, self.do_steps = step_views(d), step_views(d, 3 * H)
         self.difg_steps = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
+        self.bw = self.step_weight(self.w_hh)
         if self.ln:
-            self.norm_h.start_backward(self.state_steps[0], self.w_hh_t)
+            self.norm_h.start_backward(self.state_steps[0], self.fw)
             self.norm_c.start_backward()
 
     def forward_step(self, t):
         h_steps, c_steps = self.state_steps
         gates = self.gate_steps[t]
         if self.ln:
-            a = torch.mm(h_steps[t], self.w_hh_t, out=self.norm_h.steps[t])
+            a = self.fw.addmm(None, h_steps[t], out=self.norm_h.steps[t])
             torch.add(self.xp_steps[t], self.norm_h.forward(a), out=gates)
         else:
-            torch.addmm(self.xp_steps[t], h_steps[t], self.w_hh_t, out=gates)
+            self.fw.addmm(self.xp_steps[t], h_steps[t], out=gates)
         self.if_steps[t].sigmoid_()
         g = self.g_steps[t].tanh_()
         o = self.o_steps[t].sigmoid_()
@@ -164,10 +165,10 @@ class LSTMKernel(Kernel):
         dgates = self.dgate_steps[t]
         if self.ln:
             dgates = self.norm_h.backward(t, dgates)
-        return [mm_add(base, dgates, self.w_hh), dc_t * self.forget_steps[t]]
+        return [self.bw.addmm(base, dgates), dc_t * self.forget_steps[t]]
 
     def end_backward(self):
-        self.dh_to_dc = self.dh_to_dc_steps = self.forget = self.forget_steps = None
+        self.dh_to_dc = self.dh_to_dc_steps = self.forget = self.forget_steps = self.bw = None
 
     def input_grad(self):
         return self.dgates
@@ -215,7 +216,7 @@ class PeepholeKernel(LSTMKernel):
     def forward_step(self, t):
         h_steps, c_steps = self.state_steps
         c_prev = c_steps[t]
-        torch.addmm(self.xp_steps[t], h_steps[t], self.w_hh_t, out=self.gate_steps[t])
+        self.fw.addmm(self.xp_steps[t], h_steps[t], out=self.gate_steps[t])
         self.if_pair_steps[t].addcmul_(self.p_if, self.c_rows[t])
         self.if_steps[t].sigmoid_()
         g = self.g_steps[t].tanh_()

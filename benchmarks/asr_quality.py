@@ -1,0 +1,128 @@
+"""Speech recognition on connected digits (FSDD): dev WER of a bidirectional and a streaming
+model, isolated-digit accuracy, real-time factor, streaming latency.
+
+    python benchmarks/asr_quality.py                          # 30 + 30 minutes of training
+    python benchmarks/asr_quality.py --minutes 15 --results benchmarks/RESULTS.md
+
+1. ``rnnkit prepare-digits ../shared/data/fsdd`` (3,000 training and 300 dev utterances of 1-7
+   digits; dev from recording indices 5-9, training from 10-49);
+2. ``rnnkit train asr`` with the defaults (3 x 256 bidirectional LSTM, CTC) for ``--minutes``,
+   best checkpoint by dev WER; then the same with ``--unidirectional`` (streaming);
+3. ``rnnkit evaluate`` on dev, greedy and ``--beam 8``, and on the isolated dev recordings;
+   the real-time factor on one thread (reading, features, model and decoding included);
+4. the streaming model's latency: each dev file read 100 ms at a time, the seconds each chunk
+   takes (features, model, decoder), median and 99th percentile.
+
+Targets (issue 16): connected-digit dev WER at most 1.5% (greedy and beam), isolated-digit
+accuracy at least 98%, real-time factor at most 0.01 on one core, streaming WER within 1.5x of
+the bidirectional model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from rnnkit import gemm
+from rnnkit.cli import main as rnnkit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "fsdd"
+
+
+def _call(argv: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = rnnkit(argv)
+    if rc != 0:
+        raise SystemExit(f"rnnkit {' '.join(argv)} failed ({rc})")
+    return out.getvalue()
+
+
+def evaluate(run: Path, manifest: Path, threads: int, *extra: str) -> dict:
+    return json.loads(_call(["evaluate", str(run), "--data", str(manifest), "--json",
+                             "--threads", str(threads), *extra]))
+
+
+def stream_latency(run: Path, manifest: Path, files: int) -> tuple[float, float]:
+    from rnnkit.data.audio import read_manifest
+    from rnnkit.tasks import asr
+
+    model, _ = asr.load(run)
+    times = []
+    for u in read_manifest(manifest)[:files]:
+        times += [seconds for _, seconds in asr.stream(model, u.audio, 100.0)]
+    times.sort()
+    return 1e3 * times[len(times) // 2], 1e3 * times[int(0.99 * (len(times) - 1))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DATA), help="the FSDD folder")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-asr"))
+    p.add_argument("--minutes", type=float, default=30.0, help="training time per model")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-train", action="store_true", help="use the runs in --out")
+    p.add_argument("--results", help="append the Markdown table to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    sets = out / "digits"
+    if not (sets / "dev-isolated.tsv").exists():
+        _call(["prepare-digits", args.data, "--out", str(sets)])
+    runs = {"bidirectional": out / "bi", "streaming": out / "uni"}
+    if not args.skip_train:
+        for name, run in runs.items():
+            extra = ["--unidirectional"] if name == "streaming" else []
+            _call(["train", "asr", "--train", str(sets / "train.tsv"), "--dev",
+                   str(sets / "dev.tsv"), "--max-minutes", str(args.minutes), "--threads",
+                   str(args.threads), "--out", str(run), "--overwrite", "--no-progress",
+                   "--log-every", "50", *extra])
+    res = {}
+    for name, run in runs.items():
+        res[name] = {"greedy": evaluate(run, sets / "dev.tsv", args.threads),
+                     "beam": evaluate(run, sets / "dev.tsv", args.threads, "--beam", "8")}
+    bi = runs["bidirectional"]
+    isolated = evaluate(bi, sets / "dev-isolated.tsv", args.threads)
+    rtf = evaluate(bi, sets / "dev.tsv", 1)["real_time_factor"]
+    torch.set_num_threads(1)
+    median_ms, p99_ms = stream_latency(runs["streaming"], sets / "dev.tsv", 50)
+    wer_bi, wer_uni = res["bidirectional"]["greedy"]["wer"], res["streaming"]["greedy"]["wer"]
+    rows = [
+        ("connected digits, dev WER, greedy", f"{100 * wer_bi:.2f}%", "<= 1.5%", wer_bi <= 0.015),
+        ("connected digits, dev WER, beam 8",
+         f"{100 * res['bidirectional']['beam']['wer']:.2f}%", "<= 1.5%",
+         res["bidirectional"]["beam"]["wer"] <= 0.015),
+        ("isolated digits, dev accuracy", f"{100 * isolated['sentence_accuracy']:.2f}%",
+         ">= 98%", isolated["sentence_accuracy"] >= 0.98),
+        ("real-time factor, 1 thread, dev set", f"{rtf:.4f}", "<= 0.01", rtf <= 0.01),
+        ("streaming model, dev WER, greedy", f"{100 * wer_uni:.2f}% "
+         f"({wer_uni / max(wer_bi, 1e-9):.2f}x the bidirectional)", "<= 1.5x",
+         wer_uni <= 1.5 * wer_bi),
+        ("streaming latency per 100 ms chunk, 1 thread", f"median {median_ms:.2f} ms, "
+         f"p99 {p99_ms:.2f} ms", "measured", True),
+    ]
+    lines = [f"{gemm.describe()}; {args.minutes:g} minutes of training per model, "
+             f"{args.threads} threads", "",
+             "| measure | result | target | met |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {'yes' if ok else 'no'} |" for a, b, c, ok in rows]
+    detail = {name: {k: {m: v[m] for m in ("wer", "cer", "substitutions", "deletions",
+                                           "insertions")} for k, v in r.items()}
+              for name, r in res.items()}
+    lines += ["", f"Operations: `{json.dumps(detail)}`"]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.results:
+        with open(args.results, "a", encoding="utf-8") as f:
+            f.write("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""rnnkit's GEMM layer: every large matrix product of the library on the fastest backend of the
+machine it runs on.
+
+torch's float32 ``mm``/``addmm``/``F.linear`` go to ATen's BLAS (MKL or OpenBLAS). On some
+processors that is half of what the hardware does: on AMD EPYC MKL runs its AVX2 code while
+oneDNN, which torch bundles, runs AVX-512 (benchmarks/RESULTS.md, "GEMM backends"). torch 2.13
+has no switch that sends float32 matmul to oneDNN at full precision
+(``torch.backends.mkldnn.matmul.fp32_precision`` does so only at reduced precision, bf16 or
+tf32), so this module calls oneDNN itself, on ordinary dense tensors, through
+``torch.ops.mkldnn._linear_pointwise`` (the operator behind inductor's CPU linear fusion).
+
+Backends:
+
+- ``"aten"``: ``torch.addmm`` / ``torch.mm``; the only backend for float64 (the gradient
+  checks), for other devices than the CPU and for anything that needs a second derivative;
+- ``"onednn"``: oneDNN's matmul; float32 on the CPU.
+
+Which one a product uses is measured, once per machine, product kind and shape (median of
+interleaved repeats of both, on the product's own operands) and cached in
+``~/.cache/rnnkit/gemm-<machine>.json`` (the machine: CPU model, torch version, threads), as
+the C++ loops are built once per machine. ``RNNKIT_GEMM=aten`` (or ``onednn``) in the
+environment forces one backend wherever it applies; :func:`forced` does the same inside a
+block.
+
+The products (``kind``):
+
+- ``"linear"``: ``x W^T + b`` over many rows (input projections over all steps, decoders,
+  attention, the taggers' and classifiers' projections): :func:`linear`, differentiable, whose
+  backward products are ``"dgrad"`` (``dY W``) and ``"wgrad"`` (``dY^T X``);
+- ``"step"``: one step's recurrent product, the same weight for every step of a sequence:
+  :class:`StepWeight` (oneDNN keeps the weight in its own layout across the steps);
+- ``"wgrad"``: a weight gradient summed over all steps, :func:`mm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.files import write_text_atomic
+
+BACKENDS = ("aten", "onednn")
+#: the environment variable that forces a backend: ``aten``, ``onednn`` or ``auto`` (default)
+ENV = "RNNKIT_GEMM"
+#: products smaller than this many multiply-adds are not worth measuring: ATen
+MIN_MEASURED = 1 << 16
+_REPEATS = 5
+
+_state: dict[str, object] = {"forced": None, "choices": None, "path": None, "threads": None,
+                             "used": {"aten": 0, "onednn": 0}}
+
+
+# -- availability and the choice ----------------------------------------------------------------
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN and the dense-tensor linear operator rnnkit calls."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 (a lookup that raises when absent)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _mode() -> str:
+    forced = _state["forced"]
+    if forced is not None:
+        return forced  # type: ignore[return-value]
+    mode = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if mode not in (*BACKENDS, "auto"):
+        raise ValueError(f"{ENV}={mode!r}: expected one of aten, onednn, auto")
+    return mode
+
+
+@contextmanager
+def forced(backend: str | None) -> Iterator[None]:
+    """Use ``backend`` (``"aten"``, ``"onednn"``; None: measure) for every product inside the
+    block, wherever it applies (oneDNN: float32 on the CPU)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    was = _state["forced"]
+    _state["forced"] = backend or "auto"
+    try:
+        yield
+    finally:
+        _state["forced"] = was
+
+
+def applies(*tensors: Tensor) -> bool:
+    """Whether oneDNN may run a product of these operands: float32 on the CPU, oneDNN
+    present, not forced to ATen, not inside a TorchScript trace or an ONNX export."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # exports see plain ops
+        return False
+    return (_mode() != "aten" and all(t.dtype == torch.float32 and t.device.type == "cpu"
+                                      for t in tensors) and onednn_available())
+
+
+def machine() -> str:
+    """What a measured choice is true of: the CPU model, torch's version and thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rnnkit"
+    digest = hashlib.sha256(machine().encode()).hexdigest()[:16]
+    return root / f"gemm-{digest}.json"
+
+
+def _choices() -> dict[str, str]:
+    """The measured choices of this machine, read from its cache file once per thread
+    count."""
+    threads = torch.get_num_threads()
+    if _state["choices"] is None or _state["threads"] != threads:
+        path = _cache_path()
+        choices: dict[str, str] = {}
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("machine") == machine():
+                choices = {k: v for k, v in saved.get("choices", {}).items()
+                           if isinstance(v, str)}
+        except (OSError, ValueError, AttributeError):
+            pass  # no cache yet, or an unreadable one: measure again
+        _state.update(choices=choices, path=path, threads=threads)
+    return _state["choices"]  # type: ignore[return-value]
+
+
+def _save() -> None:
+    path = _state["path"]
+    with contextlib.suppress(OSError):  # a read-only home: the choices hold for this process
+        write_text_atomic(path, json.dumps({"machine": machine(), "choices": _state["choices"]},
+                                           indent=1, sort_keys=True))
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fastest(runs: dict[str, Callable[[], object]]) -> str:
+    """The name of the fastest of several ways to compute the same thing: one warm-up call
+    each, then the median of :data:`_REPEATS` interleaved timings."""
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(_REPEATS):
+            for name, fn in runs.items():
+                times[name].append(_time_once(fn))
+    return min(times, key=lambda name: sorted(times[name])[_REPEATS // 2])
+
+
+def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object]) -> str:
+    """The faster backend of two ways to make the same product (:func:`fastest`)."""
+    return fastest({"aten": run_aten, "onednn": run_onednn})
+
+
+def remembered(key: str, choose_now: Callable[[], str]) -> str:
+    """The choice stored under ``key`` for this machine, else ``choose_now()``, stored (in
+    memory and in the machine's cache file) for next time."""
+    choices = _choices()
+    value = choices.get(key)
+    if value is None:
+        value = choices[key] = choose_now()
+        _save()
+    return value
+
+
+def measuring() -> bool:
+    """Whether choices are measured (``RNNKIT_GEMM`` unset or ``auto``, nothing forced); when
+    not, every choice follows a fixed rule, so that nothing is timed (tests)."""
+    return _mode() == "auto"
+
+
+def choose(kind: str, m: int, k: int, n: int, run_aten: Callable[[], object],
+           run_onednn: Callable[[], object]) -> str:
+    """The backend of an (m, k) x (k, n) product of ``kind``, whose operands suit oneDNN:
+    forced, or measured once per machine and cached."""
+    mode = _mode()
+    if mode != "auto":
+        return mode
+    if m * k * n < MIN_MEASURED:
+        return "aten"
+    return remembered(f"{kind}:{m}:{k}:{n}", lambda: measure(run_aten, run_onednn))
+
+
+def speeds(m: int = 700, k: int = 650, n: int = 2600, repeats: int = 7) -> dict[str, float]:
+    """GFLOP/s of each backend present at one float32 (m, k) x (k, n) product on the CPU
+    (default: an input projection of 35 x 20 steps, 650 -> 2600), median of interleaved
+    repeats; for the header of every benchmark."""
+    a, w = torch.randn(m, k), torch.randn(n, k)
+    runs = {"aten": lambda: torch.mm(a, w.t())}
+    if onednn_available():
+        runs["onednn"] = lambda: _onednn(a, w, None)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                times[name].append(_time_once(fn))
+    return {name: 2 * m * k * n / sorted(t)[len(t) // 2] / 1e9 for name, t in times.items()}
+
+
+def describe(m: int = 700, k: int = 650, n: int = 2600) -> str:
+    """One line naming the machine and each backend's GFLOP/s at (m, k) x (k, n)."""
+    rates = ", ".join(f"{name} {rate:.0f}" for name, rate in speeds(m, k, n).items())
+    return f"{machine()}; float32 GEMM {m} x {k} -> {n}: {rates} GFLOP/s"
+
+
+def usage() -> dict[str, int]:
+    """How many products each backend made in this process (for tests and benchmarks)."""
+    return dict(_state["used"])  # type: ignore[arg-type]
+
+
+def _count(backend: str) -> None:
+    _state["used"][backend] += 1  # type: ignore[index]
+
+
+# -- oneDNN on dense tensors --------------------------------------------------------------------
+def _onednn(a: Tensor, w: Tensor, base: Tensor | None, bias: Tensor | None = None) -> Tensor:
+    """``base + a w^T + bias`` by oneDNN: a (m, k), w (n, k) dense or packed, base (m, n)."""
+    if base is None:
+        return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise.binary(a, base, w, bias, "add")
+
+
+def mm(a: Tensor, b: Tensor, base: Tensor | None = None, *, bias: Tensor | None = None,
+       kind: str = "wgrad", out: Tensor | None = None) -> Tensor:
+    """``base + a @ b + bias`` (a (m, k), b (k, n), base (m, n) or None, bias (n,) or None) on
+    the backend chosen for ``kind`` at this shape; written into ``out`` when given. No
+    autograd (for the hand-written backward passes and :func:`linear`)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if not applies(a, b):
+        return _aten(base, a, b, out, bias)
+
+    def run_onednn() -> Tensor:
+        return _onednn(a, b.t(), base, bias)
+
+    backend = choose(kind, m, k, n, lambda: _aten(base, a, b, None, bias), run_onednn)
+    if backend == "aten":
+        return _aten(base, a, b, out, bias)
+    _count("onednn")
+    y = run_onednn()
+    return y if out is None else out.copy_(y)
+
+
+def _aten(base: Tensor | None, a: Tensor, b: Tensor, out: Tensor | None,
+          bias: Tensor | None = None) -> Tensor:
+    _count("aten")
+    if bias is not None:
+        base = bias if base is None else base + bias
+    if base is None:
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+    return torch.addmm(base, a, b) if out is None else torch.addmm(base, a, b, out=out)
+
+
+class StepWeight:
+    """A matrix ``B`` (k, n) by which every step of a sequence multiplies its (m, k) rows: the
+    recurrent weight in the forward loop (``B = W_hh^T``) and in the backward loop
+    (``B = W_hh``). On oneDNN it is reordered into oneDNN's layout once, for all steps.
+
+    Args:
+        b: ``B`` (k, n), as ATen multiplies it (the kernels keep it contiguous).
+        rows: m, the rows of each step (the batch).
+        bt: ``B^T`` (n, k) contiguous when the caller has it (else made when needed).
+    """
+
+    def __init__(self, b: Tensor, rows: int, bt: Tensor | None = None) -> None:
+        self.b = b
+        self.packed: Tensor | None = None
+        self.backend = "aten"
+        if not applies(b):
+            return
+        k, n = b.shape
+        w = (b.t() if bt is None else bt).contiguous()
+        made: dict[str, Tensor] = {}
+
+        def operands() -> tuple[Tensor, Tensor]:  # made only when the shape is measured
+            if not made:
+                made.update(a=b.new_empty(rows, k).normal_(), base=b.new_empty(rows, n).normal_(),
+                            packed=torch.ops.mkldnn._reorder_linear_weight(w, rows))
+            return made["a"], made["base"]
+
+        def run_aten() -> Tensor:
+            a, base = operands()
+            return torch.addmm(base, a, b)
+
+        def run_onednn() -> Tensor:
+            a, base = operands()
+            return _onednn(a, made["packed"], base)
+
+        self.backend = choose("step", rows, k, n, run_aten, run_onednn)
+        if self.backend == "onednn":
+            self.packed = made.get("packed")
+            if self.packed is None:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+
+    def addmm(self, base: Tensor | None, a: Tensor, out: Tensor | None = None,
+              bias: Tensor | None = None) -> Tensor:
+        """``base + a @ B + bias`` for one step's rows ``a`` (m, k); into ``out`` when given."""
+        if self.packed is None:
+            return _aten(base, a, self.b, out, bias)
+        _count("onednn")
+        y = _onednn(a, self.packed, base, bias)
+        return y if out is None else out.copy_(y)
+
+
+# -- a differentiable linear layer --------------------------------------------------------------
+class _Linear(torch.autograd.Function):
+    """``x W^T + b`` with every product (forward, dgrad, wgrad) on its chosen backend."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        x2 = x.reshape(-1, x.shape[-1])
+        y = mm(x2, weight.t(), bias=bias, kind="linear")
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        differentiable = torch.is_grad_enabled()  # create_graph=True: ATen's tracked ops
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (dy2 @ weight if differentiable else mm(dy2, weight, kind="dgrad"))
+            dx = dx.view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = dy2.t() @ x2 if differentiable else mm(dy2.t(), x2, kind="wgrad")
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.sum(0)
+        return dx, dw, db
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: x (..., in), weight (out, in), bias (out,) -> (..., out),
+    each product of its forward and backward passes on the backend chosen for it; plain
+    ``F.linear`` where oneDNN does not apply (float64, other devices, ``RNNKIT_GEMM=aten``)."""
+    if not applies(x, weight):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` whose products go through :func:`linear`; the same parameters and
+    state-dict keys, so a model's checkpoints are unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def adopt(module: nn.Module) -> nn.Module:
+    """Turn every ``torch.nn.Linear`` inside ``module`` (itself included) into a :class:`Linear`
+    in place (its class only: parameters, names and hooks stay); returns ``module``."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = Linear
+    return module
+
+
+__all__ = ["BACKENDS", "ENV", "Linear", "StepWeight", "adopt", "applies", "choose", "describe",
+           "fastest", "forced", "linear", "machine", "measure", "measuring", "mm",
+           "onednn_available", "remembered", "speeds", "usage"]

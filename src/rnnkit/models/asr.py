@@ -1,0 +1,117 @@
+"""The acoustic model of speech recognition: log-mel frames in, per-frame log-probabilities of
+the characters and the CTC blank out.
+
+    frames (B, T, n_mels) -> stack every ``subsample`` frames (B, T / k, k n_mels)
+        -> [dropout] -> an rnnkit stack of any cell, bidirectional unless streaming
+        -> [dropout] -> linear -> log_softmax over V = 1 + characters  (index 0: the blank)
+
+Frame stacking (Sak et al. 2015) shortens time k times at no cost, and it is causal: a
+unidirectional model can run on audio as it arrives (:meth:`AcousticModel.stream_step`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit import gemm
+from rnnkit.data.features import FeatureConfig
+from rnnkit.layers import stack
+
+BLANK = 0
+
+
+@dataclass
+class ASRConfig:
+    """The acoustic model (``config.json``'s ``"model"``).
+
+    Attributes:
+        alphabet: the characters, in output order after the blank (index i + 1).
+        features: how audio becomes frames (:class:`~rnnkit.data.features.FeatureConfig`).
+        subsample: frames stacked into one step (2-4: 20-40 ms steps).
+        cell, hidden_size, num_layers: the recurrent stack.
+        bidirectional: False for a streaming model.
+        dropout: on the stack's input, between layers and before the output layer.
+        mean, std: the training set's per-band statistics (``features.normalisation ==
+            "global"``), else None.
+    """
+
+    alphabet: list[str]
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    subsample: int = 3
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 3
+    bidirectional: bool = True
+    dropout: float = 0.2
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet) + 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["features"] = self.features.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ASRConfig:
+        data = dict(data)
+        data["features"] = FeatureConfig(**data.get("features", {}))
+        return cls(**data)
+
+
+class AcousticModel(nn.Module):
+    """The CTC acoustic model of :class:`ASRConfig` (see the module docstring)."""
+
+    def __init__(self, config: ASRConfig) -> None:
+        super().__init__()
+        self.config = config
+        k, mels = config.subsample, config.features.n_mels
+        if k < 1:
+            raise ValueError(f"subsample must be a positive int, got {k}")
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = stack(config.cell, k * mels, config.hidden_size, config.num_layers,
+                         bidirectional=config.bidirectional, dropout=config.dropout)
+        self.output = nn.Linear(self.rnn.output_size, config.vocab_size)
+        gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Steps after stacking, for ``lengths`` frames (a last partial group is dropped)."""
+        return torch.div(lengths, self.config.subsample, rounding_mode="floor")
+
+    def stack_frames(self, frames: Tensor) -> Tensor:
+        """(B, T, n_mels) -> (B, T // k, k n_mels)."""
+        B, T, M = frames.shape
+        k = self.config.subsample
+        steps = T // k
+        return frames[:, :steps * k].reshape(B, steps, k * M)
+
+    def forward(self, frames: Tensor, lengths: Tensor, state: list | None = None
+                ) -> tuple[Tensor, Tensor, list]:
+        """Log-probabilities (B, T', V) over the blank and the alphabet, their lengths (B,)
+        and the final state, for normalised frames (B, T, n_mels) of ``lengths`` (B,)."""
+        x = self.drop(self.stack_frames(frames))
+        out_lengths = self.output_lengths(lengths).clamp_min(1)
+        if x.shape[1] == 0:
+            x = x.new_zeros(x.shape[0], 1, x.shape[2])
+        res = self.rnn(x, state, lengths=out_lengths.to(x.device))
+        logits = self.output(self.drop(res.output))
+        return F.log_softmax(logits, dim=-1), out_lengths, res.state
+
+    def stream_step(self, stacked: Tensor, state: list | None) -> tuple[Tensor, list]:
+        """A unidirectional model on the next stacked steps (1, S, k n_mels) from ``state``:
+        log-probabilities (1, S, V) and the state after them."""
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional model cannot stream: it reads each utterance to "
+                             "its end (train with --unidirectional)")
+        res = self.rnn(stacked, state)
+        return F.log_softmax(self.output(res.output), dim=-1), res.state
+
+
+__all__ = ["ASRConfig", "AcousticModel", "BLANK"]

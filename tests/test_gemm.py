@@ -1,0 +1,206 @@
+"""rnnkit's GEMM layer (rnnkit.gemm): every backend computes the product ATen computes, to
+float32 rounding; the differentiable linear passes gradcheck in float64; the choice is cached
+per machine; oneDNN is present and used where it applies (CI asserts the fast path, as it does
+for the C++ loops). Nothing here times anything: the measuring function is replaced."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit import gemm
+from rnnkit.cells import make_cell
+from rnnkit.layers.recurrent import Recurrent
+from rnnkit.models.lm import LanguageModel, LMConfig
+
+BACKENDS = ["aten", "onednn"]
+
+
+def close(a, b, rtol=2e-5):
+    scale = b.abs().max().clamp_min(1.0)
+    return (a - b).abs().max().item() <= rtol * scale.item()
+
+
+def test_onednn_is_present_and_used():
+    """The fast path cannot fall away silently: this torch has oneDNN's dense linear, and a
+    language model's training step runs products on it when it is chosen."""
+    assert gemm.onednn_available()
+    model = LanguageModel(LMConfig(vocab_size=50, embedding_size=16, hidden_size=32,
+                                   num_layers=1))
+    before = gemm.usage()["onednn"]
+    with gemm.forced("onednn"):
+        tokens = torch.randint(0, 50, (4, 10))
+        loss, _ = model.loss(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+    assert gemm.usage()["onednn"] > before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mm_layouts_bias_base_and_out(backend):
+    torch.manual_seed(0)
+    with gemm.forced(backend):
+        for a, b in [(torch.randn(7, 33), torch.randn(33, 21)),
+                     (torch.randn(33, 7).t(), torch.randn(21, 33).t()),
+                     (torch.randn(33, 7).t(), torch.randn(33, 21))]:
+            base, bias = torch.randn(7, 21), torch.randn(21)
+            assert close(gemm.mm(a, b), a @ b)
+            assert close(gemm.mm(a, b, base), base + a @ b)
+            assert close(gemm.mm(a, b, bias=bias), a @ b + bias)
+            assert close(gemm.mm(a, b, base, bias=bias), base + a @ b + bias)
+            out = torch.empty(7, 21)
+            y = gemm.mm(a, b, base, out=out)
+            assert y.data_ptr() == out.data_ptr() and close(out, base + a @ b)
+            acc = base.clone()  # accumulate in place, as the weight gradients do
+            gemm.mm(a, b, acc, out=acc)
+            assert close(acc, base + a @ b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_weight(backend):
+    torch.manual_seed(1)
+    w = torch.randn(40, 24)  # (n, k): b = w^T
+    with gemm.forced(backend):
+        step = gemm.StepWeight(w.t().contiguous(), 6, w)
+        assert step.backend == backend
+        for _ in range(3):  # the packed weight serves every step
+            a, base, bias = torch.randn(6, 24), torch.randn(6, 40), torch.randn(40)
+            out = torch.empty(6, 40)
+            assert step.addmm(base, a, out=out).data_ptr() == out.data_ptr()
+            assert close(out, base + a @ w.t())
+            assert close(step.addmm(None, a, bias=bias), a @ w.t() + bias)
+
+
+def test_linear_gradcheck_float64():
+    """The hand-written backward of the differentiable linear, in float64 (where every
+    product is ATen's: oneDNN has no float64)."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gemm._Linear.apply, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: gemm._Linear.apply(x, w, None), (x, w))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_float32_equals_f_linear(backend):
+    torch.manual_seed(3)
+    x = torch.randn(5, 9, 48, requires_grad=True)
+    w = torch.randn(70, 48, requires_grad=True)
+    b = torch.randn(70, requires_grad=True)
+    g = torch.randn(5, 9, 70)
+    with gemm.forced(backend):
+        y = gemm.linear(x, w, b)
+        ours = torch.autograd.grad(y, (x, w, b), g)
+    ref_y = F.linear(x, w, b)
+    ref = torch.autograd.grad(ref_y, (x, w, b), g)
+    assert y.shape == ref_y.shape and close(y, ref_y)
+    for a, r in zip(ours, ref):
+        assert close(a, r)
+
+
+def test_linear_second_derivative():
+    """create_graph=True: the backward is made of tracked ATen ops, so a second derivative
+    exists and equals F.linear's."""
+    torch.manual_seed(4)
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(5, 8, requires_grad=True)
+    with gemm.forced("onednn"):
+        (gx,) = torch.autograd.grad(gemm.linear(x, w).tanh().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.square().sum(), w)
+    (rx,) = torch.autograd.grad(F.linear(x, w).tanh().sum(), x, create_graph=True)
+    (rw,) = torch.autograd.grad(rx.square().sum(), w)
+    assert close(gw, rw, 1e-4)
+
+
+def test_float64_and_forced_aten_never_use_onednn(monkeypatch):
+    before = gemm.usage()["onednn"]
+    x, w = torch.randn(64, 64, dtype=torch.float64), torch.randn(64, 64, dtype=torch.float64)
+    with gemm.forced("onednn"):
+        gemm.mm(x, w)
+        gemm.linear(x, w)
+    monkeypatch.setenv(gemm.ENV, "aten")
+    gemm.mm(x.float(), w.float())
+    gemm.StepWeight(w.float(), 64).addmm(None, x.float())
+    assert gemm.usage()["onednn"] == before
+    monkeypatch.setenv(gemm.ENV, "banana")
+    with pytest.raises(ValueError, match="RNNKIT_GEMM='banana'"):
+        gemm.mm(x.float(), w.float())
+
+
+def test_traced_models_see_plain_linear():
+    lin = gemm.Linear(8, 4)
+    with gemm.forced("onednn"):
+        traced = torch.jit.trace(lin, torch.randn(2, 8))
+    graph = str(traced.graph)
+    assert "aten::linear" in graph and "mkldnn" not in graph
+
+
+def test_the_choice_is_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(gemm._state, "choices", None)
+    calls = []
+
+    def fake_measure(run_aten, run_onednn):
+        calls.append(1)
+        run_aten(), run_onednn()  # both ways run on the product's operands
+        return "onednn"
+
+    monkeypatch.setattr(gemm, "measure", fake_measure)
+    a, b = torch.randn(64, 128), torch.randn(128, 96)
+    with gemm.forced(None):
+        assert close(gemm.mm(a, b, kind="wgrad"), a @ b)
+        gemm.mm(a, b, kind="wgrad")
+        assert len(calls) == 1  # measured once, then remembered
+        gemm.mm(a, b, kind="linear")
+        assert len(calls) == 2  # another kind is another entry
+        gemm.mm(torch.randn(2, 4), torch.randn(4, 3))  # too small to measure: ATen
+        assert len(calls) == 2
+    files = list((tmp_path / "rnnkit").glob("gemm-*.json"))
+    assert len(files) == 1
+    saved = json.loads(files[0].read_text())
+    assert saved["machine"] == gemm.machine()
+    assert saved["choices"] == {"wgrad:64:128:96": "onednn", "linear:64:128:96": "onednn"}
+    monkeypatch.setitem(gemm._state, "choices", None)  # a new process reads the file
+    with gemm.forced(None):
+        gemm.mm(a, b, kind="wgrad")
+    assert len(calls) == 2
+    files[0].write_text("{not json")  # a corrupt cache is measured again, not an error
+    monkeypatch.setitem(gemm._state, "choices", None)
+    with gemm.forced(None):
+        gemm.mm(a, b, kind="wgrad")
+    assert len(calls) == 3
+
+
+def test_adopt_keeps_parameters_and_state_dict():
+    config = LMConfig(vocab_size=300, embedding_size=16, hidden_size=32, num_layers=1,
+                      adaptive_cutoffs=[50, 150])
+    model = LanguageModel(config)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is gemm.Linear for m in linears)  # the adaptive softmax's
+    with gemm.forced("aten"):
+        plain = LanguageModel(config)
+    assert list(model.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("cell,ln", [("lstm", False), ("lstm", True), ("peephole", False),
+                                     ("gru", False), ("gru", True), ("gru-before", False),
+                                     ("gru-before", True), ("mingru", False), ("rnn", False),
+                                     ("rnn-relu", False)])
+def test_bptt_engine_on_both_backends(cell, ln):
+    """Every bptt kernel's per-step products, input projection and weight gradients through
+    oneDNN give ATen's outputs and gradients to float32 rounding, with padding and reverse;
+    batch x hidden above the compiled loops' limit, so the Python loops make the products."""
+    results = {}
+    for backend in BACKENDS:
+        torch.manual_seed(5)
+        layer = Recurrent(make_cell(cell, 24, 48, **({"layer_norm": True} if ln else {})),
+                          engine="bptt", reverse=True)
+        x = torch.randn(16, 7, 24, requires_grad=True)
+        lengths = torch.tensor([7, 5] * 8)
+        with gemm.forced(backend):
+            out, _ = layer(x, lengths=lengths)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[backend] = [out.detach(), x.grad, *(p.grad for p in layer.parameters())]
+    for a, r in zip(results["onednn"], results["aten"]):
+        assert close(a, r, 1e-4)
