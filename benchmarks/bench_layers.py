@@ -60,25 +60,35 @@ CELLS: dict[str, tuple[str, dict]] = {
     "gru": ("gru", {}),
     "gru-ln": ("gru", {"layer_norm": True}),
     "gru-before": ("gru-before", {}),
-    "mingru": ("mingru", {}),
+    "gru-simple": ("gru-simple", {}),
+    "scan-gru": ("scan-gru", {}),
+    "scan-lstm": ("scan-lstm", {}),
+    "qrnn": ("qrnn", {}),
     # not in the default set
     "rnn-relu": ("rnn-relu", {}),
     "gru-before-ln": ("gru-before", {"layer_norm": True}),
 }
 #: the torch.nn module of the same recurrence, for the peak-memory baseline
 TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-DEFAULT_CELLS = ["rnn", "lstm", "lstm-ln", "peephole", "gru", "gru-ln", "gru-before", "mingru"]
-ENGINES = ["reference", "bptt", "native"]
+DEFAULT_CELLS = ["rnn", "lstm", "lstm-ln", "peephole", "gru", "gru-ln", "gru-before", "gru-simple",
+                 "scan-gru", "scan-lstm", "qrnn"]
+SCAN_CELLS = ["scan-gru", "scan-lstm", "qrnn"]
+ENGINES = ["reference", "bptt", "native", "scan"]
 BASELINE = "torch.nn.LSTM"
 
 # targets of issue 15 (forward+backward, against torch.nn.LSTM at the batched shapes): the
 # LSTMs within 1.2x, the layer-normalised cells within 1.5x, every GRU within 1.0x (and the GRU
 # faster than torch.nn.GRU); batch 1 within 2.5x; every cell within 1.5x of its own GEMMs
-BPTT_TARGET = {"lstm": 1.2, "peephole": 1.2, "gru": 1.0, "gru-before": 1.0, "mingru": 1.0,
+BPTT_TARGET = {"lstm": 1.2, "peephole": 1.2, "gru": 1.0, "gru-before": 1.0, "gru-simple": 1.0,
                "lstm-ln": 1.5, "gru-ln": 1.5}
 NATIVE_TARGET = 1.05
 SMALL_BATCH_TARGET = 2.5
 OWN_GEMM_TARGET = 1.5
+# targets of issue 17: the scan cells against torch.nn.LSTM, forward+backward
+SCAN_SHAPES = [(64, 64, 512, 512), (256, 32, 512, 512)]
+SCAN_TARGET = {"scan-gru": 0.35, "scan-lstm": 0.40, "qrnn": 0.85}
+SCAN_SMALL_BATCH_TARGET = 0.25
+LONG_SHAPE, LONG_TARGET = (4096, 8, 256, 256), 0.1
 
 
 @dataclass
@@ -140,10 +150,12 @@ class GemmFloor(nn.Module):
         return _GemmOnly.apply(x, self.w_ih, self.w_hh), None
 
 
-def gate_blocks(label: str, I: int = 3, H: int = 5) -> int:
-    """How many gate blocks of H the cell ``label`` multiplies by (its weight_hh's rows / H)."""
+def gate_blocks(label: str, I: int = 3, H: int = 5) -> int | None:
+    """How many gate blocks of H the cell ``label`` multiplies by (its weight_hh's rows / H);
+    None for a scan cell, which multiplies nothing by its state."""
     name, opts = CELLS[label]
-    return make_cell(name, I, H, **opts).weight_hh.shape[0] // H
+    cell = make_cell(name, I, H, **opts)
+    return cell.weight_hh.shape[0] // H if hasattr(cell, "weight_hh") else None
 
 
 def build_candidates(shape: tuple[int, int, int, int], cells: list[str], engines: list[str]
@@ -162,7 +174,7 @@ def build_candidates(shape: tuple[int, int, int, int], cells: list[str], engines
             out.append(Candidate(f"{label} [{engine}]", layer, label, engine))
     out.append(Candidate("rnnkit.LSTM [native]", rnnkit.LSTM(I, H, engine="native")))
     out.append(Candidate("rnnkit.GRU [native]", rnnkit.GRU(I, H, engine="native")))
-    for k in sorted({gate_blocks(label) for label in cells}):
+    for k in sorted({gate_blocks(label) for label in cells} - {None}):
         out.append(Candidate(f"GEMMs only, {k} block(s)", GemmFloor(I, H, k)))
     return out
 
@@ -329,6 +341,19 @@ def check_targets(shape: tuple[int, int, int, int], r: dict[str, dict[str, float
             if v is not None:
                 out.append((f"{cell} [bptt] within {OWN_GEMM_TARGET}x of its own GEMMs: "
                             f"{v:.2f}x", v <= OWN_GEMM_TARGET))
+    for cell, limit in SCAN_TARGET.items():
+        v = r.get(f"{cell} [scan]", {}).get("fb")
+        if v is None:
+            continue
+        if shape in SCAN_SHAPES:
+            out.append((f"{cell} [scan] at most {limit}x of torch.nn.LSTM: {v:.2f}x",
+                        v <= limit))
+        elif shape == SMALL_BATCH_SHAPE:
+            out.append((f"{cell} [scan] at most {SCAN_SMALL_BATCH_TARGET}x of torch.nn.LSTM: "
+                        f"{v:.2f}x", v <= SCAN_SMALL_BATCH_TARGET))
+        elif shape == LONG_SHAPE:
+            out.append((f"{cell} [scan] at least {1 / LONG_TARGET:.0f}x faster than "
+                        f"torch.nn.LSTM: {1 / v:.1f}x", v <= LONG_TARGET))
     for cell, m in (memory or {}).items():
         if "bptt" in m and "reference" in m:
             out.append((f"{cell} [bptt] peak memory <= reference: {m['bptt'] / 1024:.1f} MiB "

@@ -27,7 +27,7 @@ CELL_CONFIGS: list[tuple[str, str, dict]] = [
     ("gru-after-ln", "gru", {"layer_norm": True}),
     ("gru-before", "gru-before", {}),
     ("gru-before-ln", "gru-before", {"layer_norm": True}),
-    ("mingru", "mingru", {}),
+    ("gru-simple", "gru-simple", {}),
 ]
 CELL_IDS = [c[0] for c in CELL_CONFIGS]
 NATIVE_IDS = {"rnn-tanh", "rnn-relu", "lstm", "lstm-forget-bias", "gru-after"}

@@ -113,7 +113,7 @@ def test_cell_forward_checks_its_input() -> None:
 # -- names, sizes and probabilities ------------------------------------------------------------
 
 def test_unknown_cell_name() -> None:
-    pattern = r"cell must be one of 'rnn', .*'mingru', got 'transformer'"
+    pattern = r"cell must be one of 'rnn', .*'gru-simple', .*'qrnn', got 'transformer'"
     with pytest.raises(ValueError, match=pattern):
         make_cell("transformer", I, H)
     with pytest.raises(ValueError, match=pattern):
@@ -131,13 +131,13 @@ def test_unknown_cell_option() -> None:
 ])
 def test_unknown_engine(build) -> None:
     with pytest.raises(ValueError, match=r"engine must be one of 'auto', 'reference', 'bptt', "
-                                         r"'native', got '(fast|cudnn)'"):
+                                         r"'native', 'scan', got '(fast|cudnn)'"):
         build()
 
 
 @pytest.mark.parametrize(("name", "options"), [("lstm", {"layer_norm": True}),
                                                ("peephole", {}), ("gru-before", {}),
-                                               ("mingru", {})])
+                                               ("gru-simple", {})])
 def test_engine_that_does_not_support_the_cell(name, options) -> None:
     with pytest.raises(ValueError, match=r"engine='native' does not support \w+Cell\("):
         Recurrent(make_cell(name, I, H, **options), engine="native")

@@ -23,15 +23,15 @@ def bench():
 
 def test_candidates_and_ratio_table(bench) -> None:
     shape = (3, 2, 4, 4)
-    candidates = bench.build_candidates(shape, ["lstm", "gru-ln", "mingru"],
+    candidates = bench.build_candidates(shape, ["lstm", "gru-ln", "gru-simple"],
                                         ["reference", "bptt", "native"])
     labels = [c.label for c in candidates]
     assert labels[:3] == ["torch.nn.LSTM", "torch.nn.GRU", "torch.nn.RNN"]
     assert "lstm [native]" in labels and "gru-ln [bptt]" in labels
-    assert "gru-ln [native]" not in labels and "mingru [native]" not in labels
+    assert "gru-ln [native]" not in labels and "gru-simple [native]" not in labels
     assert labels[-5:] == ["rnnkit.LSTM [native]", "rnnkit.GRU [native]",
                            "GEMMs only, 2 block(s)", "GEMMs only, 3 block(s)",
-                           "GEMMs only, 4 block(s)"]  # mingru 2, gru 3, lstm 4
+                           "GEMMs only, 4 block(s)"]  # gru-simple 2, gru 3, lstm 4
     # a fake clock: every timed measurement lasts one tick
     ticks = itertools.count()
     medians = bench.measure(candidates, shape, repeats=3, warmup=1, min_time=0.0,
@@ -81,5 +81,5 @@ def test_the_gemm_floor_multiplies_what_the_cell_multiplies(bench) -> None:
     out.backward(torch.ones_like(out))
     assert x.grad.shape == x.shape and floor.w_ih.grad.shape == (15, 4)
     assert floor.w_hh.grad.shape == (15, 5)
-    assert [bench.gate_blocks(c) for c in ("rnn", "lstm", "peephole", "gru", "mingru")] == \
+    assert [bench.gate_blocks(c) for c in ("rnn", "lstm", "peephole", "gru", "gru-simple")] == \
         [1, 4, 4, 3, 2]

@@ -280,7 +280,7 @@ def test_parameter_names_match_torch(name: str, ref) -> None:
 def test_bias_false() -> None:
     """bias=False: no bias parameters, and the step is the biased one with zero biases."""
     torch.manual_seed(0)
-    for name in ("rnn", "lstm", "peephole", "gru", "gru-before", "mingru"):
+    for name in ("rnn", "lstm", "peephole", "gru", "gru-before", "gru-simple"):
         cell = make_cell(name, I, H, bias=False).to(DT)
         assert not any(n.startswith("bias") for n, _ in cell.named_parameters())
         biased = make_cell(name, I, H).to(DT)

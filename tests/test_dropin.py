@@ -171,7 +171,7 @@ def test_state_shapes_and_errors_like_torch() -> None:
     (rnnkit.LSTM, {"cell": "peephole"}, "peephole"),
     (rnnkit.LSTM, {"layer_norm": True}, "lstm"),
     (rnnkit.GRU, {"cell": "gru-before", "layer_norm": True}, "gru-before"),
-    (rnnkit.GRU, {"cell": "mingru"}, "mingru"),
+    (rnnkit.GRU, {"cell": "gru-simple"}, "gru-simple"),
     (rnnkit.LSTM, {"connection": "highway", "forget_bias": 1.0}, "lstm"),
 ])
 def test_extra_options_reach_the_stack(cls, options: dict, name: str) -> None:

@@ -185,7 +185,7 @@ def test_adopt_keeps_parameters_and_state_dict():
 
 @pytest.mark.parametrize("cell,ln", [("lstm", False), ("lstm", True), ("peephole", False),
                                      ("gru", False), ("gru", True), ("gru-before", False),
-                                     ("gru-before", True), ("mingru", False), ("rnn", False),
+                                     ("gru-before", True), ("gru-simple", False), ("rnn", False),
                                      ("rnn-relu", False)])
 def test_bptt_engine_on_both_backends(cell, ln):
     """Every bptt kernel's per-step products, input projection and weight gradients through

@@ -86,7 +86,7 @@ def test_highway_gate_initialised_to_carry() -> None:
 def test_stacked_skips_only_where_sizes_match() -> None:
     """The first layer changes the size (I=3 -> H=4): no residual there, one after."""
     torch.manual_seed(0)
-    model = stack("mingru", 3, H, 2, connection="residual", engine="reference").to(DT)
+    model = stack("gru-simple", 3, H, 2, connection="residual", engine="reference").to(DT)
     x = _x(2, i=3)
     y0, _ = model.layers[0](x)
     y1, _ = model.layers[1](y0)
@@ -169,7 +169,8 @@ def test_detach_and_map_states() -> None:
 # -- learned initial state ---------------------------------------------------------------------
 
 @pytest.mark.parametrize(("cell_id", "engine"), [("lstm", "native"), ("lstm-ln", "bptt"),
-                                                 ("gru-after", "reference"), ("mingru", "bptt")])
+                                                 ("gru-after", "reference"),
+                                                 ("gru-simple", "bptt")])
 def test_learn_init(cell_id: str, engine: str) -> None:
     layer = build_layer(cell_id, engine, I, H, learn_init=True)
     assert len(layer.init_states) == layer.cell.num_states

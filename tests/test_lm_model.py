@@ -29,7 +29,7 @@ def tiny(**overrides) -> LanguageModel:
     dict(cell="lstm", connection="residual", tie_weights=True),
     dict(cell="lstm", hidden_size=12, tie_weights=True),  # tied through a projection
     dict(cell="gru", connection="dense"),
-    dict(cell="mingru", connection="highway"),
+    dict(cell="gru-simple", connection="highway"),
     dict(cell="peephole", learn_init=True),
     dict(cell="rnn", engine="reference"),
     dict(cell="lstm", cell_options={"layer_norm": True}),

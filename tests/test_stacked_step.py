@@ -11,7 +11,7 @@ from rnnkit.layers import stack
 @pytest.mark.parametrize("cell,connection,options", [
     ("lstm", "none", {}), ("lstm", "residual", {}), ("lstm", "dense", {}),
     ("lstm", "highway", {"layer_norm": True}), ("gru", "residual", {}),
-    ("peephole", "none", {}), ("mingru", "dense", {}), ("rnn", "none", {}),
+    ("peephole", "none", {}), ("gru-simple", "dense", {}), ("rnn", "none", {}),
 ])
 def test_step_by_step_equals_the_forward(cell, connection, options) -> None:
     torch.set_num_threads(1)

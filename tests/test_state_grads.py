@@ -32,7 +32,7 @@ def _reference_grads(cell, x, w, lengths):
     return [torch.stack([grad(s[j]) for s in per_step]) for j in range(len(per_step[0]))]
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "peephole", "gru", "gru-before", "mingru"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "peephole", "gru", "gru-before", "gru-simple"])
 @pytest.mark.parametrize("uneven", [False, True])
 def test_recorded_state_grads_equal_autograd(name, uneven):
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ RNN kernels, whose ONNX form is the ONNX ``LSTM`` / ``GRU`` / ``RNN`` operator, 
 any number of steps), and the model is traced with torch's TorchScript-based ONNX exporter.
 The Python-loop engines (``reference``, ``bptt``) would be unrolled to the traced length, so
 only cells with a native kernel export: ``rnn``, ``rnn-relu``, ``lstm`` (without layer norm),
-``gru`` (reset after); the others (``peephole``, ``mingru``, ``gru-before``, layer-normalised
+``gru`` (reset after); the others (``peephole``, ``gru-simple``, ``gru-before``, layer-normalised
 cells) are refused with an error that names the layer.
 
 The graphs (inputs -> outputs; B, T, U, L are dynamic):

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from rnnkit.cells import CELL_NAMES
+from rnnkit.cells import CELL_NAMES, canonical_cell
 from rnnkit.errors import RnnkitError, warn
 from rnnkit.files import write_text_atomic
 from rnnkit.training.checks import check_device, flag
@@ -65,7 +65,7 @@ def renamed(parser: argparse.ArgumentParser, renames: dict[str, str]) -> None:
 WORD_ENCODER_HELP = {"embedding_size": "word embedding size",
                      "hidden_size": "hidden units per direction",
                      "min_freq": "words seen fewer times become <unk>"}
-_MODEL_FLAGS = {"cell": ("recurrent cell", {"choices": CELL_NAMES}),
+_MODEL_FLAGS = {"cell": ("recurrent cell", {"choices": CELL_NAMES, "type": canonical_cell}),
                 "embedding_size": ("embedding size", {"type": int, "metavar": "N"}),
                 "hidden_size": ("hidden units per layer", {"type": int, "metavar": "N"}),
                 "num_layers": ("recurrent layers", {"type": int, "metavar": "N"}),

@@ -5,6 +5,8 @@
 - ``bptt``: hand-written backpropagation through time, for the cells with a kernel registered
   for their exact class (``rnnkit.engines.kernels``);
 - ``native``: torch's fused kernels, for the cells that are exactly torch's (``native_mode``);
+- ``scan``: the cells whose state update is elementwise linear (``rnnkit.cells.scan``): one
+  GEMM over all steps and a linear scan with a hand-written backward;
 - ``auto``: the fastest of these that supports the configuration, so a subclass that changes
   ``step`` without registering a kernel runs on ``reference``.
 
@@ -23,9 +25,10 @@ from rnnkit.cells.base import Params, RecurrentCell, check_choice
 from rnnkit.engines.bptt import bptt_supports, run_bptt
 from rnnkit.engines.native import run_native
 from rnnkit.engines.reference import run_reference
+from rnnkit.engines.scan import run_scan, scan_supports
 from rnnkit.engines.state_grads import StateGradRecord, record_state_grads
 
-ENGINES = ("auto", "reference", "bptt", "native")
+ENGINES = ("auto", "reference", "bptt", "native", "scan")
 
 # Cells for which torch's fused CPU kernel beats the bptt engine (benchmarks/bench_layers.py):
 # oneDNN fuses the LSTM. torch has no fused GRU on CPU, and its tanh/relu RNN runs a generic
@@ -56,6 +59,8 @@ def supports(engine: str, cell: RecurrentCell, need_states: bool = False) -> boo
         return bptt_supports(cell)
     if engine == "native":
         return cell.native_mode is not None and not (need_states and cell.num_states > 1)
+    if engine == "scan":
+        return scan_supports(cell)
     return True
 
 
@@ -72,12 +77,15 @@ def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
     if engine != "auto":
         if not supports(engine, cell, need_states):
             why = {"bptt": "no bptt kernel is registered for this exact class",
-                   "native": "torch has no fused kernel for this exact class and options"}
+                   "native": "torch has no fused kernel for this exact class and options",
+                   "scan": "only the scan cells (scan-gru, scan-lstm, qrnn) run on it"}
             raise ValueError(f"engine={engine!r} does not support {cell!r}"
                              + (" with per-step states" if need_states else "")
                              + f" ({type(cell).__qualname__}: {why.get(engine, '')}); use "
                              f"engine='auto' or 'reference'")
         return engine
+    if scan_supports(cell):
+        return "scan"
     native_ok = supports("native", cell, need_states)
     if native_ok and device.type == "cpu" and batch_size and bptt_supports(cell) \
             and gemm.measuring() and cell.weight_hh.dtype == torch.float32:
@@ -121,7 +129,7 @@ def run(engine: str, cell: RecurrentCell, params: Params, x: Tensor,
     if lengths is not None:
         steps = torch.arange(x.shape[0], device=x.device)
         mask = (steps[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
-    runner = run_bptt if engine == "bptt" else run_reference
+    runner = {"bptt": run_bptt, "scan": run_scan}.get(engine, run_reference)
     seqs = runner(cell, params, x, state, mask)
     final = tuple(s[-1] for s in seqs)
     if mask is not None:

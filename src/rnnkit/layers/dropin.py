@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkit.cells import canonical_cell
 from rnnkit.cells.base import check_size
 from rnnkit.layers.recurrent import check_probability, pack_like, unpack_input
 from rnnkit.layers.stacking import stack
@@ -247,7 +248,7 @@ class LSTM(_RNNBase):
 
 class GRU(_RNNBase):
     """Drop-in torch.nn.GRU. Extra keyword arguments: ``cell`` ("gru", "gru-before" or
-    "mingru"), ``layer_norm`` and the options of :func:`rnnkit.layers.stack`."""
+    "gru-simple"), ``layer_norm`` and the options of :func:`rnnkit.layers.stack`."""
 
     kind = "GRU"
 
@@ -256,8 +257,9 @@ class GRU(_RNNBase):
                  bidirectional: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, cell: str = "gru",
                  **options: object) -> None:
-        if cell not in ("gru", "gru-before", "mingru", "rnn", "rnn-relu"):
-            raise ValueError(f"cell must be 'gru', 'gru-before' or 'mingru' for GRU, "
+        cell = canonical_cell(cell)
+        if cell not in ("gru", "gru-before", "gru-simple", "rnn", "rnn-relu"):
+            raise ValueError(f"cell must be 'gru', 'gru-before' or 'gru-simple' for GRU, "
                              f"got {cell!r}")
         cell_opts, layer_opts = _split(options)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,

@@ -337,10 +337,10 @@ def stack(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
     """Build a :class:`Stacked` of ``num_layers`` layers of the named cell.
 
     ``cell``: ``"rnn"``, ``"rnn-relu"``, ``"lstm"``, ``"peephole"``, ``"gru"``,
-    ``"gru-before"`` or ``"mingru"``; ``cell_options`` go to every cell (``layer_norm=True``,
-    ``forget_bias=1.0``, ...). Layer options as :class:`Recurrent`, stack options as
-    :class:`Stacked`. Input (B, T, input_size); output (B, T, H or 2H when bidirectional and
-    concatenated).
+    ``"gru-before"``, ``"gru-simple"``, ``"scan-gru"``, ``"scan-lstm"`` or ``"qrnn"``;
+    ``cell_options`` go to every cell (``layer_norm=True``, ``forget_bias=1.0``, ...). Layer
+    options as :class:`Recurrent`, stack options as :class:`Stacked`. Input (B, T,
+    input_size); output (B, T, H or 2H when bidirectional and concatenated).
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")

@@ -49,7 +49,7 @@ class LMConfig:
         hidden_size: H of every recurrent layer.
         num_layers: recurrent layers.
         cell: ``"lstm"``, ``"gru"``, ``"gru-before"``, ``"rnn"``, ``"rnn-relu"``,
-            ``"peephole"`` or ``"mingru"``.
+            ``"peephole"``, ``"gru-simple"``, ``"scan-gru"``, ``"scan-lstm"`` or ``"qrnn"``.
         engine: ``"auto"``, ``"bptt"``, ``"native"`` or ``"reference"``.
         connection: ``"none"``, ``"residual"``, ``"dense"`` or ``"highway"``.
         dropout: dropout between recurrent layers (variational when ``variational``).

@@ -54,8 +54,8 @@ def _choice(names: Callable[[], tuple[str, ...]]) -> _Rule:
 
 
 def _cells() -> tuple[str, ...]:
-    from rnnkit.cells import CELL_NAMES
-    return tuple(CELL_NAMES)
+    from rnnkit.cells import CELL_NAMES, DEPRECATED_CELLS
+    return (*CELL_NAMES, *DEPRECATED_CELLS)
 
 
 def _engines() -> tuple[str, ...]:

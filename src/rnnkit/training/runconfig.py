@@ -11,7 +11,10 @@ loader reads it through :meth:`rnnkit.training.checkpoint.RunDir.read_config`, w
 a run directory that holds pickles and upgrades what earlier releases wrote:
 
 - format 0 (no ``"format"`` key, rnnkit up to commit eb35df5): the tagger and the classifier
-  kept ``batch_size`` at the top level; it moves into ``data``.
+  kept ``batch_size`` at the top level; it moves into ``data``;
+- format 1 (up to 2026-12-02): a model whose ``cell`` is a name since renamed
+  (``rnnkit.cells.DEPRECATED_CELLS``: ``mingru``, the notes' simplified GRU, is now
+  ``gru-simple``) gets today's name, so the run loads as the cell it was trained with.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from rnnkit.errors import CheckpointError
 
 #: the format this release writes
-FORMAT = 1
+FORMAT = 2
 SECTIONS = ("model", "data", "train")
 
 
@@ -60,6 +63,8 @@ class RunConfig:
                                   f"(this one reads formats up to {FORMAT}); upgrade rnnkit")
         if version == 0:
             raw = _upgrade_from_0(raw)
+        if version <= 1:
+            raw = _upgrade_from_1(raw)
         known = {f.name for f in fields(cls)} - {"format"}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -80,6 +85,22 @@ def _upgrade_from_0(raw: dict) -> dict:
         data = dict(raw.get("data") or {})
         data.setdefault("batch_size", raw.pop("batch_size"))
         raw["data"] = data
+    return raw
+
+
+def _renamed_cells(value: object) -> object:
+    from rnnkit.cells import DEPRECATED_CELLS
+
+    if isinstance(value, dict):
+        return {k: (DEPRECATED_CELLS.get(v, v) if k == "cell" and isinstance(v, str)
+                    else _renamed_cells(v)) for k, v in value.items()}
+    return value
+
+
+def _upgrade_from_1(raw: dict) -> dict:
+    """Format 1 -> 2: renamed cells get today's names in the model section."""
+    if isinstance(raw.get("model"), dict):
+        raw["model"] = _renamed_cells(raw["model"])
     return raw
 
 

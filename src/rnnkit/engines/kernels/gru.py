@@ -374,6 +374,6 @@ def _plan_gru(cell: GRUCell, p) -> Plan:
 
 
 @register_kernel(MinimalGRUCell)
-def _plan_mingru(cell: MinimalGRUCell, p) -> Plan:
+def _plan_gru_simple(cell: MinimalGRUCell, p) -> Plan:
     return Plan(MinimalGRUKernel, bias_sum(p.get("bias_ih"), p.get("bias_hh")), None,
                 (p["weight_hh"],))

@@ -1,0 +1,205 @@
+"""Cells whose state update is elementwise linear in the previous state, the answer to the
+notes' "recurrent computation is slow": every gate comes from the inputs alone, so the gates
+of all steps are one GEMM (a convolution for the QRNN) and the recurrence
+
+    c<t> = a<t> * c<t-1> + b<t>
+
+is a linear scan (engine ``scan``: :mod:`rnnkit.engines.scan`), with no matrix product
+between steps. Each cell states its ``a`` and ``b`` (and an output gate) for a whole sequence in
+:meth:`ScanCell.coefficients`; :meth:`step` applies the same function to one step, so the
+equations are written once.
+
+- :class:`MinGRUCell`, ``scan-gru`` (Feng et al. 2024, "Were RNNs All We Needed?"):
+  ``z = sigma(W_z x + b_z)``, ``h~ = W_h x + b_h``, ``a<t> = (1 - z) * a<t-1> + z * h~``;
+  ``positive=True`` is the paper's log-space form, ``h~ = g(W_h x + b_h)`` with
+  ``g(v) = v + 1/2`` for v >= 0 and ``sigma(v)`` below, which keeps the state positive.
+- :class:`MinLSTMCell`, ``scan-lstm`` (the same paper): ``f, i = sigma(W_f x + b_f),
+  sigma(W_i x + b_i)``, normalised ``f' = f / (f + i)``, ``i' = i / (f + i)``,
+  ``a<t> = f' * a<t-1> + i' * h~``.
+- :class:`QRNNCell`, ``qrnn`` (Bradbury et al. 2016, "Quasi-Recurrent Neural Networks"), with
+  fo-pooling: ``z, f, o`` from a causal convolution of window ``k`` (1 or 2) over the inputs,
+  ``z = tanh(W_z [x<t-1>, x<t>])``, ``f = sigma(...)``, ``o = sigma(...)``;
+  ``c<t> = f * c<t-1> + (1 - f) * z``, ``a<t> = o * c<t>``. With ``k = 2`` the state carries
+  the last input beside ``(h, c)``, so that :meth:`step` continues a sequence exactly.
+
+Parameters: ``weight_ih`` (G H, I k) and ``bias_ih`` (G H,), G gate blocks (minGRU 2, minLSTM
+3, QRNN 3), torch-style initialisation U(-1/sqrt(H), 1/sqrt(H)). No ``weight_hh``: nothing
+multiplies the state.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple, new_param
+
+
+class ScanCoefficients(NamedTuple):
+    """A sequence's linear recurrence ``c<t> = a<t> * c<t-1> + b<t>``, (T, B, H) each, and
+    the output gate ``o`` (h = o * c) or None (h = c)."""
+
+    a: Tensor
+    b: Tensor
+    o: Tensor | None
+
+
+class ScanCell(RecurrentCell):
+    """What the scan cells share: the input projection of all steps, the coefficients, and a
+    :meth:`step` that is one step of the same recurrence."""
+
+    recurrent_weights: ClassVar[tuple[str, ...]] = ()
+    #: gate blocks of the input projection
+    blocks: ClassVar[int] = 2
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 window: int = 1) -> None:
+        super().__init__(input_size, hidden_size)
+        self.window = window
+        self.bias = bias
+        G = self.blocks * hidden_size
+        self.weight_ih = new_param(G, input_size * window)
+        self.bias_ih = new_param(G) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_uniform()
+
+    def projections(self, x: Tensor, state: tuple[Tensor, ...], params: Params) -> Tensor:
+        """The gate pre-activations of every step, (T, B, G H), in one GEMM."""
+        return F.linear(x, params["weight_ih"], params.get("bias_ih"))
+
+    def coefficients(self, x: Tensor, state: tuple[Tensor, ...], params: Params | None = None
+                     ) -> ScanCoefficients:
+        """``a``, ``b`` and the output gate of inputs (T, B, I) from ``state``."""
+        raise NotImplementedError
+
+    def carried(self, x: Tensor, c: Tensor, o: Tensor | None) -> tuple[Tensor, ...]:
+        """The state sequences (T, B, n) from the recurrence's c and the inputs: ``(h,)`` or
+        ``(h, c)`` (and the last input with a window of 2)."""
+        return (c,) if o is None else (o * c, c)
+
+    def step(self, x_t: Tensor, state: State, params: Params | None = None
+             ) -> tuple[Tensor, State]:
+        s = as_tuple(state)
+        co = self.coefficients(x_t.unsqueeze(0), s, params)
+        c_prev = s[0] if self.num_states == 1 else s[1]
+        c = torch.addcmul(co.b[0], co.a[0], c_prev)
+        seqs = self.carried(x_t.unsqueeze(0), c.unsqueeze(0), co.o)
+        new = tuple(q[0] for q in seqs)
+        return new[0], new[0] if self.num_states == 1 else new
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + (
+            f", window={self.window}" if self.window != 1 else "")
+
+
+def _g(v: Tensor) -> Tensor:
+    """Feng et al.'s g: v + 1/2 for v >= 0, sigma(v) below (continuous, positive)."""
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+class MinGRUCell(ScanCell):
+    r"""minGRU (Feng et al. 2024): update gate and candidate from the input alone.
+
+    ::
+
+        z<t> = sigma(W_z x<t> + b_z)         h~<t> = W_h x<t> + b_h   [g(...) if positive]
+        a<t> = (1 - z<t>) * a<t-1> + z<t> * h~<t>
+
+    Gate order z, h~ in ``weight_ih`` (2H, I). State: ``h``.
+    """
+
+    blocks = 2
+    gate_kinds: ClassVar[dict[str, str]] = {"update": "sigmoid"}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 positive: bool = False) -> None:
+        self.positive = positive
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def coefficients(self, x, state, params=None):
+        p = self.params() if params is None else params
+        z, h = self.projections(x, state, p).chunk(2, dim=-1)
+        z = torch.sigmoid(z)
+        h = _g(h) if self.positive else h
+        return ScanCoefficients(1 - z, z * h, None)
+
+
+class MinLSTMCell(ScanCell):
+    r"""minLSTM (Feng et al. 2024): forget and input gates from the input alone, normalised.
+
+    ::
+
+        f<t>, i<t> = sigma(W_f x<t> + b_f), sigma(W_i x<t> + b_i)
+        h~<t> = W_h x<t> + b_h  [g(...) if positive]
+        f' = f / (f + i),  i' = i / (f + i),   a<t> = f' * a<t-1> + i' * h~<t>
+
+    Gate order f, i, h~ in ``weight_ih`` (3H, I). State: ``h``.
+    """
+
+    blocks = 3
+    gate_kinds: ClassVar[dict[str, str]] = {"forget": "sigmoid", "input": "sigmoid"}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 positive: bool = False) -> None:
+        self.positive = positive
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def coefficients(self, x, state, params=None):
+        p = self.params() if params is None else params
+        f, i, h = self.projections(x, state, p).chunk(3, dim=-1)
+        f, i = torch.sigmoid(f), torch.sigmoid(i)
+        total = f + i
+        h = _g(h) if self.positive else h
+        return ScanCoefficients(f / total, i / total * h, None)
+
+
+class QRNNCell(ScanCell):
+    r"""The QRNN with fo-pooling (Bradbury et al. 2016), window ``k`` of 1 or 2.
+
+    ::
+
+        z<t> = tanh(W_z [x<t-1>, x<t>] + b_z)    f<t>, o<t> = sigma(...), sigma(...)
+        c<t> = f<t> * c<t-1> + (1 - f<t>) * z<t>          a<t> = o<t> * c<t>
+
+    (with ``window=1`` only x<t>). Gate order z, f, o in ``weight_ih`` (3H, I k), the columns
+    of x<t-1> first. State: ``(h, c)``, and with ``window=2`` the last input ``x`` (B, I).
+    """
+
+    blocks = 3
+    gate_kinds: ClassVar[dict[str, str]] = {"forget": "sigmoid", "output": "sigmoid",
+                                            "candidate": "tanh"}
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 window: int = 2) -> None:
+        if window not in (1, 2) or isinstance(window, bool):
+            raise ValueError(f"window must be 1 or 2, got {window!r}")
+        self.num_states = 2 if window == 1 else 3
+        super().__init__(input_size, hidden_size, bias=bias, window=window)
+
+    def state_sizes(self) -> tuple[int, ...]:
+        return (self.hidden_size, self.hidden_size) + ((self.input_size,) if self.window == 2
+                                                       else ())
+
+    def projections(self, x, state, params):
+        if self.window == 2:  # [x<t-1>, x<t>]: the state's last input before the first step
+            before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
+            x = torch.cat([before, x], dim=-1)
+        return F.linear(x, params["weight_ih"], params.get("bias_ih"))
+
+    def coefficients(self, x, state, params=None):
+        p = self.params() if params is None else params
+        z, f, o = self.projections(x, state, p).chunk(3, dim=-1)
+        z, f, o = torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
+        return ScanCoefficients(f, (1 - f) * z, o)
+
+    def carried(self, x, c, o):
+        out = (o * c, c)
+        return out + ((x,) if self.window == 2 else ())
+
+
+__all__ = ["MinGRUCell", "MinLSTMCell", "QRNNCell", "ScanCell", "ScanCoefficients"]

@@ -1,0 +1,164 @@
+"""The scan cells (minGRU, minLSTM, QRNN) and the scan engine: float64 gradient checks of the
+linear scan, equality with the reference engine (padding, initial states, reverse,
+bidirectional, every window), step() equal to the scan, and the cells in a task."""
+
+import pytest
+import torch
+
+from rnnkit.cells import make_cell
+from rnnkit.cells.base import as_tuple
+from rnnkit.cli import main
+from rnnkit.engines import resolve_engine
+from rnnkit.engines.scan import linear_scan
+from rnnkit.layers import Bidirectional
+from rnnkit.layers.recurrent import Recurrent
+
+CASES = [("scan-gru", {}), ("scan-gru", {"positive": True}), ("scan-lstm", {}),
+         ("scan-lstm", {"positive": True}), ("qrnn", {}), ("qrnn", {"window": 1})]
+
+
+def test_linear_scan_gradcheck_float64():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(6, 3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    c0 = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(linear_scan, (a, b, c0))
+    # and it is the recurrence
+    c, prev = linear_scan(a, b, c0), c0
+    for t in range(6):
+        prev = a[t] * prev + b[t]
+        assert torch.allclose(c[t], prev)
+
+
+def _offset(state, by=0.3):
+    return tuple(s + by for s in state) if isinstance(state, tuple) else state + by
+
+
+@pytest.mark.parametrize("name,opts", CASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_engine_equals_reference(name, opts, reverse):
+    """Outputs, final states and every gradient, with padding and a non-zero initial state."""
+    torch.manual_seed(1)
+    cell = make_cell(name, 5, 7, **opts).double()
+    x = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 4, 1])
+    state = _offset(cell.init_state(3, dtype=torch.float64))
+    got = {}
+    for engine in ("reference", "scan"):
+        layer = Recurrent(cell, engine=engine, reverse=reverse)
+        out, final = layer(x, state, lengths=lengths)
+        weight = torch.arange(out.numel(), dtype=torch.float64).view_as(out).sin()
+        loss = (out * weight).sum() + sum(f.square().sum() for f in as_tuple(final))
+        grads = torch.autograd.grad(loss, [x, *cell.parameters()])
+        got[engine] = (out, as_tuple(final), grads)
+    ref, scan = got["reference"], got["scan"]
+    assert torch.allclose(ref[0], scan[0], atol=1e-12)
+    for a, b in zip(ref[1], scan[1]):
+        assert torch.allclose(a, b, atol=1e-12)
+    for a, b in zip(ref[2], scan[2]):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,opts", CASES)
+def test_gradcheck_through_the_scan_engine(name, opts):
+    torch.manual_seed(2)
+    cell = make_cell(name, 3, 4, **opts).double()
+    layer = Recurrent(cell, engine="scan")
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 3])
+    assert torch.autograd.gradcheck(lambda x: layer(x, lengths=lengths)[0], (x,))
+
+
+@pytest.mark.parametrize("name,opts", CASES)
+def test_step_continues_the_scan(name, opts):
+    """Token by token from a state equals the scan over the whole sequence (decoding)."""
+    torch.manual_seed(3)
+    cell = make_cell(name, 4, 6, **opts)
+    x = torch.randn(2, 9, 4)
+    layer = Recurrent(cell, engine="scan")
+    out, final = layer(x)
+    state = cell.init_state(2)
+    steps = []
+    for t in range(9):
+        h, state = cell.step(x[:, t], state)
+        steps.append(h)
+    assert torch.allclose(torch.stack(steps, 1), out, atol=1e-6)
+    for a, b in zip(as_tuple(state), as_tuple(final)):
+        assert torch.allclose(a, b, atol=1e-6)
+    # a sequence split in two, the second half from the first's final state
+    first, mid = layer(x[:, :4])
+    second, _ = layer(x[:, 4:], mid)
+    assert torch.allclose(torch.cat([first, second], 1), out, atol=1e-6)
+
+
+def test_bidirectional_scan_equals_reference():
+    torch.manual_seed(4)
+    cells = [make_cell("scan-lstm", 5, 6), make_cell("scan-lstm", 5, 6)]
+    x = torch.randn(3, 7, 5)
+    lengths = torch.tensor([7, 2, 5])
+    outs = []
+    for engine in ("reference", "scan"):
+        layer = Bidirectional(Recurrent(cells[0], engine=engine),
+                              Recurrent(cells[1], engine=engine, reverse=True))
+        outs.append(layer(x, lengths=lengths)[0])
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_auto_picks_scan_and_other_engines_refuse():
+    cell = make_cell("qrnn", 4, 4)
+    assert resolve_engine("auto", cell, torch.device("cpu")) == "scan"
+    with pytest.raises(ValueError, match="scan-gru, scan-lstm, qrnn"):
+        resolve_engine("scan", make_cell("lstm", 4, 4), torch.device("cpu"))
+    with pytest.raises(ValueError, match="bptt"):
+        resolve_engine("bptt", cell, torch.device("cpu"))
+    with pytest.raises(ValueError, match="window must be 1 or 2"):
+        make_cell("qrnn", 4, 4, window=3)
+
+
+@pytest.mark.parametrize("cell", ["scan-gru", "scan-lstm", "qrnn"])
+def test_a_language_model_of_scan_cells_trains_and_generates(cell, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat.\n" * 200)
+    out = tmp_path / cell
+    assert main(["train", "lm", "--train", str(text), "--cell", cell, "--num-layers", "2",
+                 "--hidden-size", "32", "--embedding-size", "16", "--max-steps", "40",
+                 "--batch-size", "8", "--bptt", "32", "--lr", "0.01", "--out", str(out),
+                 "--no-progress", "--sample-length", "30"]) == 0
+    log = [line for line in (out / "log.jsonl").read_text().splitlines() if '"train"' in line]
+    assert log
+    capsys.readouterr()
+    assert main(["generate", str(out), "--max-new-tokens", "20", "--seed", "1"]) == 0
+    assert capsys.readouterr().out
+
+
+def test_the_notes_simplified_gru_is_renamed_and_old_runs_load(tmp_path, capsys):
+    """``mingru`` (the notes' simplified GRU) is now ``gru-simple``, not Feng et al.'s minGRU
+    (``scan-gru``): the old name still builds the same cell, with a DeprecationWarning, and a
+    run directory written before the rename (config format 1) loads as that cell."""
+    import json
+
+    from rnnkit.cells import MinimalGRUCell
+
+    with pytest.warns(DeprecationWarning, match="now called 'gru-simple'"):
+        cell = make_cell("mingru", 3, 4)
+    assert type(cell) is MinimalGRUCell
+    text = tmp_path / "t.txt"
+    text.write_text("abc abd abe\n" * 50)
+    run = tmp_path / "run"
+    with pytest.warns(DeprecationWarning):
+        assert main(["train", "lm", "--train", str(text), "--cell", "mingru", "--num-layers",
+                     "1", "--hidden-size", "8", "--embedding-size", "4", "--max-steps", "2",
+                     "--batch-size", "2", "--bptt", "8", "--out", str(run), "--no-progress",
+                     "--sample-length", "0"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["format"] == 2 and config["model"]["cell"] == "gru-simple"
+    config["format"], config["model"]["cell"] = 1, "mingru"  # as the release before wrote it
+    (run / "config.json").write_text(json.dumps(config))
+    from rnnkit.tasks.lm import load_lm
+
+    model, _, loaded = load_lm(run)
+    assert loaded["model"]["cell"] == "gru-simple"
+    assert type(model.rnn.layers[0].cell) is MinimalGRUCell
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(text), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] > 0
