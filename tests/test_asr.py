@@ -218,6 +218,7 @@ def test_prepare_digits_is_deterministic_and_splits_by_index(tmp_path):
     assert wav.read_bytes() == (tmp_path / "b" / "train" / wav.name).read_bytes()
     isolated = (tmp_path / "a" / "dev-isolated.tsv").read_text().splitlines()[1:]
     assert len(isolated) == 20 and all("_5.wav" in line for line in isolated)
+    assert isolated == (tmp_path / "b" / "dev-isolated.tsv").read_text().splitlines()[1:]
     for line in a.splitlines()[1:]:
         words = line.split("\t")[1].split()
         assert 1 <= len(words) <= 7
@@ -333,3 +334,14 @@ def test_bad_speech_input_is_one_line(digit_sets, tmp_path, capsys):
     assert "train.tsv:26" in err
     assert main(["transcribe", str(run), "--input", str(tmp_path / "none.wav")]) == 2
     assert "audio file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cell", ["scan-gru", "gru"])
+def test_the_acoustic_model_takes_any_cell(digit_sets, tmp_path, cell):
+    run = tmp_path / cell
+    _train(digit_sets, run, "--cell", cell)
+    from rnnkit.tasks import asr
+
+    model, config = asr.load(run)
+    assert config["model"]["cell"] == cell
+    assert len(asr.transcribe(model, [str(sorted((digit_sets / "dev").iterdir())[0])]).texts) == 1

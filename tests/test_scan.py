@@ -162,3 +162,43 @@ def test_the_notes_simplified_gru_is_renamed_and_old_runs_load(tmp_path, capsys)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--data", str(text), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] > 0
+
+
+def test_the_compiled_scan_is_used_and_equals_the_torch_op_loop(monkeypatch):
+    """On the CPU the linear scan runs in the compiled loops (where a C++ compiler is, they
+    must build: CI fails rather than fall back silently), and gives the torch-op loop's
+    values and gradients."""
+    import contextlib
+    import os
+    import shutil
+
+    from rnnkit.engines import compiled
+
+    if compiled.loops() is None:
+        if shutil.which(os.environ.get("CXX", "c++")) and not os.environ.get("RNNKIT_NO_COMPILED"):
+            pytest.fail("a C++ compiler is here but the compiled loops were not built")
+        pytest.skip("no compiled loops here (no C++ compiler, or RNNKIT_NO_COMPILED)")
+    called = []
+    module = compiled.loops()
+
+    class Spy:
+        def __getattr__(self, name):
+            called.append(name)
+            return getattr(module, name)
+
+    g = torch.Generator().manual_seed(7)
+    for dtype in (torch.float64, torch.float32):
+        a = torch.rand(40, 3, 50, generator=g, dtype=dtype).requires_grad_()
+        b = torch.randn(40, 3, 50, generator=g, dtype=dtype).requires_grad_()
+        c0 = torch.randn(3, 50, generator=g, dtype=dtype).requires_grad_()
+        weight = torch.randn(40, 3, 50, generator=g, dtype=dtype)
+        results = []
+        for use_compiled in (True, False):
+            monkeypatch.setitem(compiled._state, "module", Spy() if use_compiled else module)
+            with contextlib.nullcontext() if use_compiled else compiled.disabled():
+                c = linear_scan(a, b, c0)
+                results.append((c, *torch.autograd.grad((c * weight).sum(), (a, b, c0))))
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        for x, y in zip(*results):
+            assert torch.allclose(x, y, atol=tol, rtol=tol)
+    assert "scan_forward" in called and "scan_backward" in called

@@ -32,9 +32,9 @@ from __future__ import annotations
 from typing import ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit import gemm
 from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple, new_param
 
 
@@ -69,8 +69,9 @@ class ScanCell(RecurrentCell):
         self.reset_uniform()
 
     def projections(self, x: Tensor, state: tuple[Tensor, ...], params: Params) -> Tensor:
-        """The gate pre-activations of every step, (T, B, G H), in one GEMM."""
-        return F.linear(x, params["weight_ih"], params.get("bias_ih"))
+        """The gate pre-activations of every step, (T, B, G H), in one GEMM (on the
+        machine's fastest backend, :func:`rnnkit.gemm.linear`)."""
+        return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
 
     def coefficients(self, x: Tensor, state: tuple[Tensor, ...], params: Params | None = None
                      ) -> ScanCoefficients:
@@ -102,7 +103,20 @@ def _g(v: Tensor) -> Tensor:
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
 
 
-class MinGRUCell(ScanCell):
+class _MinCell(ScanCell):
+    """What minGRU and minLSTM share: the candidate ``h~ = W_h x + b_h``, or with
+    ``positive=True`` the paper's log-space form ``g(W_h x + b_h)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 positive: bool = False) -> None:
+        self.positive = positive
+        super().__init__(input_size, hidden_size, bias=bias)
+
+    def candidate(self, h: Tensor) -> Tensor:
+        return _g(h) if self.positive else h
+
+
+class MinGRUCell(_MinCell):
     r"""minGRU (Feng et al. 2024): update gate and candidate from the input alone.
 
     ::
@@ -116,20 +130,14 @@ class MinGRUCell(ScanCell):
     blocks = 2
     gate_kinds: ClassVar[dict[str, str]] = {"update": "sigmoid"}
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 positive: bool = False) -> None:
-        self.positive = positive
-        super().__init__(input_size, hidden_size, bias=bias)
-
     def coefficients(self, x, state, params=None):
         p = self.params() if params is None else params
         z, h = self.projections(x, state, p).chunk(2, dim=-1)
         z = torch.sigmoid(z)
-        h = _g(h) if self.positive else h
-        return ScanCoefficients(1 - z, z * h, None)
+        return ScanCoefficients(1 - z, z * self.candidate(h), None)
 
 
-class MinLSTMCell(ScanCell):
+class MinLSTMCell(_MinCell):
     r"""minLSTM (Feng et al. 2024): forget and input gates from the input alone, normalised.
 
     ::
@@ -144,18 +152,12 @@ class MinLSTMCell(ScanCell):
     blocks = 3
     gate_kinds: ClassVar[dict[str, str]] = {"forget": "sigmoid", "input": "sigmoid"}
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 positive: bool = False) -> None:
-        self.positive = positive
-        super().__init__(input_size, hidden_size, bias=bias)
-
     def coefficients(self, x, state, params=None):
         p = self.params() if params is None else params
         f, i, h = self.projections(x, state, p).chunk(3, dim=-1)
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         total = f + i
-        h = _g(h) if self.positive else h
-        return ScanCoefficients(f / total, i / total * h, None)
+        return ScanCoefficients(f / total, i / total * self.candidate(h), None)
 
 
 class QRNNCell(ScanCell):
@@ -189,7 +191,7 @@ class QRNNCell(ScanCell):
         if self.window == 2:  # [x<t-1>, x<t>]: the state's last input before the first step
             before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
             x = torch.cat([before, x], dim=-1)
-        return F.linear(x, params["weight_ih"], params.get("bias_ih"))
+        return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
 
     def coefficients(self, x, state, params=None):
         p = self.params() if params is None else params

@@ -7,7 +7,8 @@ noise, and is written as a WAV file with its transcript (``"three one four"``) i
 The split is by recording index: indices 5-9 make the dev set, 10-49 the training set (the
 official test indices 0-4 are not in ``../shared/data/fsdd``), so no recording is in both.
 The isolated recordings are the 1-digit case; ``dev-isolated.tsv`` lists every dev recording
-alone, for isolated-digit accuracy. Everything is deterministic given the seed.
+alone, with the same end gaps, for isolated-digit accuracy (``dev-isolated/``). Everything is
+deterministic given the seed.
 
     rnnkit prepare-digits ../shared/data/fsdd --out data/digits
 """
@@ -87,7 +88,8 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
                    train_utterances: int = 3000, dev_utterances: int = 300,
                    max_digits: int = 7, rate: int = 8000) -> dict[str, Path]:
     """Build the connected-digit train and dev sets (see the module docstring) under ``out``:
-    ``train/``, ``dev/`` (WAV), ``train.tsv``, ``dev.tsv`` and ``dev-isolated.tsv``. Returns
+    ``train/``, ``dev/``, ``dev-isolated/`` (WAV), ``train.tsv``, ``dev.tsv`` and
+    ``dev-isolated.tsv``. Returns
     the manifests' paths by name."""
     if max_digits < 1 or train_utterances < 1 or dev_utterances < 1:
         raise ValueError("max_digits, train_utterances and dev_utterances must be positive")
@@ -114,8 +116,16 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
         write_manifest(manifests[name], rows)
         seconds = sum(r[2] for r in rows)
         note(f"{manifests[name]}: {len(rows)} utterances, {seconds / 60:.1f} minutes")
-    isolated = [(str(p.resolve()), DIGITS[d], 0.0) for s in sorted(split["dev"])
-                for d in range(10) for _, p in split["dev"][s][d]]
+    isolated = []  # each dev recording alone: the 1-digit case, with the same end gaps
+    folder = out / "dev-isolated"
+    folder.mkdir(parents=True, exist_ok=True)
+    for speaker in sorted(split["dev"]):
+        for d in range(10):
+            for _, path in split["dev"][speaker][d]:
+                audio = np.concatenate([_gap(rng, rate, 100, 300), read_audio(path, rate)[0],
+                                        _gap(rng, rate, 100, 300)])
+                write_wav(folder / path.name, audio, rate)
+                isolated.append((f"{folder.name}/{path.name}", DIGITS[d], len(audio) / rate))
     manifests["dev-isolated"] = out / "dev-isolated.tsv"
     write_manifest(manifests["dev-isolated"], isolated)
     note(f"{manifests['dev-isolated']}: {len(isolated)} isolated dev recordings")

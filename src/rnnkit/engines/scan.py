@@ -9,10 +9,12 @@ hand-written backward, which is the same recurrence run backwards::
     g<t> = dL/dc<t> + a<t+1> * g<t+1>        dL/db<t> = g<t>     dL/da<t> = g<t> * c<t-1>
     dL/dc<0> = a<1> * g<1>
 
-Both directions are one fused multiply-add per step over B x H values, in place into
-preallocated buffers: memory linear in T (a, b and c, (T, B, H) each, and one gradient
-buffer), torch ops only, so the same code runs on CUDA. Padding is ``a = 1``, ``b = 0`` past
-each sequence's length: the state is carried, never touched by padding.
+Both directions are one multiply-add per step over B x H values: on the CPU in the compiled
+loops of ``engines/csrc/recurrent_loops.cpp`` (the columns split between threads, each
+sequential in time), elsewhere a torch-op loop into preallocated buffers, so the same code
+runs on CUDA. Memory is linear in T (a, b and c, (T, B, H) each, and one gradient buffer).
+Padding is ``a = 1``, ``b = 0`` past each sequence's length: the state is carried, never
+touched by padding.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.autograd import Function
 
 from rnnkit.cells.base import Params, RecurrentCell
 from rnnkit.cells.scan import MinGRUCell, MinLSTMCell, QRNNCell
+from rnnkit.engines import compiled
 
 #: the cells the scan engine runs, by exact class (a subclass runs on ``reference``)
 SCAN_CELLS: tuple[type[RecurrentCell], ...] = (MinGRUCell, MinLSTMCell, QRNNCell)
@@ -33,30 +36,49 @@ def scan_supports(cell: RecurrentCell) -> bool:
     return type(cell) in SCAN_CELLS
 
 
+def _loops(*tensors: Tensor):
+    """The compiled loops (engines/csrc/recurrent_loops.cpp) for contiguous float32/float64
+    CPU tensors, else None (CUDA and the rest run the torch-op loop)."""
+    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+           and t.is_contiguous() for t in tensors):
+        return compiled.loops()
+    return None
+
+
 class LinearScan(Function):
     """``c<t> = a<t> * c<t-1> + b<t>`` for t = 1..T from ``c0``: a, b (T, B, H), c0 (B, H) ->
-    c (T, B, H)."""
+    c (T, B, H). On the CPU both directions run in the compiled loops (each thread a block of
+    the B x H columns through all steps); elsewhere, or without a compiler, a torch-op loop of
+    one fused multiply-add per step."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
-        c = torch.empty_like(b)
-        prev = c0
-        for t in range(a.shape[0]):
-            prev = torch.addcmul(b[t], a[t], prev, out=c[t])
+        loops = _loops(a, b, c0)
+        if loops is not None:
+            c = loops.scan_forward(a, b, c0)
+        else:
+            c = torch.empty_like(b)
+            prev = c0
+            for t in range(a.shape[0]):
+                prev = torch.addcmul(b[t], a[t], prev, out=c[t])
         ctx.save_for_backward(a, c, c0)
         return c
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a, c, c0 = ctx.saved_tensors
-        T = a.shape[0]
-        g = torch.empty_like(c)
-        nxt = None
-        for t in range(T - 1, -1, -1):
-            if nxt is None:
-                nxt = g[t].copy_(grad[t])
-            else:
-                nxt = torch.addcmul(grad[t], a[t + 1], nxt, out=g[t])
+        grad = grad.contiguous()
+        loops = _loops(a, grad)
+        if loops is not None:
+            g = loops.scan_backward(a, grad)
+        else:
+            g = torch.empty_like(c)
+            nxt = None
+            for t in range(a.shape[0] - 1, -1, -1):
+                if nxt is None:
+                    nxt = g[t].copy_(grad[t])
+                else:
+                    nxt = torch.addcmul(grad[t], a[t + 1], nxt, out=g[t])
         da = torch.empty_like(a)
         torch.mul(g[1:], c[:-1], out=da[1:])
         torch.mul(g[0], c0, out=da[0])

@@ -413,7 +413,80 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
   return out;
 }
 
+// The scan engine's linear recurrence (rnnkit/engines/scan.py, LinearScan): forward
+// c_t = a_t * c_{t-1} + b_t and backward g_t = dL/dc_t + a_{t+1} * g_{t+1}, over N = B x H
+// independent columns: each thread takes a block of columns through all T steps.
+namespace {
+
+template <typename S>
+void scan_forward_cols(const S* a, const S* b, const S* c0, S* c, int64_t T, int64_t N,
+                       int64_t lo, int64_t hi) {
+  for (int64_t t = 0; t < T; ++t) {
+    const S* prev = t ? c + (t - 1) * N : c0;
+    const S* at = a + t * N;
+    const S* bt = b + t * N;
+    S* ct = c + t * N;
+    for (int64_t i = lo; i < hi; ++i) ct[i] = at[i] * prev[i] + bt[i];
+  }
+}
+
+template <typename S>
+void scan_backward_cols(const S* a, const S* grad, S* g, int64_t T, int64_t N, int64_t lo,
+                        int64_t hi) {
+  const S* last = grad + (T - 1) * N;
+  S* gl = g + (T - 1) * N;
+  for (int64_t i = lo; i < hi; ++i) gl[i] = last[i];
+  for (int64_t t = T - 2; t >= 0; --t) {
+    const S* an = a + (t + 1) * N;
+    const S* gn = g + (t + 1) * N;
+    const S* dt = grad + t * N;
+    S* gt = g + t * N;
+    for (int64_t i = lo; i < hi; ++i) gt[i] = dt[i] + an[i] * gn[i];
+  }
+}
+
+}  // namespace
+
+// a, b (T, B, H) and c0 (B, H), contiguous, of one floating type: c (T, B, H).
+Tensor scan_forward(const Tensor& a, const Tensor& b, const Tensor& c0) {
+  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && c0.is_contiguous(),
+              "scan_forward: contiguous tensors expected");
+  auto c = at::empty_like(b);
+  const int64_t T = a.size(0), N = c0.numel();
+  if (T == 0) return c;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_forward", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    const scalar_t* p0 = c0.data_ptr<scalar_t>();
+    scalar_t* pc = c.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 4096, [&](int64_t lo, int64_t hi) {
+      scan_forward_cols(pa, pb, p0, pc, T, N, lo, hi);
+    });
+  });
+  return c;
+}
+
+// a and dL/dc (T, B, H), contiguous: g = dL/db (T, B, H), the gradient reaching each c_t.
+Tensor scan_backward(const Tensor& a, const Tensor& grad) {
+  TORCH_CHECK(a.is_contiguous() && grad.is_contiguous(),
+              "scan_backward: contiguous tensors expected");
+  auto g = at::empty_like(grad);
+  const int64_t T = a.size(0), N = T ? a.numel() / T : 0;
+  if (T == 0) return g;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_backward", [&] {
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pd = grad.data_ptr<scalar_t>();
+    scalar_t* pg = g.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 4096, [&](int64_t lo, int64_t hi) {
+      scan_backward_cols(pa, pd, pg, T, N, lo, hi);
+    });
+  });
+  return g;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("scan_forward", &scan_forward, "scan engine: c_t = a_t * c_{t-1} + b_t");
+  m.def("scan_backward", &scan_backward, "scan engine: g_t = dc_t + a_{t+1} * g_{t+1}");
   m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
   m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
   m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop");
