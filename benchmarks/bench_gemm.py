@@ -11,9 +11,7 @@ Each number is the median of interleaved repeats after a warm-up call.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 
@@ -31,15 +29,6 @@ SHAPES = [
     ("weight gradient dW_hh, 35 x 20 steps (2600 x 700 x 650)", "wgrad", 2600, 700, 650),
     ("word-LM decoder, 32 x 64 tokens, 384 -> 33,278", "linear", 2048, 384, 33278),
 ]
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def runs(kind: str, m: int, k: int, n: int) -> dict:
@@ -76,14 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, kind, m, k, n in SHAPES:
         fns = runs(kind, m, k, n)
         reps = max(3, args.repeats // (4 if m * k * n > 1e9 else 1))
-        with torch.no_grad():
-            for fn in fns.values():
-                fn()
-            t = {name: [] for name in fns}
-            for _ in range(reps):
-                for name, fn in fns.items():
-                    t[name].append(_time(fn, 1))
-        med = {name: statistics.median(v) for name, v in t.items()}
+        med = gemm.median_times(fns, reps)
         flops = 2 * m * k * n
         rows.append([label, f"{m} x {k} -> {n}", f"{flops / med['aten'] / 1e9:.0f}",
                      f"{flops / med['onednn'] / 1e9:.0f}", f"{med['aten'] / med['onednn']:.2f}x"])

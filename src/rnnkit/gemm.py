@@ -35,6 +35,7 @@ The products (``kind``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -62,8 +63,10 @@ _state: dict[str, object] = {"forced": None, "choices": None, "path": None, "thr
 
 
 # -- availability and the choice ----------------------------------------------------------------
+@functools.cache
 def onednn_available() -> bool:
-    """Whether this torch has oneDNN and the dense-tensor linear operator rnnkit calls."""
+    """Whether this torch has oneDNN and the dense-tensor linear operator rnnkit calls (asked
+    once: every product asks)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -106,17 +109,21 @@ def applies(*tensors: Tensor) -> bool:
                                       for t in tensors) and onednn_available())
 
 
-def machine() -> str:
-    """What a measured choice is true of: the CPU model, torch's version and thread count."""
-    cpu = platform.processor() or platform.machine()
+@functools.cache
+def _cpu() -> str:
+    """The CPU's model name (/proc/cpuinfo, else what platform says)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """What a measured choice is true of: the CPU model, torch's version and thread count."""
+    return f"{_cpu()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
 def _cache_path() -> Path:
@@ -156,17 +163,25 @@ def _time_once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def fastest(runs: dict[str, Callable[[], object]]) -> str:
-    """The name of the fastest of several ways to compute the same thing: one warm-up call
-    each, then the median of :data:`_REPEATS` interleaved timings."""
+def median_times(runs: dict[str, Callable[[], object]], repeats: int = _REPEATS
+                 ) -> dict[str, float]:
+    """Seconds of each way of computing something: one warm-up call each, then the median of
+    ``repeats`` interleaved timings (no autograd)."""
     with torch.no_grad():
         for fn in runs.values():
             fn()
         times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(_REPEATS):
+        for _ in range(repeats):
             for name, fn in runs.items():
                 times[name].append(_time_once(fn))
-    return min(times, key=lambda name: sorted(times[name])[_REPEATS // 2])
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def fastest(runs: dict[str, Callable[[], object]]) -> str:
+    """The name of the fastest of several ways to compute the same thing
+    (:func:`median_times`)."""
+    medians = median_times(runs)
+    return min(medians, key=medians.__getitem__)
 
 
 def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object]) -> str:
@@ -211,14 +226,7 @@ def speeds(m: int = 700, k: int = 650, n: int = 2600, repeats: int = 7) -> dict[
     runs = {"aten": lambda: torch.mm(a, w.t())}
     if onednn_available():
         runs["onednn"] = lambda: _onednn(a, w, None)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.no_grad():
-        for fn in runs.values():
-            fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                times[name].append(_time_once(fn))
-    return {name: 2 * m * k * n / sorted(t)[len(t) // 2] / 1e9 for name, t in times.items()}
+    return {name: 2 * m * k * n / t / 1e9 for name, t in median_times(runs, repeats).items()}
 
 
 def describe(m: int = 700, k: int = 650, n: int = 2600) -> str:
@@ -293,13 +301,17 @@ class StepWeight:
         if not applies(b):
             return
         k, n = b.shape
-        w = (b.t() if bt is None else bt).contiguous()
         made: dict[str, Tensor] = {}
 
+        def pack() -> Tensor:  # B^T in oneDNN's layout, made once and only for oneDNN
+            if "packed" not in made:
+                w = (b.t() if bt is None else bt).contiguous()
+                made["packed"] = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+            return made["packed"]
+
         def operands() -> tuple[Tensor, Tensor]:  # made only when the shape is measured
-            if not made:
-                made.update(a=b.new_empty(rows, k).normal_(), base=b.new_empty(rows, n).normal_(),
-                            packed=torch.ops.mkldnn._reorder_linear_weight(w, rows))
+            if "a" not in made:
+                made.update(a=b.new_empty(rows, k).normal_(), base=b.new_empty(rows, n).normal_())
             return made["a"], made["base"]
 
         def run_aten() -> Tensor:
@@ -308,13 +320,11 @@ class StepWeight:
 
         def run_onednn() -> Tensor:
             a, base = operands()
-            return _onednn(a, made["packed"], base)
+            return _onednn(a, pack(), base)
 
         self.backend = choose("step", rows, k, n, run_aten, run_onednn)
         if self.backend == "onednn":
-            self.packed = made.get("packed")
-            if self.packed is None:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+            self.packed = pack()
 
     def addmm(self, base: Tensor | None, a: Tensor, out: Tensor | None = None,
               bias: Tensor | None = None) -> Tensor:
@@ -382,5 +392,5 @@ def adopt(module: nn.Module) -> nn.Module:
 
 
 __all__ = ["BACKENDS", "ENV", "Linear", "StepWeight", "adopt", "applies", "choose", "describe",
-           "fastest", "forced", "linear", "machine", "measure", "measuring", "mm",
+           "fastest", "forced", "linear", "machine", "measure", "measuring", "median_times", "mm",
            "onednn_available", "remembered", "speeds", "usage"]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from rnnkit import gemm
-from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple, new_param
+from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple, from_tuple, new_param
 
 
 class ScanCoefficients(NamedTuple):
@@ -78,6 +78,12 @@ class ScanCell(RecurrentCell):
         """``a``, ``b`` and the output gate of inputs (T, B, I) from ``state``."""
         raise NotImplementedError
 
+    @property
+    def scanned(self) -> int:
+        """The index in the state of the scanned ``c``: 0 when the state is ``h = c`` alone,
+        1 for ``(h, c, ...)``."""
+        return 0 if self.num_states == 1 else 1
+
     def carried(self, x: Tensor, c: Tensor, o: Tensor | None) -> tuple[Tensor, ...]:
         """The state sequences (T, B, n) from the recurrence's c and the inputs: ``(h,)`` or
         ``(h, c)`` (and the last input with a window of 2)."""
@@ -87,11 +93,9 @@ class ScanCell(RecurrentCell):
              ) -> tuple[Tensor, State]:
         s = as_tuple(state)
         co = self.coefficients(x_t.unsqueeze(0), s, params)
-        c_prev = s[0] if self.num_states == 1 else s[1]
-        c = torch.addcmul(co.b[0], co.a[0], c_prev)
-        seqs = self.carried(x_t.unsqueeze(0), c.unsqueeze(0), co.o)
-        new = tuple(q[0] for q in seqs)
-        return new[0], new[0] if self.num_states == 1 else new
+        c = torch.addcmul(co.b[0], co.a[0], s[self.scanned])
+        new = tuple(q[0] for q in self.carried(x_t.unsqueeze(0), c.unsqueeze(0), co.o))
+        return new[0], from_tuple(self, new)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + (

@@ -22,6 +22,7 @@ from rnnkit.tasks.lm import (
     ADAPTIVE_CUTOFFS,
     ADAPTIVE_FROM,
     MODEL_DEFAULTS,
+    WORD_BPTT,
     WORD_DEFAULTS,
     LMData,
     LMOptions,
@@ -52,7 +53,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_model_arguments(d, {"min_freq": 1})
     d.add_argument("--bptt", type=int, metavar="N",
                    help=f"truncated-BPTT window (default {_DATA.bptt} for characters, "
-                        f"{WORD_DEFAULTS['bptt']} for words)")
+                        f"{WORD_BPTT} for words)")
     d.add_argument("--variable-bptt", action="store_true",
                    help="randomised window lengths (AWD-LSTM)")
     m = parser.add_argument_group("model")

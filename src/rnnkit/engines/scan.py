@@ -100,25 +100,23 @@ def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor
     if mask is not None:
         a = torch.where(mask, a, 1.0)
         b = torch.where(mask, b, 0.0)
-    c0 = state[0] if cell.num_states == 1 else state[1]
-    c = linear_scan(a, b, c0)
+    c = linear_scan(a, b, state[cell.scanned])
     seqs = cell.carried(x, c, co.o)
-    if mask is not None and cell.num_states > 1:
-        # h = o * c and the last input are not a scan: past a length they keep the value of
-        # the sequence's last step (or the initial state when it has none)
-        T = x.shape[0]
-        lengths = mask.sum(0).squeeze(-1)  # (B,)
-        last = torch.minimum(torch.arange(T, device=x.device)[:, None], lengths[None] - 1)
-        out = []
-        for i, (seq, s0) in enumerate(zip(seqs, state)):
-            if i == (0 if cell.num_states == 1 else 1):
-                out.append(seq)  # the scanned state is carried already
-                continue
-            idx = last.clamp_min(0).unsqueeze(-1).expand(-1, -1, seq.shape[-1])
-            kept = seq.gather(0, idx)
-            out.append(torch.where((last >= 0).unsqueeze(-1), kept, s0.unsqueeze(0)))
-        seqs = tuple(out)
-    return seqs
+    if mask is None or cell.num_states == 1:
+        return seqs
+    # h = o * c and the last input are not a scan: past a length they keep the value of the
+    # sequence's last step (or the initial state when it has none)
+    lengths = mask.sum(0).squeeze(-1)  # (B,)
+    last = torch.minimum(torch.arange(x.shape[0], device=x.device)[:, None], lengths[None] - 1)
+    inside = (last >= 0).unsqueeze(-1)
+    out = []
+    for i, (seq, s0) in enumerate(zip(seqs, state)):
+        if i == cell.scanned:  # carried by the scan already
+            out.append(seq)
+            continue
+        kept = seq.gather(0, last.clamp_min(0).unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+        out.append(torch.where(inside, kept, s0.unsqueeze(0)))
+    return tuple(out)
 
 
 __all__ = ["LinearScan", "SCAN_CELLS", "linear_scan", "run_scan", "scan_supports"]

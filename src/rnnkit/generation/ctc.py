@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from rnnkit.layers.recurrent import map_states
+
 NEG_INF = -math.inf
 
 
@@ -122,27 +124,16 @@ class CharLMScorer:
 
 
 def _cat_states(states: list) -> object:
+    """One batch state from single-row states (tensors, or tuples / lists of them)."""
     first = states[0]
     if isinstance(first, Tensor):
         return torch.cat(states, dim=0)
-    if isinstance(first, (tuple, list)):
-        return _rebuild(first, [_cat_states([s[i] for s in states]) for i in range(len(first))])
-    raise TypeError(f"unexpected state type {type(first).__name__}")
-
-
-def _rebuild(like: tuple | list, items: list) -> object:
-    """A container of ``like``'s type (a list, a tuple, a named tuple) holding ``items``."""
-    if hasattr(like, "_fields"):
-        return type(like)(*items)
-    return type(like)(items)
+    return type(first)(_cat_states([s[i] for s in states]) for i in range(len(first)))
 
 
 def _index_state(state: object, i: int) -> object:
-    if isinstance(state, Tensor):
-        return state[i:i + 1]
-    if isinstance(state, (tuple, list)):
-        return _rebuild(state, [_index_state(s, i) for s in state])
-    raise TypeError(f"unexpected state type {type(state).__name__}")
+    """Row ``i`` of a batch state, as a batch of one."""
+    return map_states(lambda s: s[i:i + 1], state)
 
 
 class PrefixBeamSearch:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -54,6 +53,16 @@ class ASRConfig:
     def vocab_size(self) -> int:
         return len(self.alphabet) + 1
 
+    @property
+    def char_ids(self) -> dict[str, int]:
+        """Each character's output index (the blank is 0)."""
+        return {c: i + 1 for i, c in enumerate(self.alphabet)}
+
+    def output_steps(self, frames):
+        """Steps after stacking, for ``frames`` frames (an int or a tensor of them): a last
+        partial group of ``subsample`` frames is dropped."""
+        return frames // self.subsample
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["features"] = self.features.to_dict()
@@ -82,8 +91,8 @@ class AcousticModel(nn.Module):
         gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        """Steps after stacking, for ``lengths`` frames (a last partial group is dropped)."""
-        return torch.div(lengths, self.config.subsample, rounding_mode="floor")
+        """Steps after stacking, for ``lengths`` frames (:meth:`ASRConfig.output_steps`)."""
+        return self.config.output_steps(lengths)
 
     def stack_frames(self, frames: Tensor) -> Tensor:
         """(B, T, n_mels) -> (B, T // k, k n_mels)."""

@@ -112,12 +112,18 @@ class Featurizer:
         return self.normalised(frames), seconds
 
 
-def _encode(text: str, index: dict[str, int], source: str) -> list[int]:
-    unknown = sorted({c for c in text if c not in index})
-    if unknown:
-        raise DataError(f"characters the model does not know: {''.join(unknown)!r} (its "
-                        f"alphabet: {''.join(sorted(index))!r})", source)
-    return [index[c] for c in text]
+def encode_texts(utts: Sequence[Utterance], config: ASRConfig) -> list[list[int]]:
+    """The output indices of every transcript; a character outside the model's alphabet is
+    a :class:`DataError` naming the manifest line."""
+    ids = config.char_ids
+    out = []
+    for u in utts:
+        unknown = sorted({c for c in u.text if c not in ids})
+        if unknown:
+            raise DataError(f"characters the model does not know: {''.join(unknown)!r} (its "
+                            f"alphabet: {''.join(sorted(ids))!r})", u.source)
+        out.append([ids[c] for c in u.text])
+    return out
 
 
 def ctc_steps_needed(ids: Sequence[int]) -> int:
@@ -224,13 +230,12 @@ def train(opts: ASROptions, request: RunRequest) -> int:
         model_config.std = every.std(0, unbiased=False).clamp_min(1e-5).tolist()
         featurizer = Featurizer(model_config)
     frames = [featurizer.normalised(f) for f in raw]
-    index = {c: i + 1 for i, c in enumerate(model_config.alphabet)}
-    targets = [_encode(u.text, index, u.source) for u in train_utts]
-    model = AcousticModel(model_config)
-    keep = [i for i, (f, t) in enumerate(zip(frames, targets))
-            if int(model.output_lengths(torch.tensor(f.shape[0]))) >= ctc_steps_needed(t)]
+    targets = encode_texts(train_utts, model_config)
+    fits = [model_config.output_steps(f.shape[0]) >= ctc_steps_needed(t)
+            for f, t in zip(frames, targets)]
+    keep = [i for i, ok in enumerate(fits) if ok]
     if len(keep) < len(frames):
-        first = next(i for i in range(len(frames)) if i not in set(keep))
+        first = fits.index(False)
         warn(f"{opts.train}: skipped {len(frames) - len(keep)} utterance(s) too short for "
              f"their transcripts (CTC needs a step per character; first: "
              f"{train_utts[first].source})")
@@ -239,9 +244,8 @@ def train(opts: ASROptions, request: RunRequest) -> int:
     frames, targets = [frames[i] for i in keep], [targets[i] for i in keep]
     dev = None
     if dev_utts:
+        encode_texts(dev_utts, model_config)  # characters it cannot score: before any work
         dev_frames, dev_seconds = _features_of(dev_utts, featurizer, raw=False)
-        for u in dev_utts:
-            _encode(u.text, index, u.source)
         dev = (dev_frames, [u.text for u in dev_utts])
         note(f"dev: {opts.dev}: {len(dev_utts)} utterances, {dev_seconds / 60:.1f} minutes")
     note(f"train asr: {opts.train}: {len(frames)} utterances, {seconds / 60:.1f} minutes of "
@@ -409,9 +413,7 @@ def evaluate_manifest(run_dir: str | Path, manifest: str, *, beam: int = 1,
     """WER, CER and their operations on a manifest, with the real-time factor."""
     model, _ = load(run_dir, device)
     utts = read_manifest(manifest)
-    index = {c: i + 1 for i, c in enumerate(model.config.alphabet)}
-    for u in utts:
-        _encode(u.text, index, u.source)
+    encode_texts(utts, model.config)  # characters it cannot score: before any work
     decoder = make_decoder(model, beam, lm, lm_weight, word_bonus)
     result = transcribe(model, utts, batch_size, decoder)
     refs = [u.text for u in utts]
@@ -424,12 +426,7 @@ def evaluate_manifest(run_dir: str | Path, manifest: str, *, beam: int = 1,
             "audio_seconds": result.audio_seconds, "real_time_factor": result.real_time_factor}
 
 
-def check_run(run_dir: str | Path) -> None:
-    """A speech run directory, or :class:`CheckpointError`."""
-    RunDir(run_dir).read_config(task=TASK)
-
-
 __all__ = ["ASRData", "ASROptions", "ASRTask", "DEFAULT_TRAIN", "Featurizer", "TASK",
-           "Transcription", "check_run", "ctc_steps_needed", "decode_frames",
+           "Transcription", "ctc_steps_needed", "decode_frames", "encode_texts",
            "evaluate_manifest", "load", "log_probs_of", "make_decoder", "stream", "train",
            "transcribe", "whole_file"]

@@ -88,11 +88,13 @@ class LMData:
 #: the model options of ``rnnkit train lm`` when not given, for characters
 MODEL_DEFAULTS = dict(cell="lstm", num_layers=2, hidden_size=384, embedding_size=64,
                       dropout=0.1, embedding_dropout=0.0, output_dropout=0.1)
-#: what differs for words: the configuration of ``benchmarks/lm_quality.py``'s WikiText-2 run
-#: (2 x 512 LSTM, 256-dim embeddings, stronger dropout, windows of 70 words), so that a user who
-#: gives only the data and a time budget gets the benchmark's model
+#: the model options that differ for words: the configuration of ``benchmarks/lm_quality.py``'s
+#: WikiText-2 run (2 x 512 LSTM, 256-dim embeddings, stronger dropout), so that a user who gives
+#: only the data and a time budget gets the benchmark's model
 WORD_DEFAULTS = dict(hidden_size=512, embedding_size=256, dropout=0.3, embedding_dropout=0.1,
-                     output_dropout=0.3, bptt=70)
+                     output_dropout=0.3)
+#: the truncated-BPTT window for words (characters: :class:`LMData`'s)
+WORD_BPTT = 70
 #: a word vocabulary of at least this many types gets an adaptive softmax (Grave et al. 2017)
 #: with :data:`ADAPTIVE_CUTOFFS` unless ``--adaptive`` or ``--tie-weights`` says otherwise: the
 #: full softmax over WikiText-2's 33,278 words is 4/5 of a step's time
@@ -102,9 +104,7 @@ ADAPTIVE_CUTOFFS = [2000, 10000]
 
 def model_defaults(level: str) -> dict:
     """The model options when not given, at ``level`` (``"char"`` or ``"word"``)."""
-    if level == "word":
-        return {**MODEL_DEFAULTS, **{k: v for k, v in WORD_DEFAULTS.items() if k != "bptt"}}
-    return dict(MODEL_DEFAULTS)
+    return {**MODEL_DEFAULTS, **WORD_DEFAULTS} if level == "word" else dict(MODEL_DEFAULTS)
 
 
 def train_defaults(bundled: bool, level: str = "char") -> TrainConfig:
@@ -317,7 +317,7 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
 def _data_section(opts: LMOptions) -> LMData:
     defaults = LMData()
     level = _pick(opts.level, defaults.level)
-    bptt = WORD_DEFAULTS["bptt"] if level == "word" else defaults.bptt
+    bptt = WORD_BPTT if level == "word" else defaults.bptt
     data = LMData(train=opts.train or BUNDLED, valid=opts.dev,
                   valid_fraction=_pick(opts.dev_fraction, defaults.valid_fraction),
                   level=level, batch_size=_pick(opts.batch_size, defaults.batch_size),
@@ -490,6 +490,6 @@ def diagnostic_losses(run_dir: str | Path, batch_size: int, length: int,
 
 
 __all__ = ["ADAPTIVE_CUTOFFS", "ADAPTIVE_FROM", "BUNDLED", "LMData", "LMOptions", "LMTask",
-           "MODEL_DEFAULTS", "WORD_DEFAULTS", "model_defaults", "bundled_shakespeare",
+           "MODEL_DEFAULTS", "WORD_BPTT", "WORD_DEFAULTS", "model_defaults", "bundled_shakespeare",
            "diagnostic_losses", "evaluate_file", "evaluate_lm", "generate_text", "load_lm",
            "load_texts", "model_config", "prompt_ids", "start_id", "train", "train_defaults"]

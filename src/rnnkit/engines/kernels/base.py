@@ -258,8 +258,8 @@ class Kernel:
     needs_input_grad = True
     #: layer normalisation inside the recurrence (a kernel that has it sets it per instance)
     ln = False
-    #: the transposed copies of recurrent weights that only the forward GEMMs read, and the
-    #: forward loop's :class:`~rnnkit.gemm.StepWeight`
+    #: what only the forward GEMMs read: the forward loop's :class:`~rnnkit.gemm.StepWeight`
+    #: (which holds the transposed recurrent weight), or a kernel's own transposed copy
     transposed: ClassVar[tuple[str, ...]] = ("w_hh_t", "fw")
     #: True when the kernel receives the layer input x instead of the input projection xp
     #: (and returns dL/dx and the input weights' gradients itself)
@@ -279,10 +279,11 @@ class Kernel:
         self.state_steps = [buf.unbind(0) for buf in state_seqs]
         self.xp_steps = xp.unbind(0)
 
-    def step_weight(self, b: Tensor, bt: Tensor | None = None) -> StepWeight:
-        """``b`` (k, n) for the per-step products ``a @ b`` of this run's batch
-        (:class:`~rnnkit.gemm.StepWeight`); ``bt``: its contiguous transpose, if at hand."""
-        return StepWeight(b, self.B, bt)
+    def step_weight(self, w: Tensor, forward: bool) -> StepWeight:
+        """The per-step products with a recurrent weight ``w`` (G, H) at this run's batch
+        (:class:`~rnnkit.gemm.StepWeight`): forward ``a @ w^T`` (``w^T`` made contiguous once:
+        the GEMMs read it row-major; it is the StepWeight's ``b``), backward ``a @ w``."""
+        return StepWeight(w.t().contiguous(), self.B, w) if forward else StepWeight(w, self.B)
 
     def _views(self) -> None:
         """(Re)make the per-step views of the ``consumed`` buffers."""

@@ -34,8 +34,7 @@ class ElmanKernel(Kernel):
         self.w_hh, self.w_ih, self.b = weights
         self.x = x
         super().__init__(gemm.linear(x, self.w_ih, self.b), weights, state_seqs)
-        self.w_hh_t = self.w_hh.t().contiguous()  # (H, H): forward GEMMs read it row-major
-        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
+        self.fw = self.step_weight(self.w_hh, forward=True)  # its b: W_hh^T (H, H)
 
     def start_backward(self):
         self.chunk = chunk_size(self.T)
@@ -45,7 +44,7 @@ class ElmanKernel(Kernel):
                    if self.needs_input_grad else None)
         self.dw_hh, self.dw_ih = torch.zeros_like(self.w_hh), torch.zeros_like(self.w_ih)
         self.db = None if self.b is None else torch.zeros_like(self.b)
-        self.bw = self.step_weight(self.w_hh)
+        self.bw = self.step_weight(self.w_hh, forward=False)
 
     def forward_step(self, t):
         h_steps = self.state_steps[0]

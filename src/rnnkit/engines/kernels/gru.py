@@ -94,8 +94,7 @@ class GRUAfterKernel(_GRUKernel):
         super().__init__(xp, weights, state_seqs)
         self.w_hh, self.b_hh, self.g_hh = weights
         self.ln = self.g_hh is not None
-        self.w_hh_t = self.w_hh.t().contiguous()  # (H, 3H): forward GEMMs read it row-major
-        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
+        self.fw = self.step_weight(self.w_hh, forward=True)  # its b: W_hh^T (H, 3H)
         self.gh_hmn = xp.new_empty(*xp.shape[:2], 4 * self.H)
         self._views()
         if self.ln:
@@ -121,7 +120,7 @@ class GRUAfterKernel(_GRUKernel):
         torch.mul(q, r, out=dn)
         self.dgh_steps = step_views(d)
         self.factor_steps = self.gh_hmn.unflatten(-1, (4, H)).unbind(0)  # (B, 4, H) per step
-        self.bw = self.step_weight(self.w_hh)
+        self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
             self.norm.start_backward(self.state_steps[0], self.fw)
 
@@ -143,7 +142,7 @@ class GRUAfterKernel(_GRUKernel):
         if loops is None:
             return super().forward_loop(mask)
         mask = None if mask is None else mask.contiguous()
-        self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, self.w_hh_t,
+        self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, self.fw.b,
                                        self.b_hh, mask, self.norm.buf if self.ln else None,
                                        self.g_hh, LN_EPS)
         if self.ln:  # for a backward pass in Python
@@ -207,7 +206,7 @@ class GRUBeforeKernel(_GRUKernel):
     """
 
     consumed = ("gates", "rh_hmn")
-    transposed = ("w_rz_t", "w_n_t", "fw_rz", "fw_n")
+    transposed = ("fw_rz", "fw_n")
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -216,9 +215,8 @@ class GRUBeforeKernel(_GRUKernel):
         T, B, _ = xp.shape
         H = self.H
         self.w_rz, self.w_n = self.w_hh[:2 * H], self.w_hh[2 * H:]
-        self.w_rz_t, self.w_n_t = self.w_rz.t().contiguous(), self.w_n.t().contiguous()
-        self.fw_rz = self.step_weight(self.w_rz_t, self.w_rz)
-        self.fw_n = self.step_weight(self.w_n_t, self.w_n)
+        self.fw_rz = self.step_weight(self.w_rz, forward=True)
+        self.fw_n = self.step_weight(self.w_n, forward=True)
         self.rh_hmn = xp.new_empty(T, B, 2 * H)
         self._views()
         if self.ln:
@@ -235,7 +233,8 @@ class GRUBeforeKernel(_GRUKernel):
         if self.ln:  # first: a second pass recomputes their inputs from r * a<t-1>
             self.norm_rz.start_backward(self.state_steps[0], self.fw_rz)
             self.norm_n.start_backward(self.r_h_steps, self.fw_n)
-        self.bw_rz, self.bw_n = self.step_weight(self.w_rz), self.step_weight(self.w_n)
+        self.bw_rz = self.step_weight(self.w_rz, forward=False)
+        self.bw_n = self.step_weight(self.w_n, forward=False)
         H = self.H
         r, z, n = self.gates.split(H, -1)
         self.r_h.addcmul_(self.r_h, r, value=-1)  # r (1 - r) a<t-1>
@@ -316,8 +315,7 @@ class MinimalGRUKernel(Kernel):
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
         (self.w_hh,) = weights
-        self.w_hh_t = self.w_hh.t().contiguous()  # (H, 2H): forward GEMMs read it row-major
-        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
+        self.fw = self.step_weight(self.w_hh, forward=True)  # its b: W_hh^T (H, 2H)
         self.H = xp.shape[2] // 2
         self.gates = xp  # u, n after their nonlinearities, written over xp
         self._views()
@@ -339,7 +337,7 @@ class MinimalGRUKernel(Kernel):
         self.u_kept_steps = self.u.unbind(0)
         self.factor_steps = self.gates.unflatten(-1, (2, H)).unbind(0)  # (B, 2, H) per step
         self.dgate_steps = step_views(self.gates)
-        self.bw = self.step_weight(self.w_hh)
+        self.bw = self.step_weight(self.w_hh, forward=False)
 
     def forward_step(self, t):
         (h_steps,) = self.state_steps

@@ -58,8 +58,7 @@ class LSTMKernel(Kernel):
         super().__init__(xp, weights, state_seqs)
         self.w_hh, self.g_hh, self.g_c, self.b_c = weights
         self.ln = self.g_hh is not None
-        self.w_hh_t = self.w_hh.t().contiguous()  # (H, 4H): forward GEMMs read it row-major
-        self.fw = self.step_weight(self.w_hh_t, self.w_hh)
+        self.fw = self.step_weight(self.w_hh, forward=True)  # its b: W_hh^T (H, 4H)
         T, B, G = xp.shape
         self.H = G // 4
         self.gates = xp  # (T, B, 4H) i, f, g, o after their nonlinearities, over xp
@@ -101,7 +100,7 @@ class LSTMKernel(Kernel):
         self.dh_to_dc_steps, self.forget_steps = dh_to_dc.unbind(0), forget.unbind(0)
         self.dgate_steps, self.do_steps = step_views(d), step_views(d, 3 * H)
         self.difg_steps = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
-        self.bw = self.step_weight(self.w_hh)
+        self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
             self.norm_h.start_backward(self.state_steps[0], self.fw)
             self.norm_c.start_backward()
@@ -131,7 +130,7 @@ class LSTMKernel(Kernel):
             return super().forward_loop(mask)
         ln = self.ln
         mask = None if mask is None else mask.contiguous()
-        self.stats = loops.lstm_forward(self.gates, *self.state_seqs, self.w_hh_t, self.tanh_c,
+        self.stats = loops.lstm_forward(self.gates, *self.state_seqs, self.fw.b, self.tanh_c,
                                         mask, self.norm_h.buf if ln else None, self.g_hh,
                                         self.g_c, self.b_c, LN_EPS)
         if ln:  # for a backward pass in Python
