@@ -64,6 +64,43 @@ def test_onnx_matches_pytorch_at_other_batch_and_length(task: str, tmp_path: Pat
     assert float(want[0].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("cell,task", [("scan-gru", "lm"), ("scan-lstm", "lm"), ("qrnn", "lm"),
+                                       ("qrnn", "tagger"), ("scan-gru", "classifier")])
+def test_scan_cells_export_as_a_loop_over_any_length(cell: str, task: str,
+                                                     tmp_path: Path) -> None:
+    """The scan cells export with a dynamic length: the recurrence is an ONNX Loop (not
+    unrolled to the traced 5 or 6 steps), checked in onnxruntime at batch 4 and 9 and 40
+    steps, with padding (tagger, classifier) and the final states (language model)."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = {"lm": lambda: LanguageModel(LMConfig(vocab_size=13, embedding_size=6,
+                                                  hidden_size=8, num_layers=2, cell=cell)),
+             "tagger": lambda: Tagger(TaggerConfig(num_words=20, num_tags=5, num_chars=9,
+                                                   word_dim=6, char_dim=4, char_hidden=3,
+                                                   hidden_size=5, cell=cell)),
+             "classifier": lambda: Classifier(EncoderConfig(num_words=20, num_labels=3,
+                                                            embed_dim=6, hidden_size=5,
+                                                            pooling="max", cell=cell))}[task]()
+    spec = SPECS[task](model.eval())
+    path = tmp_path / "m.onnx"
+    export_onnx(spec, path)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Loop" in ops
+    for steps in (9, 40):
+        inputs = resize_examples(spec, batch=4, steps=steps)
+        got = run_onnx(path, dict(zip(spec.input_names, inputs)))
+        with torch.no_grad():
+            want = spec.module(*inputs)
+        want = [want] if isinstance(want, torch.Tensor) else list(want)
+        if task == "tagger":
+            mask = torch.arange(steps)[None, :] < inputs[1][:, None]
+            got, want = [got[0][mask]], [want[0][mask]]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_lm_state_carries_across_exported_windows(tmp_path: Path) -> None:
     model = _models()["lm"].eval()
     spec = SPECS["lm"](model)

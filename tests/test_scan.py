@@ -164,10 +164,12 @@ def test_the_notes_simplified_gru_is_renamed_and_old_runs_load(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["tokens"] > 0
 
 
-def test_the_compiled_scan_is_used_and_equals_the_torch_op_loop(monkeypatch):
-    """On the CPU the linear scan runs in the compiled loops (where a C++ compiler is, they
-    must build: CI fails rather than fall back silently), and gives the torch-op loop's
-    values and gradients."""
+@pytest.mark.parametrize("name,opts", CASES)
+def test_the_compiled_scan_is_used_and_equals_the_torch_op_loop(monkeypatch, name, opts):
+    """On the CPU the scan cells' gates and recurrence run in the compiled loops, one pass each
+    way (where a C++ compiler is, they must build: CI fails rather than fall back silently),
+    and give the values and gradients of the torch-op path (the cell's coefficients by
+    autograd and the linear scan), with padding and non-zero initial states."""
     import contextlib
     import os
     import shutil
@@ -182,23 +184,49 @@ def test_the_compiled_scan_is_used_and_equals_the_torch_op_loop(monkeypatch):
     module = compiled.loops()
 
     class Spy:
-        def __getattr__(self, name):
-            called.append(name)
-            return getattr(module, name)
+        def __getattr__(self, attr):
+            called.append(attr)
+            return getattr(module, attr)
 
-    g = torch.Generator().manual_seed(7)
     for dtype in (torch.float64, torch.float32):
-        a = torch.rand(40, 3, 50, generator=g, dtype=dtype).requires_grad_()
-        b = torch.randn(40, 3, 50, generator=g, dtype=dtype).requires_grad_()
-        c0 = torch.randn(3, 50, generator=g, dtype=dtype).requires_grad_()
-        weight = torch.randn(40, 3, 50, generator=g, dtype=dtype)
+        torch.manual_seed(7)
+        cell = make_cell(name, 6, 40, **opts).to(dtype)
+        x = torch.randn(5, 30, 6, dtype=dtype, requires_grad=True)  # batch first
+        lengths = torch.tensor([30, 17, 1, 2, 29])
+        state = _offset(cell.init_state(5, dtype=dtype))
+        weight = torch.randn(5, 30, 40, dtype=dtype)
         results = []
         for use_compiled in (True, False):
             monkeypatch.setitem(compiled._state, "module", Spy() if use_compiled else module)
             with contextlib.nullcontext() if use_compiled else compiled.disabled():
-                c = linear_scan(a, b, c0)
-                results.append((c, *torch.autograd.grad((c * weight).sum(), (a, b, c0))))
-        tol = 1e-12 if dtype == torch.float64 else 1e-5
-        for x, y in zip(*results):
-            assert torch.allclose(x, y, atol=tol, rtol=tol)
-    assert "scan_forward" in called and "scan_backward" in called
+                out, final = Recurrent(cell, engine="scan")(x, state, lengths=lengths)
+                loss = (out * weight).sum() + sum(f.sin().sum() for f in as_tuple(final))
+                results.append((out, *as_tuple(final),
+                                *torch.autograd.grad(loss, [x, *cell.parameters()])))
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        for a, b in zip(*results):
+            assert torch.allclose(a, b, atol=tol, rtol=tol)
+    assert "gated_scan_forward" in called and "gated_scan_backward" in called
+
+
+@pytest.mark.parametrize("name,opts", CASES)
+def test_the_compiled_scan_gradcheck_float64(name, opts):
+    """float64 gradcheck of the compiled kernels, through every input: x and the initial state
+    (h and c for the QRNN), with padding."""
+    from rnnkit.engines import compiled
+
+    if compiled.loops() is None:
+        pytest.skip("no compiled loops here")
+    torch.manual_seed(8)
+    cell = make_cell(name, 3, 4, **opts).double()
+    layer = Recurrent(cell, engine="scan")
+    x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 1])
+    state = tuple(s.requires_grad_() for s in as_tuple(_offset(
+        cell.init_state(3, dtype=torch.float64))))
+
+    def run(x, *state):
+        out, final = layer(x, state if len(state) > 1 else state[0], lengths=lengths)
+        return (out, *as_tuple(final))
+
+    assert torch.autograd.gradcheck(run, (x, *state))

@@ -144,3 +144,22 @@ def test_classifier_missing_label_named(tmp_path, capsys):
                  *COMMON]) == 2
     err = capsys.readouterr().err
     assert "bad.tsv:3:" in err and "label column is missing" in err
+
+
+def test_classifier_defaults_are_the_benchmark_configuration(tmp_path):
+    """Only the data and a bound given: the SST-2 benchmark's configuration
+    (benchmarks/classification_quality.py), which reached 84.98% dev accuracy that way."""
+    lines = ["sentence\tlabel"] + [f"w{i % 7} w{i % 3} x\t{'ab'[i % 2]}" for i in range(40)]
+    lines.append("lonely x\ta")
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "classifier", "--train", str(tmp_path / "train.tsv"), "--max-steps",
+                 "1", "--out", str(run), *COMMON]) == 0
+    config = json.loads((run / "config.json").read_text())
+    t, m = config["train"], config["model"]
+    assert (t["lr"], t["weight_decay"], t["schedule"], t["lr_factor"], t["patience"],
+            t["eval_every"], t["clip"]) == (3e-3, 0.01, "plateau", 0.5, 6, 500, 5.0)
+    assert (m["dropout"], m["pooling"], m["embed_dim"], m["hidden_size"]) == (0.5, "max", 128, 128)
+    assert config["data"]["batch_size"] == 64
+    words = json.loads((run / "vocab.json").read_text())
+    assert "w0" in str(words) and "lonely" not in str(words)  # seen once: <unk> (min-freq 2)

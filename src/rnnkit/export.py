@@ -10,16 +10,20 @@ TorchScript, with dynamic batch size and sequence length.
 How: every recurrent layer is switched to the ``native`` engine (torch's fused LSTM / GRU /
 RNN kernels, whose ONNX form is the ONNX ``LSTM`` / ``GRU`` / ``RNN`` operator, a loop over
 any number of steps), and the model is traced with torch's TorchScript-based ONNX exporter.
-The Python-loop engines (``reference``, ``bptt``) would be unrolled to the traced length, so
-only cells with a native kernel export: ``rnn``, ``rnn-relu``, ``lstm`` (without layer norm),
-``gru`` (reset after); the others (``peephole``, ``gru-simple``, ``gru-before``, layer-normalised
-cells) are refused with an error that names the layer.
+The scan cells (``scan-gru``, ``scan-lstm``, ``qrnn``) keep the ``scan`` engine: their gates
+are elementwise functions of one GEMM over all steps (traced for any length) and their
+linear recurrence a scripted loop, which the exporter writes as an ONNX ``Loop``. The
+Python-loop engines (``reference``, ``bptt``) would be unrolled to the traced length, so the
+other cells (``peephole``, ``gru-simple``, ``gru-before``, layer-normalised cells) are refused
+with an error that names the layer.
 
 The graphs (inputs -> outputs; B, T, U, L are dynamic):
 
 - language model: ``tokens`` (B, T) int64 and the initial state of each layer ``h0_<l>``
-  (B, H) (and ``c0_<l>`` for LSTMs; zeros for a fresh start) -> ``logits`` (B, T, V)
-  (log-probabilities for an adaptive softmax) and the final states ``h_<l>`` / ``c_<l>``,
+  (B, H) (and ``c0_<l>`` for LSTMs and QRNNs, ``x0_<l>`` (B, I) the last input for a QRNN
+  of window 2; zeros for a fresh start; a QRNN's ``h0_<l>`` reaches no output, h = o * c,
+  so the graph has no such input) -> ``logits`` (B, T, V) (log-probabilities for an
+  adaptive softmax) and the final states ``h_<l>`` / ``c_<l>`` / ``x_<l>``,
   so a long text can be fed window by window;
 - tagger: ``words`` (B, T), ``lengths`` (B,), and with a character encoder ``chars`` (U, L),
   ``char_lengths`` (U,), ``char_index`` (B, T) -> ``emissions`` (B, T, K) (a CRF tagger's
@@ -77,19 +81,29 @@ class ExportSpec:
 # -- making a model exportable -------------------------------------------------------------
 @contextmanager
 def native_engines(model: nn.Module):
-    """Switch every :class:`Recurrent` layer of ``model`` to the ``native`` engine (restored on
-    exit); :class:`ExportError` naming the first layer whose cell has no native kernel."""
+    """Switch every :class:`Recurrent` layer of ``model`` to an engine that exports with a
+    dynamic sequence length (restored on exit): ``native`` (the ONNX ``LSTM`` / ``GRU`` /
+    ``RNN`` operators), and for the scan cells ``scan``, whose recurrence is then a scripted
+    loop (an ONNX ``Loop``; :func:`rnnkit.engines.scan.run_scan`). :class:`ExportError`
+    naming the first layer whose cell has neither."""
+    from rnnkit.engines.scan import scan_supports
+
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Recurrent)]
+    engines = []
     for name, layer in layers:
-        if getattr(layer.cell, "native_mode", None) is None:
+        if scan_supports(layer.cell):
+            engines.append("scan")
+        elif getattr(layer.cell, "native_mode", None) is not None:
+            engines.append("native")
+        else:
             raise ExportError(f"layer {name or 'rnn'}: cell {type(layer.cell).__name__} has no "
                               f"native kernel, so it cannot be exported with a dynamic sequence "
                               f"length (exportable cells: rnn, rnn-relu, lstm without layer "
-                              f"norm, gru with reset after)")
+                              f"norm, gru with reset after, scan-gru, scan-lstm, qrnn)")
     saved = [layer.engine for _, layer in layers]
     try:
-        for _, layer in layers:
-            layer.engine = "native"
+        for (_, layer), engine in zip(layers, engines):
+            layer.engine = engine
             layer.initial_state = _traceable_initial_state(layer)
         yield model
     finally:
@@ -183,7 +197,10 @@ def run_onnx(path: str | Path, feeds: dict[str, Tensor]) -> list[Tensor]:
         raise ExportError("running ONNX needs onnxruntime: pip install 'rnnkit[export]'") \
             from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})
+    wanted = {i.name for i in session.get_inputs()}  # an input no output depends on (a QRNN's
+    # h0: h = o * c) is not in the graph
+    outs = session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()
+                              if k in wanted})
     return [torch.from_numpy(o) for o in outs]
 
 
@@ -221,7 +238,7 @@ def lm_spec(model: nn.Module) -> ExportSpec:
     tokens = torch.randint(0, model.config.vocab_size, (B, T))
     inputs, outputs, states = ["tokens"], ["logits"], []
     for layer_index, layer in enumerate(model.rnn.layers):
-        names = ["h", "c"][:layer.cell.num_states]
+        names = ["h", "c", "x"][:layer.cell.num_states]  # x: a QRNN's last input (window 2)
         for name in names:
             inputs.append(f"{name}0_{layer_index}")
             outputs.append(f"{name}_{layer_index}")

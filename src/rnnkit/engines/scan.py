@@ -1,20 +1,24 @@
 """The ``scan`` engine: cells whose state update is elementwise linear
 (:mod:`rnnkit.cells.scan`), run as one GEMM over all steps and a linear scan.
 
-The cell gives, for a whole sequence, ``a`` and ``b`` of ``c<t> = a<t> * c<t-1> + b<t>``
-(:meth:`~rnnkit.cells.scan.ScanCell.coefficients`: its input projection of every step, by
-autograd, and elementwise gates); :class:`LinearScan` solves the recurrence with a
-hand-written backward, which is the same recurrence run backwards::
+The cell gives, for a whole sequence, the gate pre-activations of every step in one GEMM
+(:meth:`~rnnkit.cells.scan.ScanCell.projections`), and from them ``a`` and ``b`` of
+``c<t> = a<t> * c<t-1> + b<t>``. The gradient of the recurrence is the same recurrence run
+backwards::
 
     g<t> = dL/dc<t> + a<t+1> * g<t+1>        dL/db<t> = g<t>     dL/da<t> = g<t> * c<t-1>
     dL/dc<0> = a<1> * g<1>
 
-Both directions are one multiply-add per step over B x H values: on the CPU in the compiled
-loops of ``engines/csrc/recurrent_loops.cpp`` (the columns split between threads, each
-sequential in time), elsewhere a torch-op loop into preallocated buffers, so the same code
-runs on CUDA. Memory is linear in T (a, b and c, (T, B, H) each, and one gradient buffer).
-Padding is ``a = 1``, ``b = 0`` past each sequence's length: the state is carried, never
-touched by padding.
+On the CPU (:class:`GatedScan`) the gates are activated by ATen's vectorised sigmoid / tanh
+over the whole sequence, then one compiled pass (``gated_scan_forward`` in
+engines/csrc/recurrent_loops.cpp) forms ``a`` and ``b`` and runs the recurrence, and one pass
+back (``gated_scan_backward``) gives the gradient of every gate's pre-activation: no (T, B, H)
+intermediate is stored but the activated gates and ``c``. Elsewhere (CUDA), or without a
+compiler, the cell's :meth:`~rnnkit.cells.scan.ScanCell.coefficients` by autograd and
+:class:`LinearScan`, a torch-op loop of one fused multiply-add per step with the hand-written
+backward above, so the same code runs on every device. Memory is linear in T. Padding is
+``a = 1``, ``b = 0`` past each sequence's length: the state is carried, never touched by
+padding.
 """
 
 from __future__ import annotations
@@ -36,49 +40,38 @@ def scan_supports(cell: RecurrentCell) -> bool:
     return type(cell) in SCAN_CELLS
 
 
-def _loops(*tensors: Tensor):
-    """The compiled loops (engines/csrc/recurrent_loops.cpp) for contiguous float32/float64
-    CPU tensors, else None (CUDA and the rest run the torch-op loop)."""
-    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-           and t.is_contiguous() for t in tensors):
+def _loops(x: Tensor):
+    """The compiled loops (engines/csrc/recurrent_loops.cpp) for float32/float64 CPU inputs,
+    else None (CUDA and the rest run the torch-op loop)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         return compiled.loops()
     return None
 
 
 class LinearScan(Function):
     """``c<t> = a<t> * c<t-1> + b<t>`` for t = 1..T from ``c0``: a, b (T, B, H), c0 (B, H) ->
-    c (T, B, H). On the CPU both directions run in the compiled loops (each thread a block of
-    the B x H columns through all steps); elsewhere, or without a compiler, a torch-op loop of
-    one fused multiply-add per step."""
+    c (T, B, H), as a torch-op loop of one fused multiply-add per step, both directions (the
+    path of every device; the CPU runs :class:`GatedScan` when the loops are compiled)."""
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
-        loops = _loops(a, b, c0)
-        if loops is not None:
-            c = loops.scan_forward(a, b, c0)
-        else:
-            c = torch.empty_like(b)
-            prev = c0
-            for t in range(a.shape[0]):
-                prev = torch.addcmul(b[t], a[t], prev, out=c[t])
+        c = torch.empty_like(b)
+        prev = c0
+        for t in range(a.shape[0]):
+            prev = torch.addcmul(b[t], a[t], prev, out=c[t])
         ctx.save_for_backward(a, c, c0)
         return c
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a, c, c0 = ctx.saved_tensors
-        grad = grad.contiguous()
-        loops = _loops(a, grad)
-        if loops is not None:
-            g = loops.scan_backward(a, grad)
-        else:
-            g = torch.empty_like(c)
-            nxt = None
-            for t in range(a.shape[0] - 1, -1, -1):
-                if nxt is None:
-                    nxt = g[t].copy_(grad[t])
-                else:
-                    nxt = torch.addcmul(grad[t], a[t + 1], nxt, out=g[t])
+        g = torch.empty_like(c)
+        nxt = None
+        for t in range(a.shape[0] - 1, -1, -1):
+            if nxt is None:
+                nxt = g[t].copy_(grad[t])
+            else:
+                nxt = torch.addcmul(grad[t], a[t + 1], nxt, out=g[t])
         da = torch.empty_like(a)
         torch.mul(g[1:], c[:-1], out=da[1:])
         torch.mul(g[0], c0, out=da[0])
@@ -86,8 +79,91 @@ class LinearScan(Function):
 
 
 def linear_scan(a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
-    """:class:`LinearScan` (differentiable in a, b and c0)."""
+    """:class:`LinearScan` (differentiable in a, b and c0); while tracing (ONNX and
+    TorchScript export), a scripted loop over any number of steps."""
+    if torch.jit.is_tracing():
+        return _scripted_scan()(a, b, c0)
     return LinearScan.apply(a, b, c0)
+
+
+def _scan_loop(a: Tensor, b: Tensor, c0: Tensor) -> Tensor:
+    steps = []
+    prev = c0
+    for t in range(a.size(0)):
+        prev = a[t] * prev + b[t]
+        steps.append(prev)
+    return torch.stack(steps)
+
+
+_SCRIPTED: list = []
+
+
+def _scripted_scan():
+    """The linear scan as a TorchScript function (compiled on first export): traced code
+    that calls it keeps the loop, which the ONNX exporter writes as a ``Loop`` over the
+    sequence's length instead of unrolling it."""
+    if not _SCRIPTED:
+        _SCRIPTED.append(torch.jit.script(_scan_loop))
+    return _SCRIPTED[0]
+
+
+#: the compiled kernels' numbering of the cells (engines/csrc/recurrent_loops.cpp)
+_KINDS: dict[type[RecurrentCell], int] = {MinGRUCell: 0, MinLSTMCell: 1, QRNNCell: 2}
+
+
+def _activate(kind: int, P: Tensor) -> Tensor:
+    """The gates of pre-activations ``P`` (T, B, G H), a new tensor: minGRU sigma(z) and the
+    candidate's pre-activation, minLSTM sigma(f), sigma(i) and the candidate's, QRNN tanh(z),
+    sigma(f), sigma(o)."""
+    H = P.shape[-1] // (2 if kind == 0 else 3)
+    A = torch.empty(P.shape, dtype=P.dtype, device=P.device)
+    if kind == 2:
+        torch.tanh(P[..., :H], out=A[..., :H])
+        torch.sigmoid(P[..., H:], out=A[..., H:])
+    else:
+        gates = H * kind + H
+        torch.sigmoid(P[..., :gates], out=A[..., :gates])
+        A[..., gates:] = P[..., gates:]
+    return A
+
+
+class GatedScan(Function):
+    """A scan cell's gates and recurrence from its pre-activations ``P`` (T, B, G H): ``c``
+    (T, B, H) and for the QRNN ``h = o * c``, in the compiled loops (CPU, float32/float64).
+    ``lengths`` (B,) or None: steps past a length carry ``c`` and ``h``. Differentiable in P,
+    c0 and h0 (QRNN)."""
+
+    @staticmethod
+    def forward(ctx, kind: int, P: Tensor, c0: Tensor, h0: Tensor | None,
+                lengths: Tensor | None, positive: bool):
+        loops = compiled.loops()
+        A = _activate(kind, P)
+        lens = torch.Tensor() if lengths is None else lengths
+        out = loops.gated_scan_forward(kind, A, c0.contiguous(),
+                                       h0 if h0 is not None else torch.Tensor(), lens, positive)
+        ctx.kind, ctx.positive = kind, positive
+        ctx.save_for_backward(A, out[0], c0, lens)
+        return tuple(out) if kind == 2 else out[0]
+
+    @staticmethod
+    def backward(ctx, dc: Tensor, dh: Tensor | None = None):
+        A, c, c0, lens = ctx.saved_tensors
+        grads = compiled.loops().gated_scan_backward(
+            ctx.kind, A, c, c0.contiguous(), lens, ctx.positive, dc,
+            dh if dh is not None else torch.Tensor())
+        dh0 = grads[2] if ctx.kind == 2 else None
+        return None, grads[0], grads[1], dh0, None, None
+
+
+def _carried_past_lengths(seq: Tensor, s0: Tensor, mask: Tensor) -> Tensor:
+    """A state sequence (T, B, n) that is not a scan (the QRNN's h, its last input) with the
+    value of each sequence's last step past its length (or the initial state ``s0`` when it
+    has none)."""
+    lengths = mask.sum(0).squeeze(-1)  # (B,)
+    last = torch.minimum(torch.arange(seq.shape[0], device=seq.device)[:, None],
+                         lengths[None] - 1)
+    kept = seq.gather(0, last.clamp_min(0).unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+    return torch.where((last >= 0).unsqueeze(-1), kept, s0.unsqueeze(0))
 
 
 def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor, ...],
@@ -95,28 +171,31 @@ def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor
     """Run a scan cell over ``x`` (T, B, I): the contract of
     :func:`rnnkit.engines.reference.run_reference` (one (T, B, n) tensor per state, the state
     after every step, carried through padding)."""
+    c0 = state[cell.scanned]
+    if _loops(x) is not None and x.shape[0] > 0 and not torch.jit.is_tracing():
+        kind = _KINDS[type(cell)]
+        P = cell.projections(x, state, params)
+        lengths = None if mask is None else mask.sum(0).squeeze(-1)
+        out = GatedScan.apply(kind, P, c0, state[0] if kind == 2 else None, lengths,
+                              bool(getattr(cell, "positive", False)))
+        if kind != 2:
+            return (out,)
+        c, h = out
+        seqs = (h, c)
+        if cell.num_states == 3:  # the last input, carried past each length
+            seqs += (x if mask is None else _carried_past_lengths(x, state[2], mask),)
+        return seqs
     co = cell.coefficients(x, state, params)
     a, b = co.a, co.b
     if mask is not None:
         a = torch.where(mask, a, 1.0)
         b = torch.where(mask, b, 0.0)
-    c = linear_scan(a, b, state[cell.scanned])
+    c = linear_scan(a, b, c0)
     seqs = cell.carried(x, c, co.o)
     if mask is None or cell.num_states == 1:
         return seqs
-    # h = o * c and the last input are not a scan: past a length they keep the value of the
-    # sequence's last step (or the initial state when it has none)
-    lengths = mask.sum(0).squeeze(-1)  # (B,)
-    last = torch.minimum(torch.arange(x.shape[0], device=x.device)[:, None], lengths[None] - 1)
-    inside = (last >= 0).unsqueeze(-1)
-    out = []
-    for i, (seq, s0) in enumerate(zip(seqs, state)):
-        if i == cell.scanned:  # carried by the scan already
-            out.append(seq)
-            continue
-        kept = seq.gather(0, last.clamp_min(0).unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
-        out.append(torch.where(inside, kept, s0.unsqueeze(0)))
-    return tuple(out)
+    return tuple(seq if i == cell.scanned else _carried_past_lengths(seq, s0, mask)
+                 for i, (seq, s0) in enumerate(zip(seqs, state)))
 
 
-__all__ = ["LinearScan", "SCAN_CELLS", "linear_scan", "run_scan", "scan_supports"]
+__all__ = ["GatedScan", "LinearScan", "SCAN_CELLS", "linear_scan", "run_scan", "scan_supports"]

@@ -38,7 +38,12 @@ from rnnkit.training.options import (
 from rnnkit.training.runconfig import RunConfig
 
 TASK = "classifier"
-DEFAULT_TRAIN = TrainConfig(epochs=10, lr=2e-3, clip=5.0, patience=3)
+#: the SST-2 benchmark's schedule (``benchmarks/classification_quality.py``): AdamW 3e-3 with
+#: weight decay 0.01, halved whenever a dev evaluation (every 500 steps and each epoch) does not
+#: improve, stopped after 6 such evaluations; a user who gives only the data and a time budget
+#: trains what the benchmark measures
+DEFAULT_TRAIN = TrainConfig(epochs=20, lr=3e-3, weight_decay=0.01, schedule="plateau",
+                            lr_factor=0.5, patience=6, eval_every=500, clip=5.0)
 
 
 @dataclass
@@ -77,8 +82,10 @@ class ClassifierOptions:
     num_layers: int = 1
     unidirectional: bool = False
     pooling: str = "max"
-    dropout: float = 0.3
-    min_freq: int = 1
+    dropout: float = 0.5
+    #: words seen once become ``<unk>`` in training, so that ``<unk>`` (every unseen dev word)
+    #: has a trained vector (SST-2 dev: 80.7% with 1, 84.6% with 2)
+    min_freq: int = 2
     lower: bool = False
     batch_size: int | None = None
     #: the options the command line set (``rnnkit.commands.common.options_from``)

@@ -14,6 +14,7 @@
 // LN(W_hh h) * g_hh (no shift) and the cell LN(c) * g_c + b_c, biased variance.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -413,80 +414,210 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
   return out;
 }
 
-// The scan engine's linear recurrence (rnnkit/engines/scan.py, LinearScan): forward
-// c_t = a_t * c_{t-1} + b_t and backward g_t = dL/dc_t + a_{t+1} * g_{t+1}, over N = B x H
-// independent columns: each thread takes a block of columns through all T steps.
+// The scan engine's gated linear recurrences (rnnkit/engines/scan.py, GatedScan): the scan
+// cells' coefficients and the recurrence c_t = a_t * c_{t-1} + b_t in one pass forward, and
+// its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
+// the B x H independent columns: each thread takes a block of columns through all T steps.
+// The gates arrive activated by ATen (vectorised sigmoid / tanh over the whole sequence), so
+// the loops here are arithmetic only. What they compute is what rnnkit/cells/scan.py's
+// coefficients and carried compute (tests/test_scan.py compares them):
+//   kind 0, minGRU  (s, v): a = 1 - s,        b = s * v~
+//   kind 1, minLSTM (f, i, v): a = f / (f + i), b = i / (f + i) * v~
+//   kind 2, QRNN    (z, f, o): a = f,          b = (1 - f) * z,   h = o * c
+// v~ = v, or with `positive` Feng et al.'s g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0).
+// Steps t >= lengths[b] are padding: a = 1, b = 0 (c carried) and h carried.
 namespace {
 
 template <typename S>
-void scan_forward_cols(const S* a, const S* b, const S* c0, S* c, int64_t T, int64_t N,
-                       int64_t lo, int64_t hi) {
-  for (int64_t t = 0; t < T; ++t) {
-    const S* prev = t ? c + (t - 1) * N : c0;
-    const S* at = a + t * N;
-    const S* bt = b + t * N;
-    S* ct = c + t * N;
-    for (int64_t i = lo; i < hi; ++i) ct[i] = at[i] * prev[i] + bt[i];
+inline S cand(S v, bool positive) {
+  return positive ? (v >= S(0) ? v + S(0.5) : sigmoid(v)) : v;
+}
+
+template <typename S>
+inline S cand_grad(S v, bool positive) {
+  if (!positive || v >= S(0)) return S(1);
+  const S s = sigmoid(v);
+  return s * (S(1) - s);
+}
+
+// calls f(b, j0, j1) for the row pieces of columns [lo, hi) of B rows of H
+template <typename F>
+inline void for_rows(int64_t lo, int64_t hi, int64_t H, const F& f) {
+  while (lo < hi) {
+    const int64_t b = lo / H, j0 = lo % H, j1 = std::min(H, j0 + (hi - lo));
+    f(b, j0, j1);
+    lo += j1 - j0;
   }
 }
 
 template <typename S>
-void scan_backward_cols(const S* a, const S* grad, S* g, int64_t T, int64_t N, int64_t lo,
-                        int64_t hi) {
-  const S* last = grad + (T - 1) * N;
-  S* gl = g + (T - 1) * N;
-  for (int64_t i = lo; i < hi; ++i) gl[i] = last[i];
-  for (int64_t t = T - 2; t >= 0; --t) {
-    const S* an = a + (t + 1) * N;
-    const S* gn = g + (t + 1) * N;
-    const S* dt = grad + t * N;
-    S* gt = g + t * N;
-    for (int64_t i = lo; i < hi; ++i) gt[i] = dt[i] + an[i] * gn[i];
+void gated_forward_cols(int kind, const S* A, const S* c0, const S* h0, const int64_t* len,
+                        bool positive, S* c, S* h, int64_t T, int64_t B, int64_t H,
+                        int64_t lo, int64_t hi) {
+  const int64_t N = B * H, G = (kind == 0 ? 2 : 3) * H;
+  for (int64_t t = 0; t < T; ++t) {
+    for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
+      S* ct = c + t * N + b * H;
+      if (len != nullptr && t >= len[b]) {  // padding: carried
+        for (int64_t j = j0; j < j1; ++j) ct[j] = prev[j];
+        if (h != nullptr) {
+          const S* hp = (t ? h + (t - 1) * N : h0) + b * H;
+          S* ht = h + t * N + b * H;
+          for (int64_t j = j0; j < j1; ++j) ht[j] = hp[j];
+        }
+        return;
+      }
+      const S* g = A + (t * B + b) * G;
+      if (kind == 0) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const S s = g[j];
+          ct[j] = (S(1) - s) * prev[j] + s * cand(g[H + j], positive);
+        }
+      } else if (kind == 1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const S f = g[j], i = g[H + j], r = S(1) / (f + i);
+          ct[j] = f * r * prev[j] + i * r * cand(g[2 * H + j], positive);
+        }
+      } else {
+        S* ht = h + t * N + b * H;
+        for (int64_t j = j0; j < j1; ++j) {
+          const S f = g[H + j];
+          ct[j] = f * prev[j] + (S(1) - f) * g[j];
+          ht[j] = g[2 * H + j] * ct[j];
+        }
+      }
+    });
   }
 }
 
-}  // namespace
-
-// a, b (T, B, H) and c0 (B, H), contiguous, of one floating type: c (T, B, H).
-Tensor scan_forward(const Tensor& a, const Tensor& b, const Tensor& c0) {
-  TORCH_CHECK(a.is_contiguous() && b.is_contiguous() && c0.is_contiguous(),
-              "scan_forward: contiguous tensors expected");
-  auto c = at::empty_like(b);
-  const int64_t T = a.size(0), N = c0.numel();
-  if (T == 0) return c;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_forward", [&] {
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pb = b.data_ptr<scalar_t>();
-    const scalar_t* p0 = c0.data_ptr<scalar_t>();
-    scalar_t* pc = c.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 4096, [&](int64_t lo, int64_t hi) {
-      scan_forward_cols(pa, pb, p0, pc, T, N, lo, hi);
-    });
+// dc, dh: the gradients reaching the c and h sequences (dh only for the QRNN); dA: the
+// gradients of the gates' pre-activations (T, B, G); carry (B, H): dL/dc_0 on return, and
+// hcarry dL/dh_0 (QRNN).
+template <typename S>
+void gated_backward_cols(int kind, const S* A, const S* c, const S* c0, const int64_t* len,
+                         bool positive, const S* dc, const S* dh, S* dA, S* carry, S* hcarry,
+                         int64_t T, int64_t B, int64_t H, int64_t lo, int64_t hi) {
+  const int64_t N = B * H, G = (kind == 0 ? 2 : 3) * H;
+  for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) carry[b * H + j] = S(0);
+    if (hcarry != nullptr)
+      for (int64_t j = j0; j < j1; ++j) hcarry[b * H + j] = S(0);
   });
-  return c;
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const int64_t row = t * N + b * H;
+      S* gc = carry + b * H;
+      S* d = dA + (t * B + b) * G;
+      if (len != nullptr && t >= len[b]) {  // padding: a = 1, b = 0; h carried
+        for (int64_t j = j0; j < j1; ++j) gc[j] += dc[row + j];
+        if (hcarry != nullptr)
+          for (int64_t j = j0; j < j1; ++j) hcarry[b * H + j] += dh[row + j];
+        for (int64_t k = 0; k < G; k += H)
+          for (int64_t j = j0; j < j1; ++j) d[k + j] = S(0);
+        return;
+      }
+      const S* g = A + (t * B + b) * G;
+      const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
+      if (kind == 0) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const S s = g[j], v = g[H + j], gt = dc[row + j] + gc[j];
+          d[j] = gt * (cand(v, positive) - prev[j]) * s * (S(1) - s);
+          d[H + j] = gt * s * cand_grad(v, positive);
+          gc[j] = (S(1) - s) * gt;
+        }
+      } else if (kind == 1) {
+        for (int64_t j = j0; j < j1; ++j) {
+          const S f = g[j], i = g[H + j], v = g[2 * H + j], r = S(1) / (f + i);
+          const S gt = dc[row + j] + gc[j];
+          const S da = gt * prev[j], dr = gt * cand(v, positive);
+          d[j] = (da - dr) * i * r * r * f * (S(1) - f);
+          d[H + j] = (dr - da) * f * r * r * i * (S(1) - i);
+          d[2 * H + j] = gt * i * r * cand_grad(v, positive);
+          gc[j] = f * r * gt;
+        }
+      } else {
+        S* hc = hcarry + b * H;
+        const S* ct = c + row;
+        for (int64_t j = j0; j < j1; ++j) {
+          const S z = g[j], f = g[H + j], o = g[2 * H + j];
+          const S dht = dh[row + j] + hc[j];
+          const S gt = dc[row + j] + gc[j] + dht * o;
+          d[j] = gt * (S(1) - f) * (S(1) - z * z);
+          d[H + j] = gt * (prev[j] - z) * f * (S(1) - f);
+          d[2 * H + j] = dht * ct[j] * o * (S(1) - o);
+          gc[j] = f * gt;
+          hc[j] = S(0);
+        }
+      }
+    });
+  }
 }
 
-// a and dL/dc (T, B, H), contiguous: g = dL/db (T, B, H), the gradient reaching each c_t.
-Tensor scan_backward(const Tensor& a, const Tensor& grad) {
-  TORCH_CHECK(a.is_contiguous() && grad.is_contiguous(),
-              "scan_backward: contiguous tensors expected");
-  auto g = at::empty_like(grad);
-  const int64_t T = a.size(0), N = T ? a.numel() / T : 0;
-  if (T == 0) return g;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "scan_backward", [&] {
-    const scalar_t* pa = a.data_ptr<scalar_t>();
-    const scalar_t* pd = grad.data_ptr<scalar_t>();
-    scalar_t* pg = g.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 4096, [&](int64_t lo, int64_t hi) {
-      scan_backward_cols(pa, pd, pg, T, N, lo, hi);
+constexpr int64_t kScanGrain = 2048;
+
+}  // namespace
+
+// A (T, B, G) activated gates, c0 (B, H), h0 (B, H) for the QRNN (else undefined), lengths
+// (B,) int64 or undefined: {c} or, for the QRNN, {c, h}, (T, B, H) each.
+TensorList gated_scan_forward(int64_t kind, const Tensor& A, const Tensor& c0, const Tensor& h0,
+                              const Tensor& lengths, bool positive) {
+  TORCH_CHECK(A.is_contiguous() && c0.is_contiguous(), "gated_scan_forward: contiguous tensors");
+  const int64_t T = A.size(0), B = A.size(1), H = c0.size(-1);
+  const bool qrnn = kind == 2;
+  auto c = at::empty({T, B, H}, A.options());
+  Tensor h = qrnn ? at::empty({T, B, H}, A.options()) : Tensor();
+  const Tensor h0c = qrnn ? h0.contiguous() : Tensor();
+  const Tensor lens = lengths.defined() ? lengths.to(at::kLong).contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_scan_forward", [&] {
+    const scalar_t* pA = A.data_ptr<scalar_t>();
+    const scalar_t* p0 = c0.data_ptr<scalar_t>();
+    const scalar_t* ph0 = qrnn ? h0c.data_ptr<scalar_t>() : nullptr;
+    const int64_t* pl = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
+    scalar_t* pc = c.data_ptr<scalar_t>();
+    scalar_t* ph = qrnn ? h.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, B * H, kScanGrain, [&](int64_t lo, int64_t hi) {
+      gated_forward_cols<scalar_t>(int(kind), pA, p0, ph0, pl, positive, pc, ph, T, B, H, lo,
+                                   hi);
     });
   });
-  return g;
+  TensorList out = {c};
+  if (qrnn) out.push_back(h);
+  return out;
+}
+
+// The gradients: {dA (T, B, G) of the gates' pre-activations, dL/dc0 (B, H)} and for the QRNN
+// dL/dh0 (B, H); dc, dh (T, B, H) the gradients reaching c and h (dh: QRNN only).
+TensorList gated_scan_backward(int64_t kind, const Tensor& A, const Tensor& c, const Tensor& c0,
+                               const Tensor& lengths, bool positive, const Tensor& dc,
+                               const Tensor& dh) {
+  const int64_t T = A.size(0), B = A.size(1), H = c0.size(-1);
+  const bool qrnn = kind == 2;
+  const Tensor dcc = dc.contiguous(), dhc = qrnn ? dh.contiguous() : Tensor();
+  const Tensor lens = lengths.defined() ? lengths.to(at::kLong).contiguous() : Tensor();
+  auto dA = at::empty_like(A);
+  auto carry = at::empty_like(c0);
+  Tensor hcarry = qrnn ? at::empty_like(c0) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_scan_backward", [&] {
+    const int64_t* pl = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
+    at::parallel_for(0, B * H, kScanGrain, [&](int64_t lo, int64_t hi) {
+      gated_backward_cols<scalar_t>(
+          int(kind), A.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+          pl, positive, dcc.data_ptr<scalar_t>(), qrnn ? dhc.data_ptr<scalar_t>() : nullptr,
+          dA.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(),
+          qrnn ? hcarry.data_ptr<scalar_t>() : nullptr, T, B, H, lo, hi);
+    });
+  });
+  TensorList out = {dA, carry};
+  if (qrnn) out.push_back(hcarry);
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("scan_forward", &scan_forward, "scan engine: c_t = a_t * c_{t-1} + b_t");
-  m.def("scan_backward", &scan_backward, "scan engine: g_t = dc_t + a_{t+1} * g_{t+1}");
+  m.def("gated_scan_forward", &gated_scan_forward,
+        "scan engine: the scan cells' gates and c_t = a_t * c_{t-1} + b_t in one pass");
+  m.def("gated_scan_backward", &gated_scan_backward,
+        "scan engine: the gradient of gated_scan_forward in one pass");
   m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
   m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
   m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop");
