@@ -423,10 +423,18 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
 // coefficients and carried compute (tests/test_scan.py compares them):
 //   kind 0, minGRU  (s, v): a = 1 - s,        b = s * v~
 //   kind 1, minLSTM (f, i, v): a = f / (f + i), b = i / (f + i) * v~
-//   kind 2, QRNN    (z, f, o): a = f,          b = (1 - f) * z,   h = o * c
+//   kind 2, QRNN    (s, f, o): a = f,          b = (1 - f) * z,   h = o * c
+// where for the QRNN every gate arrives as a sigmoid (one contiguous pass; ATen's tanh is
+// several times slower) and z = tanh(p) = (2s - 1) / (2s^2 - 2s + 1) from s = sigmoid(p).
 // v~ = v, or with `positive` Feng et al.'s g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0).
 // Steps t >= lengths[b] are padding: a = 1, b = 0 (c carried) and h carried.
 namespace {
+
+// tanh(p) from s = sigmoid(p): tanh(p) = 2 sigmoid(2p) - 1, sigmoid(2p) = s^2 / (s^2 + (1-s)^2)
+template <typename S>
+inline S tanh_of_sigmoid(S s) {
+  return (S(2) * s - S(1)) / (S(2) * s * s - S(2) * s + S(1));
+}
 
 template <typename S>
 inline S cand(S v, bool positive) {
@@ -483,7 +491,7 @@ void gated_forward_cols(int kind, const S* A, const S* c0, const S* h0, const in
         S* ht = h + t * N + b * H;
         for (int64_t j = j0; j < j1; ++j) {
           const S f = g[H + j];
-          ct[j] = f * prev[j] + (S(1) - f) * g[j];
+          ct[j] = f * prev[j] + (S(1) - f) * tanh_of_sigmoid(g[j]);
           ht[j] = g[2 * H + j] * ct[j];
         }
       }
@@ -540,7 +548,7 @@ void gated_backward_cols(int kind, const S* A, const S* c, const S* c0, const in
         S* hc = hcarry + b * H;
         const S* ct = c + row;
         for (int64_t j = j0; j < j1; ++j) {
-          const S z = g[j], f = g[H + j], o = g[2 * H + j];
+          const S z = tanh_of_sigmoid(g[j]), f = g[H + j], o = g[2 * H + j];
           const S dht = dh[row + j] + hc[j];
           const S gt = dc[row + j] + gc[j] + dht * o;
           d[j] = gt * (S(1) - f) * (S(1) - z * z);
