@@ -153,11 +153,10 @@ class GatedScan(Function):
         return None, grads[0], grads[1], dh0, None, None
 
 
-def _carried_past_lengths(seq: Tensor, s0: Tensor, mask: Tensor) -> Tensor:
+def _carried_past_lengths(seq: Tensor, s0: Tensor, lengths: Tensor) -> Tensor:
     """A state sequence (T, B, n) that is not a scan (the QRNN's h, its last input) with the
-    value of each sequence's last step past its length (or the initial state ``s0`` when it
-    has none)."""
-    lengths = mask.sum(0).squeeze(-1)  # (B,)
+    value of each sequence's last step past its length (B,) (or the initial state ``s0`` when
+    it has none)."""
     last = torch.minimum(torch.arange(seq.shape[0], device=seq.device)[:, None],
                          lengths[None] - 1)
     kept = seq.gather(0, last.clamp_min(0).unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
@@ -170,10 +169,10 @@ def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor
     :func:`rnnkit.engines.reference.run_reference` (one (T, B, n) tensor per state, the state
     after every step, carried through padding)."""
     c0 = state[cell.scanned]
+    lengths = None if mask is None else mask.sum(0).squeeze(-1)  # (B,)
     if _loops(x) is not None and x.shape[0] > 0 and not torch.jit.is_tracing():
         kind = _KINDS[type(cell)]
         P = cell.projections(x, state, params)
-        lengths = None if mask is None else mask.sum(0).squeeze(-1)
         out = GatedScan.apply(kind, P, c0, state[0] if kind == 2 else None, lengths,
                               bool(getattr(cell, "positive", False)))
         if kind != 2:
@@ -181,7 +180,7 @@ def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor
         c, h = out
         seqs = (h, c)
         if cell.num_states == 3:  # the last input, carried past each length
-            seqs += (x if mask is None else _carried_past_lengths(x, state[2], mask),)
+            seqs += (x if lengths is None else _carried_past_lengths(x, state[2], lengths),)
         return seqs
     co = cell.coefficients(x, state, params)
     a, b = co.a, co.b
@@ -192,7 +191,7 @@ def run_scan(cell: RecurrentCell, params: Params, x: Tensor, state: tuple[Tensor
     seqs = cell.carried(x, c, co.o)
     if mask is None or cell.num_states == 1:
         return seqs
-    return tuple(seq if i == cell.scanned else _carried_past_lengths(seq, s0, mask)
+    return tuple(seq if i == cell.scanned else _carried_past_lengths(seq, s0, lengths)
                  for i, (seq, s0) in enumerate(zip(seqs, state)))
 
 
