@@ -109,6 +109,7 @@ class Trainer:
         self.carry: object = None
         self.losses: list[float] = []
         self._start = time.monotonic()
+        self._saved_seconds = 0.0  # the clock as last/ records it
         self.metrics: dict[str, float] | None = None
         self.bad_steps = 0
         self.rollbacks = 0
@@ -130,7 +131,8 @@ class Trainer:
         return ranks
 
     def _save_last(self) -> None:
-        state = {**self.state, "seconds": self._elapsed(self._start),
+        self._saved_seconds = self._elapsed(self._start)
+        state = {**self.state, "seconds": self._saved_seconds,
                  "schedule": self.schedule.state_dict(), "config": asdict(self.config)}
         carry = self.carry
         if self.dist.distributed:
@@ -441,6 +443,10 @@ class Trainer:
         bar.close()
         if st["last_eval"] != st["step"]:
             self.evaluate(scheduled=False)
+        elif stopped == "max_minutes" and self._saved_seconds < 60 * cfg.max_minutes:
+            # the budget ran out between an epoch's evaluation (which saved last/) and the
+            # check after it: last/ records the whole budget, so a resume does not train on
+            self._save_last()
         return TrainResult(st["step"], st["epoch"], stopped, st["best"], self.metrics,
                            time.monotonic() - start, self.losses, time_bounded=timed)
 
