@@ -31,8 +31,8 @@ def test_claims_quick_writes_the_report_and_plots(tmp_path):
     out = tmp_path / "claims"
     assert main(["claims", "--quick", "--out", str(out), "--threads", "1"]) == 0
     report = (out / "REPORT.md").read_text(encoding="utf-8")
-    rows = [ln for ln in report.split("\n## ")[0].splitlines() if re.match(r"\| [1-7] \|", ln)]
-    assert len(rows) == 7
+    rows = [ln for ln in report.split("\n## ")[0].splitlines() if re.match(r"\| [1-8] \|", ln)]
+    assert len(rows) == 8
     images = _images(report)
     assert len(images) >= 8 and all((out / n).read_bytes()[:8] == PNG for n in images)
 
@@ -42,8 +42,8 @@ def test_claims_end_to_end_writes_report_and_plots(tmp_path, capsys):
     assert main(["claims", "--scale", "tiny", "--out", str(out), "--threads", "1"]) == 0
     report = (out / "REPORT.md").read_text(encoding="utf-8")
     summary = report.split("\n## ")[0]
-    rows = [ln for ln in summary.splitlines() if re.match(r"\| [1-7] \|", ln)]
-    assert [r.split("|")[1].strip() for r in rows] == [str(n) for n in range(1, 8)]
+    rows = [ln for ln in summary.splitlines() if re.match(r"\| [1-8] \|", ln)]
+    assert [r.split("|")[1].strip() for r in rows] == [str(n) for n in range(1, 9)]
     from rnnkit.diagnostics.claims.report import OPS
     for row in rows:  # the verdict follows from the tests written beside it
         tests = re.findall(r"= (\S+) (<=|>=|<|>) (\S+): (yes|no)", row)
@@ -67,7 +67,7 @@ def test_claims_end_to_end_writes_report_and_plots(tmp_path, capsys):
 
 def test_claims_rejects_an_unknown_experiment(tmp_path, capsys):
     assert main(["claims", "--scale", "tiny", "--only", "9", "--out", str(tmp_path)]) == 2
-    assert "experiment numbers must lie in 1..7, got 9" in capsys.readouterr().err
+    assert "experiment numbers must lie in 1..8, got 9" in capsys.readouterr().err
 
 
 def test_diagnose_fresh_models(tmp_path):

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small budgets (30-70 s in all on one core)")
     parser.add_argument("--out", default="claims", help="output directory (default: claims/)")
     parser.add_argument("--only", type=_numbers, default=None, metavar="N,N",
-                        help="run only these experiments (1-7)")
+                        help="run only these experiments (1-8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's; the budgets assume 2)")

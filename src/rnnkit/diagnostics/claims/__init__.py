@@ -12,7 +12,8 @@ outside the verdict:
 4. GRU against LSTM;
 5. bidirectional against unidirectional, and the bidirectional language model's leak;
 6. depth with no, residual, dense and highway connections;
-7. characters against words.
+7. characters against words;
+8. the memory horizon of the scan cells (minGRU, minLSTM, QRNN) against the LSTM's.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rnnkit.diagnostics.claims.memory import (
     exploding_gradients,
     gradient_vs_distance,
     memory_horizon,
+    scan_memory,
 )
 from rnnkit.diagnostics.claims.report import (
     SCALES,
@@ -47,6 +49,7 @@ EXPERIMENTS: dict[int, Callable[[Scale, Path, int], ClaimResult]] = {
     5: bidirectional,
     6: depth,
     7: char_vs_word,
+    8: scan_memory,
 }
 
 

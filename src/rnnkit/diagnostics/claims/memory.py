@@ -19,6 +19,8 @@ from rnnkit.diagnostics.task_model import TaskModel, score, step_losses, train_o
 from rnnkit.diagnostics.training_log import read_training_log
 
 CELLS = ("rnn", "lstm", "gru")
+SCAN_CELLS = ("scan-gru", "scan-lstm", "qrnn")
+TASKS = ("copy", "agreement")
 # the LSTM's forget-gate bias starts at 1 (Jozefowicz et al. 2015), as practitioners do
 CELL_OPTIONS = {"lstm": {"forget_bias": 1.0}}
 
@@ -118,72 +120,127 @@ def _horizon(cell: str, task_name: str, scale: Scale, seed: int, curriculum: boo
     return best, rows
 
 
+def _sweeps(cells: tuple[str, ...], scale: Scale, seeds: list[int]
+            ) -> tuple[dict[tuple, list[int]], list[list]]:
+    """Every cell's horizon on both tasks with both protocols for every seed: the horizons
+    by (cell, task, curriculum) over the seeds, and the table's rows."""
+    h: dict[tuple, list[int]] = {}
+    rows: list[list] = []
+    for s in seeds:
+        for curriculum in (False, True):
+            for task_name in TASKS:
+                for cell in cells:
+                    best, r = _horizon(cell, task_name, scale, s, curriculum)
+                    h.setdefault((cell, task_name, curriculum), []).append(best)
+                    rows += r
+    return h, rows
+
+
+def _horizon_plot(out: Path, name: str, rows: list[list], seed: int) -> str:
+    """Accuracy against delay for the first seed's sweeps (dashed: curriculum)."""
+    series: dict[str, tuple[list, list]] = {}
+    for r in rows:
+        if math.isfinite(r[5]) and r[3] == seed:
+            key = f"{r[0]} {r[1]}" + (" (curriculum)" if r[2] == "curriculum" else "")
+            xs, ys = series.setdefault(key, ([], []))
+            xs.append(r[4])
+            ys.append(r[5])
+    cells = list(dict.fromkeys(key.split()[0] for key in series))
+    colors = dict(zip(cells, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                              "tab:brown")))
+    styles = {key: {"color": colors[key.split()[0]],
+                    "linestyle": "--" if "curriculum" in key else "-",
+                    "marker": "o" if " copy" in key else "s"} for key in series}
+    line_plot(out / name, series, title=f"accuracy against delay, seed {seed} "
+              "(dashed: curriculum)",
+              xlabel="delay (steps); circles: copy (chance 0.25), squares: agreement (0.5)",
+              ylabel="test accuracy", hline=0.9, styles=styles)
+    return name
+
+
+def _horizons_line(h: dict[tuple, list[int]], cells: tuple[str, ...], scale: Scale,
+                   seeds: list[int]) -> str:
+    """What experiments 2 and 8 measured, in one line."""
+    def pairs(curriculum: bool) -> str:
+        return ", ".join(f"{c.upper()} {spread(h[(c, 'copy', curriculum)])} / "
+                         f"{spread(h[(c, 'agreement', curriculum)])}" for c in cells)
+
+    return (f"Longest delay solved, copy / agreement (grid "
+            f"{', '.join(map(str, scale.delays))}; 0: none; median [min, max] over "
+            f"{len(seeds)} seed(s)): from scratch {pairs(False)}; with a curriculum "
+            f"{pairs(True)}.")
+
+
+def _best_horizon(med: dict[tuple, float], cell: str) -> float:
+    """A cell's horizon: the shorter of the two tasks, each at its better protocol."""
+    return min(max(med[(cell, t, False)], med[(cell, t, True)]) for t in TASKS)
+
+
+def _protocol(scale: Scale) -> str:
+    return (
+        "Copy: remember the first of 4 symbols across the delay, with random distractor "
+        "symbols in between. Agreement: `was`/`were` must agree with the subject `distance` "
+        "steps back, with attractor nouns of either number in between. Solved: test "
+        f"accuracy >= 0.9 after at most {scale.steps} steps ({scale.seconds:.0f} s) of Adam "
+        f"(hidden size {scale.hidden}, one layer; the LSTM's forget bias starts at 1); "
+        "training stops early when the accuracy on a validation set reaches 0.95, and the "
+        "delay is judged on a test set drawn with another seed. *From scratch*: a fresh "
+        "model per delay, so the model must find the dependency through the vanishing "
+        "gradient. *Curriculum*: one model per cell trained on the delays in increasing "
+        "order. A sweep stops at its first failure.")
+
+
 def memory_horizon(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
     """Experiment 2: the longest delay each cell solves on the copy and agreement tasks,
     trained from scratch at each delay and with a curriculum over the delays, over
     ``scale.seeds`` seeds (the tests use the medians)."""
     start = time.monotonic()
     seeds = [seed + 1000 * i for i in range(scale.seeds)]
-    h: dict[tuple, list[int]] = {}
-    rows: list[list] = []
-    for s in seeds:
-        for curriculum in (False, True):
-            for task_name in ("copy", "agreement"):
-                for cell in CELLS:
-                    best, r = _horizon(cell, task_name, scale, s, curriculum)
-                    h.setdefault((cell, task_name, curriculum), []).append(best)
-                    rows += r
-    series: dict[str, tuple[list, list]] = {}
-    for r in rows:
-        if math.isfinite(r[5]) and r[3] == seeds[0]:
-            key = f"{r[0]} {r[1]}" + (" (curriculum)" if r[2] == "curriculum" else "")
-            xs, ys = series.setdefault(key, ([], []))
-            xs.append(r[4])
-            ys.append(r[5])
-    colors = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
-    styles = {key: {"color": colors[key.split()[0]],
-                    "linestyle": "--" if "curriculum" in key else "-",
-                    "marker": "o" if " copy" in key else "s"} for key in series}
-    plot = "claim2_memory_horizon.png"
-    line_plot(out / plot, series, title=f"accuracy against delay, seed {seeds[0]} "
-              "(dashed: curriculum)",
-              xlabel="delay (steps); circles: copy (chance 0.25), squares: agreement (0.5)",
-              ylabel="test accuracy", hline=0.9, styles=styles)
-    tasks = ("copy", "agreement")
+    h, rows = _sweeps(CELLS, scale, seeds)
+    plot = _horizon_plot(out, "claim2_memory_horizon.png", rows, seeds[0])
     med = {k: statistics.median(v) for k, v in h.items()}
-    rnn = max(med[("rnn", t, False)] for t in tasks)
-    lstm = min(max(med[("lstm", t, False)], med[("lstm", t, True)]) for t in tasks)
+    rnn = max(med[("rnn", t, False)] for t in TASKS)
+    lstm = _best_horizon(med, "lstm")
     checks = [Check("RNN horizon from scratch (the longer of the two tasks)", rnn, "<=", 10),
               Check("LSTM horizon (the shorter of the two tasks, its better protocol)", lstm,
                     ">=", 100),
               Check("LSTM horizon / RNN horizon (an RNN that solves none counts 1)",
                     lstm / max(rnn, 1), ">=", 5)]
-
-    def pairs(curriculum: bool) -> str:
-        return ", ".join(f"{c.upper()} {spread(h[(c, 'copy', curriculum)])} / "
-                         f"{spread(h[(c, 'agreement', curriculum)])}" for c in CELLS)
-
-    measured = (f"Longest delay solved, copy / agreement (grid "
-                f"{', '.join(map(str, scale.delays))}; 0: none; median [min, max] over "
-                f"{len(seeds)} seed(s)): from scratch {pairs(False)}; with a curriculum "
-                f"{pairs(True)}.")
-    details = (
-        "Copy: remember the first of 4 symbols across the delay, with random distractor "
-        "symbols in between. Agreement: `was`/`were` must agree with the subject `distance` "
-        "steps back, with attractor nouns of either number in between. Solved: test "
-        f"accuracy >= 0.9 after at most {scale.steps} steps ({scale.seconds:.0f} s) of Adam "
-        f"(hidden size {scale.hidden}; the LSTM's forget bias starts at 1); training stops "
-        "early when the accuracy on a validation set reaches 0.95, and the delay is judged "
-        "on a test set drawn with another seed. *From scratch*: a fresh model per delay, so "
-        "the model must find the dependency through the vanishing gradient. *Curriculum*: "
-        "one model per cell trained on the delays in increasing order. A sweep stops at its "
-        "first failure. The notes' \"about 7\" is tested as at most 10 (the grid's points "
-        "are 5, 10, 20, ...).\n\n"
-        + table(["cell", "task", "protocol", "seed", "delay", "accuracy", "steps", "solved"],
-                rows))
+    details = (_protocol(scale) + " The notes' \"about 7\" is tested as at most 10 (the "
+               "grid's points are 5, 10, 20, ...).\n\n"
+               + table(["cell", "task", "protocol", "seed", "delay", "accuracy", "steps",
+                        "solved"], rows))
     return ClaimResult(2, "Memory horizon",
-                       "A vanilla RNN remembers about 7 steps, an LSTM about 100.", measured,
-                       checks, details, [plot], time.monotonic() - start)
+                       "A vanilla RNN remembers about 7 steps, an LSTM about 100.",
+                       _horizons_line(h, CELLS, scale, seeds), checks, details, [plot],
+                       time.monotonic() - start)
+
+
+def scan_memory(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
+    """Experiment 8: do the cells whose state update is elementwise linear (minGRU, minLSTM,
+    QRNN, trained by a scan) keep the LSTM's memory horizon on the copy and agreement tasks?
+    The protocol, grid and seeds are experiment 2's; the LSTM is trained again beside them."""
+    start = time.monotonic()
+    seeds = [seed + 1000 * i for i in range(scale.seeds)]
+    cells = ("lstm", *SCAN_CELLS)
+    h, rows = _sweeps(cells, scale, seeds)
+    plot = _horizon_plot(out, "claim8_scan_memory.png", rows, seeds[0])
+    med = {k: statistics.median(v) for k, v in h.items()}
+    lstm = _best_horizon(med, "lstm")
+    checks = [Check(f"{cell} horizon / LSTM horizon (the shorter of the two tasks, each "
+                    "cell's better protocol; an LSTM that solves none counts 1)",
+                    _best_horizon(med, cell) / max(lstm, 1), ">=", 1) for cell in SCAN_CELLS]
+    details = (_protocol(scale) + " The scan cells: `scan-gru` (minGRU), `scan-lstm` "
+               "(minLSTM) (Feng et al. 2024) and `qrnn` (window 2, Bradbury et al. 2016), "
+               "each one layer as the LSTM: their gates see only the inputs, so what one "
+               "layer can keep is what its input-driven forget gates let through.\n\n"
+               + table(["cell", "task", "protocol", "seed", "delay", "accuracy", "steps",
+                        "solved"], rows))
+    return ClaimResult(8, "Memory horizon of the scan cells",
+                       "Cells whose state update is elementwise linear (minGRU, minLSTM, "
+                       "QRNN), trained by a parallel scan, remember as far back as an LSTM.",
+                       _horizons_line(h, cells, scale, seeds), checks, details, [plot],
+                       time.monotonic() - start)
 
 
 def exploding_gradients(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:

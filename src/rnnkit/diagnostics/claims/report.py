@@ -91,7 +91,7 @@ class ClaimResult:
     """One experiment's outcome.
 
     Attributes:
-        number, title: the experiment (1-7) and its name.
+        number, title: the experiment (1-8) and its name.
         claim: what the notes / folklore say.
         measured: one line of what was measured.
         checks: the falsifiable comparisons the verdict is made of.
