@@ -36,6 +36,7 @@ class Scale:
     lm_seconds: float  # time limit of one language-model training run (experiments 4, 5)
     depth_seconds: float  # time limit of one depth-experiment training run
     seeds: int = 1  # seeds of the experiments reported over seeds (2: horizons, 5: gaps)
+    scan_depths: tuple[int, ...] = (1, 2)  # experiment 8: the scan cells' numbers of layers
 
     @property
     def tiny(self) -> bool:
@@ -50,7 +51,8 @@ SCALES: dict[str, Scale] = {
                   depth_seconds=45.0, seeds=3),
     "quick": Scale("quick", hidden=32, steps=300, delays=(5, 10, 20, 40), flow_distance=40,
                    lm_steps=80, lm_hidden=64, bptt=32, depth_steps=40, depths=(2, 4, 8),
-                   explode_steps=150, seconds=4.0, lm_seconds=8.0, depth_seconds=8.0),
+                   explode_steps=150, seconds=4.0, lm_seconds=8.0, depth_seconds=8.0,
+                   scan_depths=(2,)),
     "tiny": Scale("tiny", hidden=8, steps=10, delays=(3,), flow_distance=6, lm_steps=2,
                   lm_hidden=16, bptt=8, depth_steps=2, depths=(1, 2), explode_steps=10,
                   seconds=1.0, lm_seconds=1.0, depth_seconds=1.0),
