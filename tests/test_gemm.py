@@ -156,20 +156,32 @@ def test_the_choice_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
         assert len(calls) == 2  # another kind is another entry
         gemm.mm(torch.randn(2, 4), torch.randn(4, 3))  # too small to measure: ATen
         assert len(calls) == 2
+        for rows in range(97, 129):  # one size class: one measurement
+            gemm.mm(torch.randn(rows, 128), b, kind="dgrad")
+        assert len(calls) == 3
+        gemm.mm(torch.randn(129, 128), b, kind="dgrad")  # the next class
+        assert len(calls) == 4
     files = list((tmp_path / "rnnkit").glob("gemm-*.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
     assert saved["machine"] == gemm.machine()
-    assert saved["choices"] == {"wgrad:64:128:96": "onednn", "linear:64:128:96": "onednn"}
+    assert saved["choices"] == {"wgrad:64:128:96": "onednn", "linear:64:128:96": "onednn",
+                                "dgrad:128:128:96": "onednn", "dgrad:192:128:96": "onednn"}
     monkeypatch.setitem(gemm._state, "choices", None)  # a new process reads the file
     with gemm.forced(None):
         gemm.mm(a, b, kind="wgrad")
-    assert len(calls) == 2
+    assert len(calls) == 4
     files[0].write_text("{not json")  # a corrupt cache is measured again, not an error
     monkeypatch.setitem(gemm._state, "choices", None)
     with gemm.forced(None):
         gemm.mm(a, b, kind="wgrad")
-    assert len(calls) == 3
+    assert len(calls) == 5
+
+
+def test_size_classes():
+    assert [gemm.size_class(x) for x in (1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 129, 2240, 23278)] \
+        == [1, 2, 3, 4, 6, 6, 8, 8, 12, 128, 192, 3072, 24576]
+    assert len({gemm.size_class(x) for x in range(1, 100_001)}) <= 34
 
 
 def test_adopt_keeps_parameters_and_state_dict():

@@ -206,16 +206,28 @@ def measuring() -> bool:
     return _mode() == "auto"
 
 
+def size_class(x: int) -> int:
+    """The size a measured choice stands for: the smallest 2^j or 3 2^(j-1) that is at least
+    ``x``. Products of about one size share a measurement: a key per exact row count would
+    measure (and store) one for every distinct count of rows that reach an adaptive
+    softmax's tail, hundreds in one run."""
+    if x <= 2:
+        return x
+    p = 1 << (x - 1).bit_length()  # the power of two at or above x
+    return 3 * p // 4 if 3 * p // 4 >= x else p
+
+
 def choose(kind: str, m: int, k: int, n: int, run_aten: Callable[[], object],
            run_onednn: Callable[[], object]) -> str:
     """The backend of an (m, k) x (k, n) product of ``kind``, whose operands suit oneDNN:
-    forced, or measured once per machine and cached."""
+    forced, or measured once per machine and size class (:func:`size_class`) and cached."""
     mode = _mode()
     if mode != "auto":
         return mode
     if m * k * n < MIN_MEASURED:
         return "aten"
-    return remembered(f"{kind}:{m}:{k}:{n}", lambda: measure(run_aten, run_onednn))
+    key = f"{kind}:{size_class(m)}:{size_class(k)}:{size_class(n)}"
+    return remembered(key, lambda: measure(run_aten, run_onednn))
 
 
 def speeds(m: int = 700, k: int = 650, n: int = 2600, repeats: int = 7) -> dict[str, float]:

@@ -89,8 +89,8 @@ def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
     native_ok = supports("native", cell, need_states)
     if native_ok and device.type == "cpu" and batch_size and bptt_supports(cell) \
             and gemm.measuring() and cell.weight_hh.dtype == torch.float32:
-        key = f"engine:{type(cell).__qualname__}:{cell.native_mode}:{batch_size}:" \
-              f"{cell.input_size}:{cell.hidden_size}"
+        key = f"engine:{type(cell).__qualname__}:{cell.native_mode}:" \
+              f"{gemm.size_class(batch_size)}:{cell.input_size}:{cell.hidden_size}"
         return gemm.remembered(key, lambda: _faster_engine(cell, batch_size))
     if native_ok and (device.type != "cpu" or cell.native_mode in _NATIVE_FASTEST_ON_CPU):
         return "native"
