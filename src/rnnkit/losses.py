@@ -2,14 +2,15 @@
 
 A word-level language model's decoder turns N = batch x steps rows of D features into N x V
 logits (2,048 x 33,278 floats, 272 MB, for WikiText-2 at 32 x 64 tokens), then log-softmax
-and cross-entropy read them and autograd writes their gradient of the same size: memory
-traffic, not arithmetic, is most of that step's time. Here the rows go through in chunks of
-about :data:`CHUNK_ELEMENTS` logits; each chunk's logits are made (on the machine's fastest
-GEMM, :mod:`rnnkit.gemm`), reduced to its loss, turned in place into the gradient of the
-loss with respect to them (softmax minus the one-hot target) and multiplied out into the
-gradients of the features, weight and bias at once, so the backward pass only scales them.
-The logits of the whole batch never exist. Without autograd (evaluation) only the loss is
-computed, chunk by chunk.
+and cross-entropy read them and autograd writes their gradient of the same size: passes
+over memory that took a third of the decoder's time beside its three GEMMs (measured in
+benchmarks/RESULTS.md, "The LM's full-softmax loss in chunks"). Here the rows go through in
+chunks of about :data:`CHUNK_ELEMENTS` logits; each chunk's logits are made (on the
+machine's fastest GEMM, :mod:`rnnkit.gemm`), reduced to its loss, turned in place into the
+gradient of the loss with respect to them (softmax minus the one-hot target) and multiplied
+out into the gradients of the features, weight and bias at once, so the backward pass only
+scales them. The logits of the whole batch never exist. Without autograd (evaluation) only
+the loss is computed, chunk by chunk.
 
     loss = linear_cross_entropy(h, decoder.weight, decoder.bias, targets)
     # == F.cross_entropy(F.linear(h, decoder.weight, decoder.bias), targets), to fp32 rounding
