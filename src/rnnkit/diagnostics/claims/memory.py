@@ -244,9 +244,12 @@ def scan_memory(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
                "(minLSTM) (Feng et al. 2024) and `qrnn` (window 2, Bradbury et al. 2016), "
                f"with {' and '.join(map(str, scale.scan_depths))} layer(s) (`x2`: two, as "
                "the papers stack them; the LSTM has one). "
-               "One layer's gates see only its inputs, so it cannot tell the first token "
-               "(the subject, the symbol to copy) from a later one of the same kind; a "
-               "second layer's gates see the first layer's state.\n\n"
+               "One layer's gates see only its inputs, so nothing marks the first token "
+               "(the subject, the symbol to copy) apart from later ones of the same kind, "
+               "except for the window-2 QRNN, whose gates also see x<t-1>: the zero initial "
+               "input at the first step. A second layer's gates see the first layer's "
+               "state. The grid ends at 200 steps: a ratio of 1 with both at 200 says "
+               "\"at least as far as the grid reaches\".\n\n"
                + table(["cell", "task", "protocol", "seed", "delay", "accuracy", "steps",
                         "solved"], rows))
     return ClaimResult(8, "Memory horizon of the scan cells",
