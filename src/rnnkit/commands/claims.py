@@ -1,7 +1,7 @@
 """``rnnkit claims``: reproduce the classic claims about recurrent networks.
 
-    rnnkit claims                       # every experiment, about 15 minutes in all
-    rnnkit claims --quick --out claims/ # a small version of each: 30-70 s in all
+    rnnkit claims                       # every experiment, about 35 minutes in all
+    rnnkit claims --quick --out claims/ # a small version of each: about 70 s in all
     rnnkit claims --only 2,3            # the memory horizon and exploding gradients only
 
 Writes ``OUT/REPORT.md`` (a table of each claim, what was measured, whether it held) and the
@@ -28,7 +28,7 @@ def _numbers(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="small budgets (30-70 s in all on one core)")
+                        help="small budgets (about 70 s in all on one core)")
     parser.add_argument("--out", default="claims", help="output directory (default: claims/)")
     parser.add_argument("--only", type=_numbers, default=None, metavar="N,N",
                         help="run only these experiments (1-8)")

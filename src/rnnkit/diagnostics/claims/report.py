@@ -16,8 +16,8 @@ from rnnkit.diagnostics.markdown import fmt, table
 
 @dataclass(frozen=True)
 class Scale:
-    """The size of every experiment: ``full`` (at most about 13 minutes each, about 15 minutes
-    in all on one thread of a shared machine), ``quick`` (30-70 seconds in all on one core,
+    """The size of every experiment: ``full`` (at most about 20 minutes each, about 35 minutes
+    in all on 2 threads), ``quick`` (about 70 seconds in all on one core,
     ``--quick``) and ``tiny`` (seconds, for the test suite). The fields name what they size.
     """
 
