@@ -40,55 +40,66 @@ def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
+def _loss_and_grads(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                    ignore_index: int, rows: int | None, need: tuple[bool, bool, bool]
+                    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The summed cross-entropy of ``h W^T + b`` against ``targets``, the number of rows not
+    ignored, and the gradients of the sum with respect to h, W and b that ``need`` asks for
+    (None for the others), chunk by chunk."""
+    n, vocab = h.shape[0], weight.shape[0]
+    keep = targets != ignore_index
+    total = torch.zeros((), dtype=torch.float64 if h.dtype == torch.float64 else
+                        torch.float32, device=h.device)
+    dh = torch.empty_like(h) if need[0] else None
+    dw = torch.zeros_like(weight) if need[1] else None
+    db = torch.zeros_like(bias) if need[2] and bias is not None else None
+    starts, step = _chunks(n, vocab, rows)
+    for s in starts:
+        hc, tc, kc = h[s:s + step], targets[s:s + step], keep[s:s + step]
+        logits = _chunk_logits(hc, weight, bias)  # (m, V)
+        lse = torch.logsumexp(logits, 1)
+        safe = torch.where(kc, tc, 0).unsqueeze(1)
+        picked = logits.gather(1, safe).squeeze(1)
+        total += torch.where(kc, lse - picked, 0).sum()
+        if dh is None and dw is None and db is None:
+            continue
+        grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+        grad.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))
+        grad.mul_(kc.unsqueeze(1))  # ignored rows give no gradient
+        grad = grad.to(h.dtype)
+        if dh is not None:
+            gemm.mm(grad, weight, kind="dgrad", out=dh[s:s + step])
+        if dw is not None:  # accumulated in place (ATen: oneDNN has no in-place form)
+            dw.addmm_(grad.t(), hc)
+        if db is not None:
+            db += grad.sum(0)
+    return total, keep.sum(), dh, dw, db
+
+
+def _scale(total: Tensor, count: Tensor, divide: bool) -> Tensor | None:
+    """The factor of the mean over the rows not ignored (None for a sum)."""
+    return 1.0 / count.clamp(min=1).to(total.dtype) if divide else None
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """The summed cross-entropy of ``h W^T + b`` against ``targets`` and, when any input
-    needs it, its gradients (made in the forward pass, scaled in the backward)."""
+    """:func:`_loss_and_grads` under autograd: the gradients are made in the forward pass
+    and only scaled in the backward."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
                 ignore_index: int, rows: int | None, divide: bool) -> Tensor:
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        n, vocab = h.shape[0], weight.shape[0]
-        keep = targets != ignore_index
-        count = keep.sum()
-        total = torch.zeros((), dtype=torch.float64 if h.dtype == torch.float64 else
-                            torch.float32, device=h.device)
-        dh = torch.empty_like(h) if need_h else None
-        dw = torch.zeros_like(weight) if need_w else None
-        db = torch.zeros_like(bias) if need_b and bias is not None else None
-        starts, step = _chunks(n, vocab, rows)
-        for s in starts:
-            hc, tc, kc = h[s:s + step], targets[s:s + step], keep[s:s + step]
-            logits = _chunk_logits(hc, weight, bias)  # (m, V)
-            lse = torch.logsumexp(logits, 1)
-            safe = torch.where(kc, tc, 0).unsqueeze(1)
-            picked = logits.gather(1, safe).squeeze(1)
-            total += torch.where(kc, lse - picked, 0).sum()
-            if not (need_h or need_w or need_b):
-                continue
-            grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
-            grad.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))
-            grad.mul_(kc.unsqueeze(1))  # ignored rows give no gradient
-            grad = grad.to(h.dtype)
-            if dh is not None:
-                gemm.mm(grad, weight, kind="dgrad", out=dh[s:s + step])
-            if dw is not None:  # accumulated in place (ATen: oneDNN has no in-place form)
-                dw.addmm_(grad.t(), hc)
-            if db is not None:
-                db += grad.sum(0)
-        scale = 1.0 / count.clamp(min=1).to(total.dtype) if divide else None
-        ctx.scale = scale
-        ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in (dh, dw, db)))
-        ctx.present = (dh is not None, dw is not None, db is not None)
-        return total * scale if scale is not None else total
+        total, count, dh, dw, db = _loss_and_grads(h, weight, bias, targets, ignore_index,
+                                                   rows, ctx.needs_input_grad[:3])
+        ctx.scale = _scale(total, count, divide)
+        ctx.save_for_backward(dh, dw, db)
+        return total if ctx.scale is None else total * ctx.scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         factor = grad_out if ctx.scale is None else grad_out * ctx.scale
-        grads = [t * factor.to(t.dtype) if present else None
-                 for t, present in zip(ctx.saved_tensors, ctx.present)]
-        return grads[0], grads[1], grads[2], None, None, None, None
+        dh, dw, db = (None if t is None else t * factor.to(t.dtype) for t in ctx.saved_tensors)
+        return dh, dw, db, None, None, None, None
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, *,
@@ -118,18 +129,10 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, targets
     if torch.is_grad_enabled():
         return _LinearCrossEntropy.apply(h, weight, bias, targets, ignore_index, chunk_rows,
                                          divide)
-    with torch.no_grad():  # the loss only: the same loop, no gradient is made
-        return _LinearCrossEntropy.forward(_NoContext(), h, weight, bias, targets,
-                                           ignore_index, chunk_rows, divide)
-
-
-class _NoContext:
-    """What ``_LinearCrossEntropy.forward`` reads of its context when nothing is recorded."""
-
-    needs_input_grad = (False, False, False)
-
-    def save_for_backward(self, *tensors: Tensor) -> None:
-        pass
+    total, count, *_ = _loss_and_grads(h, weight, bias, targets, ignore_index, chunk_rows,
+                                       (False, False, False))  # the loss only
+    scale = _scale(total, count, divide)
+    return total if scale is None else total * scale
 
 
 __all__ = ["CHUNK_ELEMENTS", "linear_cross_entropy"]

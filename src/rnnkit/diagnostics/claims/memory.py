@@ -125,10 +125,12 @@ def _horizon(cell: str, task_name: str, scale: Scale, seed: int, curriculum: boo
     return best, rows
 
 
-def _sweeps(cells: tuple[str, ...], scale: Scale, seeds: list[int]
-            ) -> tuple[dict[tuple, list[int]], list[list]]:
-    """Every cell's horizon on both tasks with both protocols for every seed: the horizons
-    by (cell, task, curriculum) over the seeds, and the table's rows."""
+def _sweeps(cells: tuple[str, ...], scale: Scale, seed: int
+            ) -> tuple[list[int], dict[tuple, list[int]], dict[tuple, float], list[list]]:
+    """Every cell's horizon on both tasks with both protocols for each of ``scale.seeds``
+    seeds: the seeds, the horizons by (cell, task, curriculum) over the seeds, their
+    medians, and the table's rows."""
+    seeds = [seed + 1000 * i for i in range(scale.seeds)]
     h: dict[tuple, list[int]] = {}
     rows: list[list] = []
     for s in seeds:
@@ -138,7 +140,7 @@ def _sweeps(cells: tuple[str, ...], scale: Scale, seeds: list[int]
                     best, r = _horizon(cell, task_name, scale, s, curriculum)
                     h.setdefault((cell, task_name, curriculum), []).append(best)
                     rows += r
-    return h, rows
+    return seeds, h, {k: statistics.median(v) for k, v in h.items()}, rows
 
 
 def _horizon_plot(out: Path, name: str, rows: list[list], seed: int) -> str:
@@ -204,10 +206,8 @@ def memory_horizon(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
     trained from scratch at each delay and with a curriculum over the delays, over
     ``scale.seeds`` seeds (the tests use the medians)."""
     start = time.monotonic()
-    seeds = [seed + 1000 * i for i in range(scale.seeds)]
-    h, rows = _sweeps(CELLS, scale, seeds)
+    seeds, h, med, rows = _sweeps(CELLS, scale, seed)
     plot = _horizon_plot(out, "claim2_memory_horizon.png", rows, seeds[0])
-    med = {k: statistics.median(v) for k, v in h.items()}
     rnn = max(med[("rnn", t, False)] for t in TASKS)
     lstm = _best_horizon(med, "lstm")
     checks = [Check("RNN horizon from scratch (the longer of the two tasks)", rnn, "<=", 10),
@@ -230,12 +230,10 @@ def scan_memory(scale: Scale, out: Path, seed: int = 0) -> ClaimResult:
     QRNN, trained by a scan) keep the LSTM's memory horizon on the copy and agreement tasks?
     The protocol, grid and seeds are experiment 2's; the LSTM is trained again beside them."""
     start = time.monotonic()
-    seeds = [seed + 1000 * i for i in range(scale.seeds)]
     scan = tuple(c if k == 1 else f"{c} x{k}" for k in scale.scan_depths for c in SCAN_CELLS)
     cells = ("lstm", *scan)
-    h, rows = _sweeps(cells, scale, seeds)
+    seeds, h, med, rows = _sweeps(cells, scale, seed)
     plot = _horizon_plot(out, "claim8_scan_memory.png", rows, seeds[0])
-    med = {k: statistics.median(v) for k, v in h.items()}
     lstm = _best_horizon(med, "lstm")
     checks = [Check(f"{cell} horizon / LSTM horizon (the shorter of the two tasks, each "
                     "cell's better protocol; an LSTM that solves none counts 1)",
