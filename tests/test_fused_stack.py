@@ -59,3 +59,44 @@ def test_skip_connections_and_extras_run_layer_by_layer():
     assert stack("lstm", 4, 4, 2, dropconnect=0.1, engine="native").fused_mode(cpu) is None
     assert stack("lstm", 4, 4, 2, learn_init=True, engine="native").fused_mode(cpu) is None
     assert stack("lstm", 4, 4, 2, engine="native").fused_mode(cpu) == "LSTM"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_uneven_lengths_on_the_cpu_pack_only_the_steps_past_the_shortest(packed, monkeypatch):
+    """ATen's packed CPU kernel is quadratic in T in its backward, so a CPU stack over uneven
+    lengths runs layer by layer, each direction one fused call over the steps every sequence
+    has and a packed call over the rest; the result is torch.nn.LSTM's on the packed input."""
+    from rnnkit.engines import native
+
+    torch.manual_seed(2)
+    ours = stack("lstm", 3, 4, 2, bidirectional=True, engine="native").double()
+    ref = torch.nn.LSTM(3, 4, 2, bidirectional=True, batch_first=True).double()
+    for name, p in ref.named_parameters():
+        layer, suffix = int(name.split("_l")[1][0]), name.endswith("_reverse")
+        rec = ours.layers[layer].bwd if suffix else ours.layers[layer].fwd
+        p.data.copy_(getattr(rec.cell, name.split("_l")[0]))
+    steps_seen = []
+    real = native.call_native
+
+    def spy(mode, x, *args):
+        steps_seen.append(len(x.batch_sizes) if hasattr(x, "batch_sizes") else -x.shape[0])
+        return real(mode, x, *args)
+
+    monkeypatch.setattr(native, "call_native", spy)
+    x = torch.randn(3, 9, 3, dtype=torch.double)
+    lengths = torch.tensor([9, 6, 7])
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    if packed:
+        out, _ = ours(pack_padded_sequence(xs[0], lengths, batch_first=True,
+                                           enforce_sorted=False))
+        out = out.data
+    else:
+        out = ours(xs[0], lengths=lengths).output
+        out = pack_padded_sequence(out, lengths, batch_first=True, enforce_sorted=False).data
+    want, _ = ref(pack_padded_sequence(xs[1], lengths, batch_first=True, enforce_sorted=False))
+    torch.testing.assert_close(out, want.data, rtol=0, atol=1e-12)
+    grads = [torch.autograd.grad((o ** 2).sum(), [xi, *m.parameters()])
+             for o, xi, m in ((out, xs[0], ours), (want.data, xs[1], ref))]
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-12)
+    # 2 layers x 2 directions: fused over the 6 shared steps (-6), packed over the 3 after
+    assert sorted(steps_seen) == [-6] * 4 + [3] * 4
