@@ -167,8 +167,42 @@ class _FakeLM:
         good = prefix[-1:] == (1,)
         return torch.log(torch.tensor([0.1, 0.1, 0.7 if good else 0.1, 0.1 if good else 0.7]))
 
+    def end_logp(self, prefix):
+        return 0.0
+
     def forget(self, keep):
         pass
+
+
+class _LexiconLM(_FakeLM):
+    """Knows one word, 1 2 2: the transcript ends only after it."""
+
+    def logp(self, prefix):
+        want = {(): 1, (1,): 2, (1, 2): 2}.get(tuple(prefix), 3)
+        return torch.log(torch.tensor([0.05, 0.05, 0.05, 0.05]).index_fill(0, torch.tensor(want),
+                                                                            0.85))
+
+    def end_logp(self, prefix):
+        return math.log(0.9 if tuple(prefix) == (1, 2, 2) else 0.01)
+
+
+def test_the_end_of_transcript_term_completes_a_word_cut_short():
+    # "1 2" then a step a little more "2 again" than blank-less: the posteriors favour 1 2
+    # (a repeated 2 needs a blank between, which is weak here); the LM's end term prefers 1 2 2
+    probs = torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05],
+                          [0.3, 0.05, 0.6, 0.05], [0.4, 0.05, 0.5, 0.05]])
+    lp = probs.log()
+    assert beam_ids(lp, beam=8) == [1, 2]
+    search = PrefixBeamSearch(beam=8, lm=_LexiconLM(), lm_weight=1.0)
+    search.advance(lp)
+    assert search.best() == [1, 2, 2]
+    # the term is in the finished score: log p(alignments) + LM terms + log P(end | 1 2 2)
+    exact_122 = dict(search.scored())[(1, 2, 2)]
+    without = PrefixBeamSearch(beam=8, lm=_LexiconLM(), lm_weight=1.0)
+    without._end = lambda prefix: 0.0
+    without.advance(lp)
+    assert without.best() == [1, 2]  # the LM's letters alone do not do it: its end term does
+    assert exact_122 == pytest.approx(dict(without.scored())[(1, 2, 2)] + math.log(0.9))
 
 
 def test_a_language_model_changes_the_output():
@@ -222,6 +256,11 @@ def test_prepare_digits_is_deterministic_and_splits_by_index(tmp_path):
     for line in a.splitlines()[1:]:
         words = line.split("\t")[1].split()
         assert 1 <= len(words) <= 7
+    # the transcripts alone, for a character LM: the manifest's, in its order
+    for name in ("train", "dev"):
+        rows = (tmp_path / "a" / f"{name}.tsv").read_text().splitlines()[1:]
+        text = (tmp_path / "a" / f"{name}.txt").read_text()
+        assert text == "".join(r.split("\t")[1] + "\n" for r in rows)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import numpy as np
 
 from rnnkit.data.audio import read_audio, write_manifest, write_wav
 from rnnkit.errors import DataError, note
+from rnnkit.files import write_text_atomic
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DEV_INDICES = range(5, 10)
@@ -89,8 +90,9 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
                    max_digits: int = 7, rate: int = 8000) -> dict[str, Path]:
     """Build the connected-digit train and dev sets (see the module docstring) under ``out``:
     ``train/``, ``dev/``, ``dev-isolated/`` (WAV), ``train.tsv``, ``dev.tsv`` and
-    ``dev-isolated.tsv``. Returns
-    the manifests' paths by name."""
+    ``dev-isolated.tsv``, and the transcripts alone, a line each, in ``train.txt`` and
+    ``dev.txt`` (the text of a character LM for the beam search: ``rnnkit train lm --train
+    train.txt --dev dev.txt --level char``). Returns the manifests' paths by name."""
     if max_digits < 1 or train_utterances < 1 or dev_utterances < 1:
         raise ValueError("max_digits, train_utterances and dev_utterances must be positive")
     every = recordings(fsdd)
@@ -114,6 +116,7 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
         rows = make_set(split[name], out / name, count, rng, rate, max_digits, cache)
         manifests[name] = out / f"{name}.tsv"
         write_manifest(manifests[name], rows)
+        write_text_atomic(out / f"{name}.txt", "".join(f"{r[1]}\n" for r in rows))
         seconds = sum(r[2] for r in rows)
         note(f"{manifests[name]}: {len(rows)} utterances, {seconds / 60:.1f} minutes")
     isolated = []  # each dev recording alone: the 1-digit case, with the same end gaps

@@ -60,28 +60,35 @@ def run_native(
     weights = flat_weights(cell, params)
     has_biases = bool(getattr(cell, "bias", True))
     hx = tuple(s.unsqueeze(0) for s in state)
-    shared = x.shape[0] if lengths is None else int(lengths.min())
+    if lengths is None:
+        out, final = call_native(mode, x, hx, weights, has_biases, 1, 0.0, cell.training, False)
+        return out, tuple(s.squeeze(0) for s in final)
+    if torch.jit.is_tracing():  # a graph for any lengths (export): all of it packed
+        return _run_packed(mode, x, hx, weights, has_biases, cell.training, lengths)
+    shared = int(lengths.min())
     head, final = call_native(mode, x[:shared], hx, weights, has_biases, 1, 0.0,
                               cell.training, False)
-    if shared == x.shape[0]:
-        return head, tuple(s.squeeze(0) for s in final)
-    # The steps past the shortest sequence, packed. Packing the whole sequence would be exact
-    # too, but ATen's packed kernel slices its input step by step and the backward of each
-    # slice writes a zero tensor the size of the whole packed input: quadratic in T, 2.4x the
-    # fused time at (84, 16, 256, bidirectional) and worse as T grows.
+    # The steps past the shortest sequence, packed. Packing all of it would be exact too, but
+    # ATen's packed CPU kernel slices its input step by step, and the backward of each slice
+    # writes zeros the size of the whole input: quadratic in T (benchmarks/bench_uneven.py).
     longer = (lengths > shared).nonzero().squeeze(1)
-    packed = pack_padded_sequence(x[shared:].index_select(1, longer),
-                                  (lengths.index_select(0, longer) - shared).cpu(),
-                                  enforce_sorted=False)
-    tail_hx = tuple(h.index_select(1, longer).index_select(1, packed.sorted_indices)
-                    for h in final)
-    data, tail_final = call_native(mode, packed, tail_hx, weights, has_biases, 1, 0.0,
-                                   cell.training, False)
-    tail, _ = pad_packed_sequence(
-        PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
-        total_length=x.shape[0] - shared)
+    tail, tail_final = _run_packed(
+        mode, x[shared:].index_select(1, longer), tuple(h.index_select(1, longer) for h in final),
+        weights, has_biases, cell.training, lengths.index_select(0, longer) - shared)
     out = torch.cat([head, tail.new_zeros(tail.shape[0], x.shape[1], tail.shape[2])
                      .index_copy(1, longer, tail)])
-    final = tuple(f.squeeze(0).index_copy(0, longer, t.squeeze(0).index_select(
-        0, packed.unsorted_indices)) for f, t in zip(final, tail_final))
-    return out, final
+    return out, tuple(f.squeeze(0).index_copy(0, longer, t) for f, t in zip(final, tail_final))
+
+
+def _run_packed(mode: str, x: Tensor, hx: tuple[Tensor, ...], weights: list[Tensor],
+                has_biases: bool, training: bool, lengths: Tensor
+                ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One packed call of torch's kernel over ``x`` (T, B, I) from ``hx`` ((1, B, n) each):
+    the output (T, B, H_out), zero past each length, and the final states (B, n)."""
+    packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+    hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
+    data, final = call_native(mode, packed, hx, weights, has_biases, 1, 0.0, training, False)
+    out, _ = pad_packed_sequence(
+        PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+        total_length=x.shape[0])
+    return out, tuple(s.squeeze(0).index_select(0, packed.unsorted_indices) for s in final)

@@ -8,7 +8,9 @@ speech recognition using bi-directional recurrent DNNs") keeps the K best *prefi
 the probability of all paths ending in a blank (``p_b``) and in its last symbol (``p_nb``), so
 that a prefix's score sums over its alignments; with an LM, extending a prefix by character c
 adds ``lm_weight * log P_LM(c | prefix)``, and ``word_bonus`` for each space (each new word),
-which balances the LM's preference for fewer words. Without an LM and with a beam wide enough
+which balances the LM's preference for fewer words; a finished transcript adds ``lm_weight *
+log P_LM(end | prefix)``, so that a prefix the LM would not end with (a word cut short, as
+"thre" for "three") loses to one it would. Without an LM and with a beam wide enough
 to keep every prefix, the best prefix is the most probable label sequence (tests compare it
 with the sum over all alignments).
 
@@ -75,12 +77,13 @@ class CharLMScorer:
         model: a :class:`~rnnkit.models.lm.LanguageModel` (eval mode).
         lm_ids: for each ASR symbol id (the blank's entry unused), the LM's token id; the
             LM's ``<unk>`` for characters it does not know.
-        start_id: the LM's input before the first character (its ``<eos>``).
+        start_id: the LM's input before the first character (its ``<eos>``), also what it
+            predicts after the last one (the end of the transcript).
     """
 
     def __init__(self, model, lm_ids: Sequence[int], start_id: int) -> None:
         self.model = model
-        self.lm_ids = torch.tensor(list(lm_ids))
+        self.lm_ids = torch.tensor([*lm_ids, start_id])  # the symbols', then the end's
         self.start_id = start_id
         self.cache: dict[tuple[int, ...], tuple[Tensor, object]] = {}
 
@@ -116,7 +119,11 @@ class CharLMScorer:
 
     def logp(self, prefix: tuple[int, ...]) -> Tensor:
         """log P_LM(next symbol | prefix) over the ASR symbols (V,)."""
-        return self.cache[prefix][0]
+        return self.cache[prefix][0][:-1]
+
+    def end_logp(self, prefix: tuple[int, ...]) -> float:
+        """log P_LM(the transcript ends | prefix)."""
+        return float(self.cache[prefix][0][-1])
 
     def forget(self, keep: set[tuple[int, ...]]) -> None:
         """Drop the cached prefixes not in ``keep`` (bounded memory on long audio)."""
@@ -210,10 +217,16 @@ class PrefixBeamSearch:
             self.lm.forget(set(self.beams) | {p[:-1] for p in self.beams if p})
 
     def scored(self) -> list[tuple[tuple[int, ...], float]]:
-        """The prefixes kept, best first, with their scores (log p of the alignments + the LM
-        and word-bonus terms)."""
-        out = [(p, _logaddexp(pb, pnb) + extra) for p, (pb, pnb, extra) in self.beams.items()]
+        """The prefixes kept, best first, with their scores as finished transcripts (log p of
+        the alignments + the LM and word-bonus terms + the LM's end term)."""
+        if self.lm is not None:  # what the next step would compute first: the same batch
+            self.lm.prepare(list(self.beams))
+        out = [(p, _logaddexp(pb, pnb) + extra + self._end(p))
+               for p, (pb, pnb, extra) in self.beams.items()]
         return sorted(out, key=lambda x: x[1], reverse=True)
+
+    def _end(self, prefix: tuple[int, ...]) -> float:
+        return 0.0 if self.lm is None else self.lm_weight * self.lm.end_logp(prefix)
 
     def best(self) -> list[int]:
         return list(self.scored()[0][0])

@@ -339,7 +339,7 @@ def _packed_is_slow(device: torch.device, batch_sizes: Tensor | None = None) -> 
     size of the whole input, quadratic in T (3 x 256 bidirectional LSTM, batch 16, lengths
     197-200: 3.7 s fwd+bwd packed, 0.98 s layer by layer, equal to the fused time at equal
     lengths). ``batch_sizes``: a packed input's, whose lengths may all be equal."""
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.jit.is_tracing():  # export: one graph for any lengths
         return False
     return batch_sizes is None or bool((batch_sizes != batch_sizes[0]).any())
 
