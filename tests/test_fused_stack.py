@@ -100,3 +100,12 @@ def test_uneven_lengths_on_the_cpu_pack_only_the_steps_past_the_shortest(packed,
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-12)
     # 2 layers x 2 directions: fused over the 6 shared steps (-6), packed over the 3 after
     assert sorted(steps_seen) == [-6] * 4 + [3] * 4
+
+
+def test_lengths_given_as_a_list_reach_the_fused_stack():
+    torch.manual_seed(3)
+    model = stack("lstm", 3, 4, 2, bidirectional=True, engine="native").double()
+    x = torch.randn(3, 5, 3, dtype=torch.double)
+    for lengths in ([5, 2, 4], [5, 5, 5]):
+        want = model(x, lengths=torch.tensor(lengths)).output
+        torch.testing.assert_close(model(x, lengths=lengths).output, want, rtol=0, atol=0)

@@ -108,7 +108,7 @@ class Stacked(nn.Module):
         With ``return_states=True``, ``states`` of the result lists each layer's per-step
         states (for a Bidirectional layer, a pair)."""
         if isinstance(x, PackedSequence) and not return_states and self.fused_mode(x.data.device) \
-                and not _packed_is_slow(x.data.device, x.batch_sizes):
+                and not _packed_is_slow(x.data.device):
             hx = self.flatten_states(states, x.data, int(x.batch_sizes[0]))
             out, flat = self.run_fused(x, hx)
             return RecurrentOutput(out, self.unflatten_states(flat))
@@ -272,10 +272,10 @@ class Stacked(nn.Module):
 
     def forward_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None,
                            need_states: bool = False) -> _TimeMajor:
-        uneven = lengths is not None and bool((lengths != x.shape[0]).any())
-        if not need_states and self.fused_mode(x.device) and not (
-                uneven and _packed_is_slow(x.device)):
-            return self._fused_time_major(x, states, lengths)
+        if not need_states and self.fused_mode(x.device):
+            fused = self._fused_time_major(x, states, lengths)
+            if fused is not None:
+                return fused
         n = len(self.layers)
         if states is None:
             states = [None] * n
@@ -308,18 +308,23 @@ class Stacked(nn.Module):
         return _TimeMajor(h, finals, traces if need_states else None, checked)
 
     def _fused_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None
-                          ) -> _TimeMajor:
+                          ) -> _TimeMajor | None:
+        """The stack in one call of torch's kernel; ``None`` (run it layer by layer) for
+        unequal lengths where that kernel's packed form is slow (:func:`_packed_is_slow`)."""
         T, B, I = x.shape
         if self.input_size != I:
             raise ValueError(f"input must have {self.input_size} features (the first layer's "
                              f"input_size), got {I}")
+        if lengths is not None:
+            lengths = check_lengths(lengths, B, T, x.device)
+        uneven = lengths is not None and not bool((lengths == T).all())
+        if uneven and _packed_is_slow(x.device):
+            return None
         hx = self.flatten_states(states, x, B)
         if hx is None:  # zeros sized from x, which tracing (export) keeps symbolic
             dirs = self._directions()
             hx = tuple(x.new_zeros(len(dirs), B, n) for n in dirs[0].cell.state_sizes())
-        if lengths is not None:
-            lengths = check_lengths(lengths, B, T, x.device)
-        if lengths is None or bool((lengths == T).all()):
+        if not uneven:
             out, flat = self.run_fused(x, hx)
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
@@ -331,17 +336,15 @@ class Stacked(nn.Module):
         return f"connection={self.connection!r}, dropout={self.dropout}"
 
 
-def _packed_is_slow(device: torch.device, batch_sizes: Tensor | None = None) -> bool:
+def _packed_is_slow(device: torch.device) -> bool:
     """Whether torch's fused kernel on sequences of unequal lengths (packed) is slower here
     than the layers one by one, each on the native engine (which runs the steps that every
     sequence has in one fused call and packs only the rest). On the CPU it is: ATen's packed
     kernel slices its input step by step, and the backward of each slice writes zeros the
     size of the whole input, quadratic in T (3 x 256 bidirectional LSTM, batch 16, lengths
     197-200: 3.7 s fwd+bwd packed, 0.98 s layer by layer, equal to the fused time at equal
-    lengths). ``batch_sizes``: a packed input's, whose lengths may all be equal."""
-    if device.type != "cpu" or torch.jit.is_tracing():  # export: one graph for any lengths
-        return False
-    return batch_sizes is None or bool((batch_sizes != batch_sizes[0]).any())
+    lengths). A packed input there is unpacked, and its lengths decide."""
+    return device.type == "cpu" and not torch.jit.is_tracing()  # export: any lengths
 
 
 def stack(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
