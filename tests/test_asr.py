@@ -91,6 +91,41 @@ def test_audio_stereo_mixdown_and_resampling(tmp_path):
         read_audio(tmp_path / "text.wav")
 
 
+def test_speed_perturbation_changes_tempo_and_pitch_together():
+    from rnnkit.data.audio import change_speed
+
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    for factor, samples in ((1.1, 7273), (0.9, 8889)):
+        out = change_speed(tone, factor)
+        assert out.dtype == np.float32 and abs(len(out) - samples) <= 1  # len / factor
+        peak = np.argmax(np.abs(np.fft.rfft(out[500:-500]))) * 8000 / (len(out) - 1000)
+        assert abs(peak - 440 * factor) < 3  # the pitch moves with the tempo (sox speed)
+    with pytest.raises(ValueError, match="positive"):
+        change_speed(tone, 0.0)
+
+
+def test_each_epoch_draws_one_speed_of_each_utterance():
+    from rnnkit.models.asr import ASRConfig
+    from rnnkit.tasks.asr import ASRTask
+
+    frames = [torch.full((10 + i, 40), float(i)) for i in range(4)]
+    perturbed = [[torch.full((9 + i, 40), float(i)), torch.full((12 + i, 40), float(i))]
+                 for i in range(4)]
+    targets = [[1 + i] for i in range(4)]
+    task = ASRTask(frames, targets, None, ASRConfig(alphabet=list("abcd")), 2, False,
+                   perturbed)
+    g = torch.Generator().manual_seed(0)
+    seen = {i: set() for i in range(4)}
+    for epoch in range(12):
+        for x, lengths, labels, label_lengths in task.train_batches(epoch, g):
+            assert label_lengths.tolist() == [1] * len(lengths)
+            for row, n, label in zip(x, lengths.tolist(), labels.tolist()):
+                i = label - 1
+                assert (row[:n] == i).all()  # the frames are the label's utterance
+                seen[i].add(n - i)
+    assert all(s == {9, 10, 12} for s in seen.values())  # every version drawn
+
+
 def test_manifests_tsv_and_jsonl_and_their_errors(tmp_path, capsys):
     write_wav(tmp_path / "a.wav", np.zeros(800, dtype=np.float32), 8000)
     (tmp_path / "m.tsv").write_text("audio\ttext\na.wav\tone  two\na.wav\t\n")
@@ -323,6 +358,85 @@ def test_streaming_ends_with_the_whole_file_transcript(digit_sets, tmp_path, cap
     _train(digit_sets, bi)
     assert main(["transcribe", str(bi), "--input", str(wav), "--stream"]) == 2
     assert "unidirectional" in capsys.readouterr().err
+
+
+def test_output_delay_is_a_look_ahead_of_d_steps_and_never_sees_padding():
+    from rnnkit.errors import RnnkitError
+    from rnnkit.models.asr import AcousticModel, ASRConfig
+    from rnnkit.tasks.asr import ASROptions
+
+    torch.manual_seed(0)
+    D, k = 3, 2
+    model = AcousticModel(ASRConfig(alphabet=list(" ab"), subsample=k, hidden_size=8,
+                                    num_layers=2, bidirectional=False, delay=D, dropout=0.0))
+    model.double().eval()
+    frames = torch.randn(2, 23, 40, dtype=torch.float64)
+    lengths = torch.tensor([23, 15])  # 11 and 7 steps; frame 14 is a last partial group
+
+    def lp(x, n):
+        with torch.no_grad():
+            out, steps, _ = model(x, torch.as_tensor(n))
+        return out, steps
+
+    both, steps = lp(frames, lengths)
+    assert steps.tolist() == [11, 7] and both.shape[1] == 11
+    alone, _ = lp(frames[1:, :14], [14])  # the second utterance alone, its partial group cut
+    torch.testing.assert_close(both[1, :7], alone[0], rtol=0, atol=1e-12)
+    moved = frames.clone()
+    moved[1, 14:] += 5.0  # its partial group and the padding: never heard
+    torch.testing.assert_close(lp(moved, lengths)[0][1, :7], both[1, :7], rtol=0, atol=1e-12)
+    moved = frames.clone()
+    step = 4
+    moved[0, step * k:(step + 1) * k] += 1.0  # heard by outputs step - D = 1 and after
+    changed = (lp(moved, lengths)[0][0] - both[0]).abs().amax(-1) > 1e-9
+    assert changed.tolist() == [False] + [True] * 10  # output t hears steps up to t + D
+    assert ASRConfig.from_dict({"alphabet": ["a"]}).delay == 0  # a run from before the flag
+    with pytest.raises(ValueError, match="delay"):
+        AcousticModel(ASRConfig(alphabet=["a"], delay=2))  # bidirectional
+    with pytest.raises(RnnkitError, match="--unidirectional"):
+        ASROptions(train="t.tsv", delay=2)
+    with pytest.raises(RnnkitError, match="--delay must be an int >= 0"):
+        ASROptions(train="t.tsv", unidirectional=True, delay=-1)
+
+
+def test_training_with_speed_perturbation(digit_sets, tmp_path, capsys):
+    run = tmp_path / "speeds"
+    _train(digit_sets, run, "--speed-perturb", "0.9", "1.0", "1.1")
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["speed_perturb"] == [0.9, 1.0, 1.1]
+    assert "speed perturbation: 0.9, 1.1 besides 1.0" in capsys.readouterr().err
+    assert main(["train", "asr", "--train", str(digit_sets / "train.tsv"), "--out",
+                 str(tmp_path / "bad"), "--speed-perturb", "0"]) == 2
+    assert "--speed-perturb takes factors in [0.5, 2], got [0.0]" in capsys.readouterr().err
+
+
+class _Recorder:
+    """A decoder that keeps the log-probabilities it is given."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+
+    def advance(self, lp: torch.Tensor) -> None:
+        self.parts.append(lp)
+
+    def best(self) -> list[int]:
+        return []
+
+
+def test_a_delayed_streaming_model_streams_its_whole_file_log_probs(digit_sets, tmp_path):
+    from rnnkit.tasks import asr
+
+    run = tmp_path / "delayed"
+    _train(digit_sets, run, "--unidirectional", "--delay", "4")
+    model, config = asr.load(run)
+    assert config["model"]["delay"] == 4 and not config["model"]["bidirectional"]
+    wav = str(sorted((digit_sets / "dev").iterdir())[0])
+    whole = asr.log_probs_of(model, [asr.Featurizer(model.config)(wav)[0]])[0]
+    for chunk_ms in (100.0, 35.0):
+        recorder = _Recorder()
+        list(asr.stream(model, wav, chunk_ms, lambda r=recorder: r))
+        torch.testing.assert_close(torch.cat(recorder.parts), whole, rtol=0, atol=1e-5)
+    assert list(asr.stream(model, wav, 100.0))[-1][0] == asr.whole_file(model, wav)
 
 
 def test_shallow_fusion_with_an_rnnkit_char_lm(digit_sets, tmp_path, capsys):

@@ -34,12 +34,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                    "num_layers": _OPTS.num_layers, "dropout": _OPTS.dropout})
     m.add_argument("--unidirectional", action="store_true",
                    help="a streaming model (one direction; global feature statistics)")
+    m.add_argument("--delay", type=int, metavar="D",
+                   help="with --unidirectional: steps the model hears past each output "
+                        "before emitting it (latency D x the step; default 0)")
     m.add_argument("--subsample", type=int, metavar="K",
                    help=f"frames stacked into one step (default {_OPTS.subsample}: 30 ms)")
     m.add_argument("--n-mels", type=int, metavar="N",
                    help=f"log-mel channels (default {_OPTS.n_mels})")
     m.add_argument("--no-spec-augment", action="store_true",
                    help="no frequency and time masks in training")
+    m.add_argument("--speed-perturb", type=float, nargs="+", metavar="F",
+                   help="train on each utterance at one of these speeds each epoch, "
+                        "drawn (Kaldi's: 0.9 1.0 1.1; default: as recorded)")
     common.add_common_train_arguments(parser, default_out="runs/asr-{time}")
 
 

@@ -2,7 +2,8 @@
 
 Sound files are read with ``soundfile`` (libsndfile: WAV, FLAC, OGG, ...), mixed down to mono
 and, at another sample rate than the model's, resampled with ``scipy.signal.resample_poly``
-(a polyphase filter); both are the optional extra ``rnnkit[asr]``.
+(a polyphase filter), as the speed perturbation of training audio is (:func:`change_speed`);
+both are the optional extra ``rnnkit[asr]``.
 
 A manifest lists utterances, one a line, in either of two forms:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +88,29 @@ def read_audio(path: str | Path, rate: int | None = None, source: str | None = N
 def resample(samples: np.ndarray, from_rate: int, to_rate: int, where: str = "audio"
              ) -> np.ndarray:
     """``samples`` at ``from_rate`` resampled to ``to_rate`` (polyphase, scipy)."""
+    return _polyphase(samples, int(to_rate), int(from_rate),
+                      f"{where}: recorded at {from_rate} Hz, the model's rate is {to_rate} Hz;"
+                      f" resampling")
+
+
+def change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
+    """``samples`` played ``factor`` times as fast, tempo and pitch together (``sox speed``,
+    the speed perturbation of Kaldi and ESPnet, Ko et al. 2015): resampled to about
+    ``len / factor`` samples at the same rate (``factor`` as a fraction of denominator at
+    most 100)."""
+    ratio = Fraction(factor).limit_denominator(100)
+    if ratio <= 0:
+        raise ValueError(f"a speed factor must be positive, got {factor}")
+    return _polyphase(samples, ratio.denominator, ratio.numerator, "speed perturbation")
+
+
+def _polyphase(samples: np.ndarray, up: int, down: int, why: str) -> np.ndarray:
     try:
         from scipy.signal import resample_poly
     except ImportError:
-        raise DataError(f"{where}: recorded at {from_rate} Hz, the model's rate is {to_rate} Hz;"
-                        f" resampling needs scipy: pip install 'rnnkit[asr]'") from None
-    g = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, to_rate // g, from_rate // g).astype(np.float32)
+        raise DataError(f"{why} needs scipy: pip install 'rnnkit[asr]'") from None
+    g = math.gcd(up, down)
+    return resample_poly(samples, up // g, down // g).astype(np.float32)
 
 
 def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> None:
@@ -200,5 +218,5 @@ def write_manifest(path: str | Path, utterances: list[tuple[str, str, float]]) -
     write_text_atomic(path, text)
 
 
-__all__ = ["Utterance", "read_audio", "read_manifest", "resample", "write_manifest",
-           "write_wav"]
+__all__ = ["Utterance", "change_speed", "read_audio", "read_manifest", "resample",
+           "write_manifest", "write_wav"]

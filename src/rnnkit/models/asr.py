@@ -7,12 +7,20 @@ the characters and the CTC blank out.
 
 Frame stacking (Sak et al. 2015) shortens time k times at no cost, and it is causal: a
 unidirectional model can run on audio as it arrives (:meth:`AcousticModel.stream_step`).
+
+Output delay (Sak et al. 2015's target delay): a unidirectional model with ``delay`` D runs
+D steps of zeros past each utterance's end and emits output t at its step t + D, so it has
+heard D steps (D x 10 k ms) past t before it speaks. Without it, a unidirectional CTC model
+can lock into guessing the first word from its initial state alone (it has heard nothing
+yet when the first steps' labels are due; RESULTS.md shows one that got the first word of
+19 dev utterances of 300 right).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,6 +41,8 @@ class ASRConfig:
         subsample: frames stacked into one step (2-4: 20-40 ms steps).
         cell, hidden_size, num_layers: the recurrent stack.
         bidirectional: False for a streaming model.
+        delay: steps a unidirectional model hears past each output before emitting it (0
+            for a bidirectional one; see the module docstring).
         dropout: on the stack's input, between layers and before the output layer.
         mean, std: the training set's per-band statistics (``features.normalisation ==
             "global"``), else None.
@@ -45,6 +55,7 @@ class ASRConfig:
     hidden_size: int = 256
     num_layers: int = 3
     bidirectional: bool = True
+    delay: int = 0
     dropout: float = 0.2
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -84,6 +95,9 @@ class AcousticModel(nn.Module):
         k, mels = config.subsample, config.features.n_mels
         if k < 1:
             raise ValueError(f"subsample must be a positive int, got {k}")
+        if config.delay < 0 or (config.delay and config.bidirectional):
+            raise ValueError(f"delay must be 0 for a bidirectional model and >= 0 for a "
+                             f"unidirectional one, got {config.delay}")
         self.drop = nn.Dropout(config.dropout)
         self.rnn = stack(config.cell, k * mels, config.hidden_size, config.num_layers,
                          bidirectional=config.bidirectional, dropout=config.dropout)
@@ -105,17 +119,25 @@ class AcousticModel(nn.Module):
                 ) -> tuple[Tensor, Tensor, list]:
         """Log-probabilities (B, T', V) over the blank and the alphabet, their lengths (B,)
         and the final state, for normalised frames (B, T, n_mels) of ``lengths`` (B,)."""
-        x = self.drop(self.stack_frames(frames))
+        x = self.stack_frames(frames)
         out_lengths = self.output_lengths(lengths).clamp_min(1)
         if x.shape[1] == 0:
             x = x.new_zeros(x.shape[0], 1, x.shape[2])
-        res = self.rnn(x, state, lengths=out_lengths.to(x.device))
-        logits = self.output(self.drop(res.output))
+        steps, delay = x.shape[1], self.config.delay
+        run_lengths = out_lengths.to(x.device)
+        if delay:  # zeros from each utterance's end (a last partial group too) for D steps
+            past_end = torch.arange(steps, device=x.device) >= run_lengths[:, None]
+            x = F.pad(x.masked_fill(past_end[..., None], 0.0), (0, 0, 0, delay))
+            run_lengths = run_lengths + delay
+        res = self.rnn(self.drop(x), state, lengths=run_lengths)
+        logits = self.output(self.drop(res.output[:, delay:delay + steps]))
         return F.log_softmax(logits, dim=-1), out_lengths, res.state
 
     def stream_step(self, stacked: Tensor, state: list | None) -> tuple[Tensor, list]:
         """A unidirectional model on the next stacked steps (1, S, k n_mels) from ``state``:
-        log-probabilities (1, S, V) and the state after them."""
+        log-probabilities (1, S, V) and the state after them. With a ``delay`` D the first D
+        outputs of an utterance are not its (drop them), and D steps of zeros after its last
+        step bring out its last D (``tasks.asr.stream`` does both)."""
         if self.config.bidirectional:
             raise ValueError("a bidirectional model cannot stream: it reads each utterance to "
                              "its end (train with --unidirectional)")

@@ -19,14 +19,14 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.data.audio import Utterance, read_audio, read_manifest
+from rnnkit.data.audio import Utterance, change_speed, read_audio, read_manifest
 from rnnkit.data.features import FeatureConfig, LogMel, normalise, spec_augment
 from rnnkit.data.padding import length_batches
 from rnnkit.errors import DataError, RnnkitError, note, warn
@@ -58,12 +58,16 @@ class ASRData:
         train, dev: the manifests (absolute paths).
         batch_size: utterances per batch.
         spec_augment: frequency and time masks on the training features.
+        speed_perturb: speed factors (Kaldi's 0.9, 1.0, 1.1): each epoch trains on each
+            utterance at one of them, drawn (:func:`~rnnkit.data.audio.change_speed`); empty:
+            as recorded.
     """
 
     train: str = ""
     dev: str | None = None
     batch_size: int = 16
     spec_augment: bool = True
+    speed_perturb: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -76,16 +80,25 @@ class ASROptions:
     hidden_size: int = 256
     num_layers: int = 3
     unidirectional: bool = False
+    delay: int | None = None
     subsample: int = 3
     n_mels: int = 40
     dropout: float = 0.2
     batch_size: int | None = None
     no_spec_augment: bool = False
+    speed_perturb: list[float] | None = None
     #: the options the command line set (``rnnkit.commands.common.options_from``)
     given: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         check_options(self)
+        if self.speed_perturb is not None and not all(
+                0.5 <= f <= 2.0 for f in self.speed_perturb):  # NaN fails too
+            raise RnnkitError(f"--speed-perturb takes factors in [0.5, 2], got "
+                              f"{self.speed_perturb}")
+        if self.delay and not self.unidirectional:
+            raise RnnkitError("--delay is for a streaming model: give --unidirectional too "
+                              "(a bidirectional one hears each utterance to its end)")
 
 
 # -- features -----------------------------------------------------------------------------------
@@ -98,11 +111,15 @@ class Featurizer:
         self.mean = None if config.mean is None else torch.tensor(config.mean)
         self.std = None if config.std is None else torch.tensor(config.std)
 
-    def raw(self, utt: Utterance | str) -> tuple[Tensor, float]:
-        """Unnormalised log-mel frames of a file and its duration in seconds."""
+    def raw(self, utt: Utterance | str, speed: float = 1.0) -> tuple[Tensor, float]:
+        """Unnormalised log-mel frames of a file (played ``speed`` times as fast) and its
+        duration in seconds (as recorded)."""
         path, source = (utt.audio, utt.source) if isinstance(utt, Utterance) else (utt, None)
         samples, rate = read_audio(path, self.config.features.rate, source)
-        return self.logmel(torch.from_numpy(samples)), len(samples) / rate
+        seconds = len(samples) / rate
+        if speed != 1.0:
+            samples = change_speed(samples, speed)
+        return self.logmel(torch.from_numpy(samples)), seconds
 
     def normalised(self, frames: Tensor) -> Tensor:
         return normalise(frames, self.mean, self.std)
@@ -138,20 +155,31 @@ def _batch(frames: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class ASRTask(TrainingTask):
-    """CTC training of an :class:`AcousticModel`; the dev set is scored by greedy WER."""
+    """CTC training of an :class:`AcousticModel`; the dev set is scored by greedy WER.
+
+    ``perturbed[i]``: other versions of utterance i's frames (speed perturbed); each epoch
+    trains on one of ``frames[i], *perturbed[i]``, drawn."""
 
     monitor = "wer"
     mode = "min"
 
     def __init__(self, frames: list[Tensor], targets: list[list[int]], dev: tuple | None,
-                 config: ASRConfig, batch_size: int, augment: bool) -> None:
+                 config: ASRConfig, batch_size: int, augment: bool,
+                 perturbed: list[list[Tensor]] | None = None) -> None:
         self.frames, self.targets, self.dev = frames, targets, dev
         self.config, self.batch_size, self.augment = config, batch_size, augment
-        self.lengths = [f.shape[0] for f in frames]
+        self.perturbed = perturbed
+
+    def _versions(self, generator: torch.Generator) -> list[Tensor]:
+        if not self.perturbed:
+            return self.frames
+        return [versions[int(torch.randint(0, len(versions), (1,), generator=generator))]
+                for versions in ([f, *p] for f, p in zip(self.frames, self.perturbed))]
 
     def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator[tuple]:
-        for idx in length_batches(self.lengths, self.batch_size, generator):
-            frames = [self.frames[i] for i in idx]
+        versions = self._versions(generator)
+        for idx in length_batches([f.shape[0] for f in versions], self.batch_size, generator):
+            frames = [versions[i] for i in idx]
             if self.augment:
                 frames = [spec_augment(f, generator) for f in frames]
             x, lengths = _batch(frames)
@@ -190,6 +218,26 @@ def _features_of(utts: Sequence[Utterance], featurizer: Featurizer, raw: bool
     return out, seconds
 
 
+def _perturbed(utts: Sequence[Utterance], keep: list[int], targets: list[list[int]],
+               featurizer: Featurizer, speeds: Sequence[float]) -> list[list[Tensor]] | None:
+    """The normalised frames of ``utts[keep[j]]`` at each speed but 1.0 that still fit
+    ``targets[j]`` (None without ``speeds``)."""
+    speeds = [s for s in speeds if s != 1.0]
+    if not speeds:
+        return None
+    out, dropped = [], 0
+    for i, t in zip(keep, targets):
+        versions = [featurizer.normalised(featurizer.raw(utts[i], s)[0]) for s in speeds]
+        fit = [v for v in versions if featurizer.config.output_steps(v.shape[0])
+               >= ctc_steps_needed(t)]
+        dropped += len(versions) - len(fit)
+        out.append(fit)
+    note(f"speed perturbation: {', '.join(map(str, speeds))} besides 1.0"
+         + (f" ({dropped} version(s) too short for their transcripts left out)"
+            if dropped else ""))
+    return out
+
+
 def train(opts: ASROptions, request: RunRequest) -> int:
     """Train an acoustic model into the run directory of ``request``; progress and the result
     on stderr."""
@@ -201,9 +249,11 @@ def train(opts: ASROptions, request: RunRequest) -> int:
         m, d = saved["model"], saved["data"]
         was = {"cell": m.get("cell"), "hidden_size": m.get("hidden_size"),
                "num_layers": m.get("num_layers"), "unidirectional": not m.get("bidirectional"),
+               "delay": m.get("delay", 0),
                "subsample": m.get("subsample"), "n_mels": m.get("features", {}).get("n_mels"),
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
                "no_spec_augment": not d.get("spec_augment", True), "train": d.get("train"),
+               "speed_perturb": d.get("speed_perturb", []),
                "dev": d.get("dev")}
         refuse_changed_options(run, option_changes(opts, was, ("train", "dev"), ("train",)))
         model_config = ASRConfig.from_dict(m)
@@ -216,11 +266,13 @@ def train(opts: ASROptions, request: RunRequest) -> int:
         model_config = ASRConfig(alphabet=alphabet, features=features, subsample=opts.subsample,
                                  cell=opts.cell, hidden_size=opts.hidden_size,
                                  num_layers=opts.num_layers,
-                                 bidirectional=not opts.unidirectional, dropout=opts.dropout)
+                                 bidirectional=not opts.unidirectional,
+                                 delay=opts.delay or 0, dropout=opts.dropout)
         data = ASRData(train=str(Path(opts.train).resolve()),
                        dev=str(Path(opts.dev).resolve()) if opts.dev else None,
                        batch_size=opts.batch_size or ASRData.batch_size,
-                       spec_augment=not opts.no_spec_augment)
+                       spec_augment=not opts.no_spec_augment,
+                       speed_perturb=list(opts.speed_perturb or []))
     featurizer = Featurizer(model_config)
     start = time.perf_counter()
     raw, seconds = _features_of(train_utts, featurizer, raw=True)
@@ -242,6 +294,7 @@ def train(opts: ASROptions, request: RunRequest) -> int:
     if not keep:
         raise DataError("no training utterance is long enough for its transcript", opts.train)
     frames, targets = [frames[i] for i in keep], [targets[i] for i in keep]
+    perturbed = _perturbed(train_utts, keep, targets, featurizer, data.speed_perturb)
     dev = None
     if dev_utts:
         encode_texts(dev_utts, model_config)  # characters it cannot score: before any work
@@ -258,7 +311,8 @@ def train(opts: ASROptions, request: RunRequest) -> int:
     note(f"model: {model_config.num_layers} x {model_config.hidden_size} "
          f"{'bidirectional ' if model_config.bidirectional else ''}{model_config.cell}, "
          f"{n_params:,} parameters; writing {run.path}")
-    task = ASRTask(frames, targets, dev, model_config, data.batch_size, data.spec_augment)
+    task = ASRTask(frames, targets, dev, model_config, data.batch_size, data.spec_augment,
+                   perturbed)
     result = Trainer(model, task, run, config, resume=request.resume).fit()
     if result.metrics:
         note(f"dev: WER {100 * result.metrics['wer']:.2f}%, CER "
@@ -368,7 +422,8 @@ def stream(model: AcousticModel, path: str, chunk_ms: float = 100.0,
            decoder: Decoder | None = None) -> Iterator[tuple[str, float]]:
     """A unidirectional model on a file read ``chunk_ms`` at a time, as audio arrives:
     ``(hypothesis so far, seconds this chunk took)`` after each chunk; the last is the
-    transcript, equal to the whole-file decode of the same model and decoder."""
+    transcript, equal to the whole-file decode of the same model and decoder. A model with a
+    ``delay`` D lags its input by D steps and is flushed by D steps of zeros at the end."""
     cfg = model.config
     if cfg.bidirectional:
         raise RnnkitError("--stream needs a unidirectional model (train asr "
@@ -380,6 +435,7 @@ def stream(model: AcousticModel, path: str, chunk_ms: float = 100.0,
     fc = cfg.features
     decode = (decoder or GreedyStream)()
     state, framed, pending = None, 0, []  # frames made so far; frames not yet stacked
+    unheard = cfg.delay  # outputs still to drop: those before the first step's
     k = cfg.subsample
     model.eval()
     with torch.no_grad():
@@ -394,11 +450,18 @@ def stream(model: AcousticModel, path: str, chunk_ms: float = 100.0,
                 pending.extend(new.unbind(0))
                 framed = total
             steps = len(pending) // k
-            if steps:
-                stacked = torch.stack(pending[:steps * k]).reshape(1, steps, k * fc.n_mels)
-                pending = pending[steps * k:]
+            stacked = torch.stack(pending[:steps * k]).reshape(1, steps, k * fc.n_mels
+                                                                ) if steps else None
+            pending = pending[steps * k:]
+            if have == len(samples) and cfg.delay:  # the end: D steps of zeros after it
+                tail = torch.zeros(1, cfg.delay, k * fc.n_mels)
+                stacked = tail if stacked is None else torch.cat([stacked, tail], 1)
+            if stacked is not None:
                 lp, state = model.stream_step(stacked, state)
-                decode.advance(lp[0])
+                lp = lp[0, min(unheard, lp.shape[1]):]  # a delay's first outputs are not ours
+                unheard = max(0, unheard - stacked.shape[1])
+                if lp.shape[0]:
+                    decode.advance(lp)
             yield _text(model, decode.best()), time.perf_counter() - t0
 
 

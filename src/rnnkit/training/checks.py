@@ -81,7 +81,7 @@ RANGES: dict[str, _Rule] = {
                      "max_src_len", "max_tgt_len", "max_tokens", "encoder_hidden",
                      "decoder_hidden", "encoder_layers", "decoder_layers", "dev_beam",
                      "label_size", "max_chars", "subsample", "n_mels"), _POSITIVE),
-    "sample_length": _NON_NEGATIVE,
+    **dict.fromkeys(("sample_length", "delay"), _NON_NEGATIVE),
     **dict.fromkeys(("dropout", "word_dropout", "embedding_dropout", "output_dropout",
                      "dropconnect", "label_smoothing"), _DROPOUT),
     "sampling_rate": _FRACTION,
