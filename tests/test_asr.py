@@ -344,7 +344,8 @@ def test_streaming_ends_with_the_whole_file_transcript(digit_sets, tmp_path, cap
 
     run = tmp_path / "uni"
     _train(digit_sets, run, "--unidirectional")
-    model, _ = asr.load(run)
+    model, config = asr.load(run)
+    assert config["model"]["delay"] == asr.STREAMING_DELAY  # a streaming model's default
     wav = sorted((digit_sets / "dev").iterdir())[0]
     for decoder in (None, asr.make_decoder(model, beam=4)):
         whole = asr.whole_file(model, str(wav), decoder)
@@ -406,8 +407,11 @@ def test_training_with_speed_perturbation(digit_sets, tmp_path, capsys):
     assert config["data"]["speed_perturb"] == [0.9, 1.0, 1.1]
     assert "speed perturbation: 0.9, 1.1 besides 1.0" in capsys.readouterr().err
     assert main(["train", "asr", "--train", str(digit_sets / "train.tsv"), "--out",
-                 str(tmp_path / "bad"), "--speed-perturb", "0"]) == 2
-    assert "--speed-perturb takes factors in [0.5, 2], got [0.0]" in capsys.readouterr().err
+                 str(tmp_path / "bad"), "--speed-perturb", "1.0", "0"]) == 2
+    assert "--speed-perturb takes factors in [0.5, 2], 1.0 (as recorded) among them, got [1.0, " \
+        "0.0]" in capsys.readouterr().err
+    assert main(["train", "asr", "--train", str(digit_sets / "train.tsv"), "--out",
+                 str(tmp_path / "bad"), "--speed-perturb", "0.9", "1.1"]) == 2
 
 
 class _Recorder:

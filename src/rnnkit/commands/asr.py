@@ -36,7 +36,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a streaming model (one direction; global feature statistics)")
     m.add_argument("--delay", type=int, metavar="D",
                    help="with --unidirectional: steps the model hears past each output "
-                        "before emitting it (latency D x the step; default 0)")
+                        f"before emitting it (latency D x the step; default "
+                        f"{asr.STREAMING_DELAY})")
     m.add_argument("--subsample", type=int, metavar="K",
                    help=f"frames stacked into one step (default {_OPTS.subsample}: 30 ms)")
     m.add_argument("--n-mels", type=int, metavar="N",
@@ -44,8 +45,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--no-spec-augment", action="store_true",
                    help="no frequency and time masks in training")
     m.add_argument("--speed-perturb", type=float, nargs="+", metavar="F",
-                   help="train on each utterance at one of these speeds each epoch, "
-                        "drawn (Kaldi's: 0.9 1.0 1.1; default: as recorded)")
+                   help="train on each utterance at one of these speeds (1.0 among them) each "
+                        "epoch, drawn (Kaldi's: 0.9 1.0 1.1; default: as recorded)")
     common.add_common_train_arguments(parser, default_out="runs/asr-{time}")
 
 
