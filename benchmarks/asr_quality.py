@@ -6,8 +6,9 @@ model, isolated-digit accuracy, real-time factor, streaming latency.
 
 1. ``rnnkit prepare-digits ../shared/data/fsdd`` (3,000 training and 300 dev utterances of 1-7
    digits; dev from recording indices 5-9, training from 10-49);
-2. ``rnnkit train asr`` with the defaults (3 x 256 bidirectional LSTM, CTC) for ``--minutes``,
-   best checkpoint by dev WER; then the same with ``--unidirectional`` (streaming);
+2. ``rnnkit train asr`` with the defaults (3 x 256 bidirectional LSTM, CTC) and speed
+   perturbation (``--speed-perturb 0.9 1.0 1.1``) for ``--minutes``, best checkpoint by dev
+   WER; then the same with ``--unidirectional`` (streaming);
 3. ``rnnkit evaluate`` on dev, greedy and ``--beam 8``, and on the isolated dev recordings;
    the real-time factor on one thread (reading, features, model and decoding included);
 4. the streaming model's latency: each dev file read 100 ms at a time, the seconds each chunk
@@ -35,6 +36,7 @@ from rnnkit.cli import main as rnnkit
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fsdd"
+SPEEDS = ("0.9", "1.0", "1.1")  # Kaldi's speed perturbation of the training audio
 
 
 def _call(argv: list[str]) -> str:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             _call(["train", "asr", "--train", str(sets / "train.tsv"), "--dev",
                    str(sets / "dev.tsv"), "--max-minutes", str(args.minutes), "--threads",
                    str(args.threads), "--out", str(run), "--overwrite", "--no-progress",
-                   "--log-every", "50", *extra])
+                   "--log-every", "50", "--speed-perturb", *SPEEDS, *extra])
     res = {}
     for name, run in runs.items():
         res[name] = {"greedy": evaluate(run, sets / "dev.tsv", args.threads),

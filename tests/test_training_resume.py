@@ -198,3 +198,65 @@ def test_a_run_bounded_by_time_alone_decays_over_its_time(tmp_path, monkeypatch)
     assert schedule.lr(3, 1.0) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="needs a known number of steps"):
         Schedule("cosine", 1.0, None)
+
+
+def _snapshots(model, task, run, cfg):
+    """The parameters after every optimizer step of a run (by a hook on the optimizer)."""
+    trainer = Trainer(model, task, run, cfg)
+    seen = []
+    trainer.optimizer.register_step_post_hook(
+        lambda opt, args, kwargs: seen.append({n: p.detach().clone()
+                                               for n, p in model.named_parameters()}))
+    trainer.fit()
+    return seen
+
+
+def test_ema_keeps_the_warmed_up_moving_average_of_the_weights(tmp_path):
+    model, task, run = setup(tmp_path, "plain")
+    seen = _snapshots(model, task, run, config(max_steps=9, eval_every=0))
+    model, task, run = setup(tmp_path, "ema")
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = Trainer(model, task, run, config(max_steps=9, eval_every=0, ema=0.7)).fit()
+    assert result.steps == 9
+    # the same steps: averaging changes what is evaluated and kept, not the training
+    assert train_losses(run) == train_losses(RunDir(tmp_path / "plain"))
+    expected = dict(initial)
+    for n, weights in enumerate(seen):
+        d = min(0.7, (1 + n) / (10 + n))  # 0.1, 0.1818, ..., 0.7 from the 14th step
+        expected = {k: d * expected[k] + (1 - d) * weights[k] for k in expected}
+    kept = LanguageModel(model.config)
+    run.load_weights(kept)  # the best (here: the only evaluation's) weights are the average
+    for name, p in kept.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=1e-5, atol=1e-6)
+    # the model itself keeps its trained weights, and the evaluation scored the average
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, seen[-1][name])
+    assert task.evaluate(kept)["loss"] == pytest.approx(result.best, abs=1e-6)
+
+
+def test_a_resumed_ema_run_continues_the_same_average(tmp_path):
+    model, task, run = setup(tmp_path, "whole")
+    Trainer(model, task, run, config(max_steps=20, ema=0.9)).fit()
+    model, task, run = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=13, ema=0.9)).fit()
+    model, task, _ = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=20, ema=0.9), resume=True).fit()
+    evals = [{r["step"]: r["loss"] for r in map(json.loads, RunDir(tmp_path / name).log_path
+              .read_text().splitlines()) if r["kind"] == "eval"} for name in ("whole", "parts")]
+    assert set(evals[1]) == set(evals[0]) | {13}  # and the evaluation where the first part ended
+    for step, loss in evals[0].items():  # the averaged weights' losses
+        assert evals[1][step] == pytest.approx(loss, abs=1e-6), step
+    whole, parts = LanguageModel(model.config), LanguageModel(model.config)
+    RunDir(tmp_path / "whole").load_weights(whole)
+    run.load_weights(parts)
+    for (name, p), q in zip(whole.named_parameters(), parts.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    (run.path / "last" / "averaged.safetensors").unlink()
+    model, task, _ = setup(tmp_path, "parts")
+    with pytest.raises(CheckpointError, match="averaged.safetensors: missing"):
+        Trainer(model, task, run, config(max_steps=30, ema=0.9), resume=True).fit()
+
+
+def test_ema_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
+        TrainConfig(ema=1.0)

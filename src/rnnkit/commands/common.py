@@ -206,6 +206,9 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
     g.add_argument("--on-nan", choices=ON_NAN,
                    help="on a NaN / infinite / exploding loss: stop (default), skip the step, "
                    "or rollback to the last checkpoint with half the learning rate")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and keep a moving average of the weights, e.g. 0.999 "
+                        "(about the last 1,000 steps; default: off)")
     g.add_argument("--find-unused-parameters", action="store_const", const=True, default=None,
                    help="distributed training: tell DDP that some parameters may get no "
                    "gradient in a step")

@@ -46,6 +46,8 @@ CONFIG = "config.json"
 VOCAB = "vocab.json"
 WEIGHTS = "model.safetensors"
 LAST = "last"
+#: the moving average of the weights in ``last/`` (``--ema``)
+AVERAGED = "averaged.safetensors"
 LOG = "log.jsonl"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".tar")
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zip archive
@@ -409,8 +411,10 @@ class RunDir:
             self.path / (LAST + ".old") / "trainer.json").exists()
 
     def save_last(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  trainer: Mapping[str, object], carry: object = None) -> None:
-        """Write ``last/`` as a whole: weights, optimizer, RNG, carry and trainer state."""
+                  trainer: Mapping[str, object], carry: object = None,
+                  averaged: Mapping[str, Tensor] | None = None) -> None:
+        """Write ``last/`` as a whole: weights, optimizer, RNG, carry and trainer state (and
+        the moving average of the weights, ``averaged``, where there is one)."""
         tmp = self.path / (LAST + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -424,6 +428,8 @@ class RunDir:
             save_tensors(tmp / "rng.safetensors", rng_tensors)
             carry_tensors, carry_struct = flatten_state(carry)
             save_tensors(tmp / "carry.safetensors", carry_tensors)
+            if averaged is not None:
+                save_tensors(tmp / AVERAGED, averaged)
             save_json(tmp / "trainer.json", {**trainer, "rng": rng_plain,
                                              "carry": carry_struct})
         except Exception:  # a full disk: the previous last/ stays as it was
@@ -442,11 +448,7 @@ class RunDir:
         """Restore ``last/`` into ``model``, ``optimizer`` and the RNGs.
 
         Returns ``(trainer_state, carry)``."""
-        last = self.last_path
-        if not (last / "trainer.json").exists() and (self.path / (LAST + ".old")).exists():
-            last = self.path / (LAST + ".old")  # a swap was interrupted
-        if not last.is_dir():
-            raise CheckpointError(f"{last}: missing; nothing to resume in {self.path}")
+        last = self._resumable()
         trainer = load_json(last / "trainer.json")
         load_weights(model, last / WEIGHTS)
         opt_plain = load_json(last / "optimizer.json")
@@ -460,3 +462,20 @@ class RunDir:
             raise CheckpointError(f"{last}: carry state does not match trainer.json "
                                   f"({err})") from None
         return trainer, carry
+
+    def _resumable(self) -> Path:
+        """``last/``, or ``last.old/`` where a swap was interrupted."""
+        last = self.last_path
+        if not (last / "trainer.json").exists() and (self.path / (LAST + ".old")).exists():
+            last = self.path / (LAST + ".old")
+        if not last.is_dir():
+            raise CheckpointError(f"{last}: missing; nothing to resume in {self.path}")
+        return last
+
+    def load_averaged(self) -> tuple[dict[str, Tensor], Path]:
+        """The moving average of the weights that :meth:`save_last` wrote, and its file."""
+        path = self._resumable() / AVERAGED
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing; the run was trained with --ema but its "
+                                  f"last checkpoint has no averaged weights")
+        return load_tensors(path), path

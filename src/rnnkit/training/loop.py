@@ -10,6 +10,8 @@ epoch, computes the loss of one batch, and evaluates the model. The trainer does
   :mod:`rnnkit.training.checkpoint`); early stopping after ``patience`` evaluations without
   improvement;
 - bounded by ``epochs``, ``max_steps`` and ``max_minutes``, whichever comes first;
+- with ``ema`` > 0, a moving average of the weights (:mod:`rnnkit.training.averaging`) is
+  what is evaluated and kept as the best;
 - ``resume=True`` continues from ``DIR/last/`` with the same per-step losses as an
   uninterrupted run (on CPU): weights, optimizer, schedule, random-number state, the position
   in the epoch and the state carried between batches (an LM's hidden state) are restored, and
@@ -41,6 +43,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from typing import Any
 
@@ -49,6 +52,7 @@ from torch import Tensor, nn
 
 from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.training import distributed
+from rnnkit.training.averaging import WeightAverage
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.progress import Progress
 from rnnkit.training.schedule import Schedule
@@ -113,6 +117,8 @@ class Trainer:
         self.metrics: dict[str, float] | None = None
         self.bad_steps = 0
         self.rollbacks = 0
+        self.average = WeightAverage(model, config.ema) if config.ema else None
+        self.state["averaged_steps"] = 0
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _rank_states(self) -> object:
@@ -139,7 +145,8 @@ class Trainer:
             carry = self._rank_states()
             state["world_size"] = self.dist.world_size
         if self.dist.is_main:
-            self.run.save_last(self.model, self.optimizer, state, carry)
+            self.run.save_last(self.model, self.optimizer, state, carry,
+                               None if self.average is None else self.average.state_dict())
         distributed.barrier()
 
     def _load_last(self) -> None:
@@ -160,6 +167,16 @@ class Trainer:
             if key in state:
                 self.state[key] = state[key]
         self.carry = carry if carry is None else _to_device(carry, self.device)
+        if self.average is not None:
+            tensors, path = self.run.load_averaged()
+            try:
+                self.average.load_state_dict(tensors, self.state["averaged_steps"], str(path))
+            except ValueError as err:
+                raise CheckpointError(str(err)) from None
+
+    def _evaluated(self) -> AbstractContextManager:
+        """The weights evaluated and kept as the best: the moving average under ``--ema``."""
+        return nullcontext() if self.average is None else self.average.applied(self.model)
 
     def _log(self, record: dict) -> None:
         if not self.dist.is_main:
@@ -188,7 +205,7 @@ class Trainer:
         metrics = None
         if self.dist.is_main:
             self.model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._evaluated():
                 metrics = self.task.evaluate(self.model)
             self.model.train()
         metrics = distributed.broadcast_json(metrics)
@@ -196,7 +213,8 @@ class Trainer:
         self.rollbacks = 0
         if metrics is None:
             if self.dist.is_main:
-                self.run.save_weights(self.model)
+                with self._evaluated():
+                    self.run.save_weights(self.model)
         else:
             value = float(metrics[self.task.monitor])
             if not math.isfinite(value):  # the weights are NaN / inf: nothing to keep
@@ -212,7 +230,8 @@ class Trainer:
             if improved:
                 self.state["best"] = value
                 if self.dist.is_main:
-                    self.run.save_weights(self.model)
+                    with self._evaluated():
+                        self.run.save_weights(self.model)
             if scheduled:
                 self.state["bad_evals"] = 0 if improved else self.state["bad_evals"] + 1
                 self.schedule.on_evaluation(improved)
@@ -378,6 +397,9 @@ class Trainer:
                             continue
                         self.bad_steps = 0
                         self.optimizer.step()
+                        if self.average is not None:
+                            self.average.update(self.model)
+                            st["averaged_steps"] = self.average.updates
                         self.carry = out.carry
                         if st["first_loss"] is None:
                             st["first_loss"] = value

@@ -99,6 +99,9 @@ class TrainConfig:
     device: str = "cpu"
     on_nan: str = "stop"
     find_unused_parameters: bool = False
+    #: the decay of a moving average of the weights, evaluated and kept as the best
+    #: (:mod:`rnnkit.training.averaging`); 0: off
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -122,7 +125,8 @@ class TrainConfig:
                   "weight_decay": (self.weight_decay >= 0, ">= 0"),
                   "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
                   "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                  "lr_factor": (0 < self.lr_factor <= 1, "in (0, 1]")}
+                  "lr_factor": (0 < self.lr_factor <= 1, "in (0, 1]"),
+                  "ema": (0 <= self.ema < 1, "in [0, 1) (0: no averaging)")}
         for name, (ok, want) in bounds.items():
             if not ok:  # NaN fails every comparison
                 raise ValueError(f"{name} must be {want}, got {getattr(self, name)}")
