@@ -253,7 +253,7 @@ def test_a_resumed_ema_run_continues_the_same_average(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
     (run.path / "last" / "averaged.safetensors").unlink()
     model, task, _ = setup(tmp_path, "parts")
-    with pytest.raises(CheckpointError, match="averaged.safetensors: missing"):
+    with pytest.raises(CheckpointError, match=r"averaged\.safetensors: missing"):
         Trainer(model, task, run, config(max_steps=30, ema=0.9), resume=True).fit()
 
 
