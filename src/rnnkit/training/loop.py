@@ -118,7 +118,6 @@ class Trainer:
         self.bad_steps = 0
         self.rollbacks = 0
         self.average = WeightAverage(model, config.ema) if config.ema else None
-        self.state["averaged_steps"] = 0
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _rank_states(self) -> object:
@@ -144,6 +143,8 @@ class Trainer:
         if self.dist.distributed:
             carry = self._rank_states()
             state["world_size"] = self.dist.world_size
+        if self.average is not None:
+            state["averaged_steps"] = self.average.updates
         if self.dist.is_main:
             self.run.save_last(self.model, self.optimizer, state, carry,
                                None if self.average is None else self.average.state_dict())
@@ -170,7 +171,7 @@ class Trainer:
         if self.average is not None:
             tensors, path = self.run.load_averaged()
             try:
-                self.average.load_state_dict(tensors, self.state["averaged_steps"], str(path))
+                self.average.load_state_dict(tensors, state.get("averaged_steps", 0), str(path))
             except ValueError as err:
                 raise CheckpointError(str(err)) from None
 
@@ -399,7 +400,6 @@ class Trainer:
                         self.optimizer.step()
                         if self.average is not None:
                             self.average.update(self.model)
-                            st["averaged_steps"] = self.average.updates
                         self.carry = out.carry
                         if st["first_loss"] is None:
                             st["first_loss"] = value
