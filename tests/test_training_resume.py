@@ -260,3 +260,131 @@ def test_a_resumed_ema_run_continues_the_same_average(tmp_path):
 def test_ema_out_of_range_is_refused():
     with pytest.raises(ValueError, match=r"ema must be in \[0, 1\)"):
         TrainConfig(ema=1.0)
+
+
+def _records(run: RunDir, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, run.log_path.read_text().splitlines())
+            if r["kind"] == kind]
+
+
+def _evaluations(run: RunDir) -> list[tuple[float, int]]:
+    """(loss, step) of each evaluated step (an epoch's end on an ``eval_every`` step evaluates
+    the same weights twice: one entry)."""
+    return list({r["step"]: (r["loss"], r["step"]) for r in _records(run, "eval")}.values())
+
+
+def _weights_of(path, like) -> dict:
+    from rnnkit.training.checkpoint import load_weights
+    model = LanguageModel(like.config)
+    load_weights(model, path)
+    return {n: t.clone() for n, t in model.state_dict().items()}
+
+
+def test_average_best_keeps_the_n_best_checkpoints_and_keeps_their_average_if_better(tmp_path):
+    model, task, run = setup(tmp_path, "avg")
+    result = Trainer(model, task, run, config(max_steps=20, eval_every=4, average_best=3)).fit()
+    evals = _evaluations(run)
+    assert len(evals) >= 5
+    ranked = sorted(evals, key=lambda e: e[0])[:3]  # stable: the earlier of equal losses
+    nbest = run.path / "nbest"
+    assert sorted(p.name for p in nbest.glob("step-*")) == sorted(
+        f"step-{s:09d}.safetensors" for _, s in ranked)  # the others were deleted
+    snapshots = {s: _weights_of(nbest / f"step-{s:09d}.safetensors", model) for _, s in ranked}
+    for loss, step in ranked:  # each file holds the weights its evaluation scored
+        m = LanguageModel(model.config)
+        m.load_state_dict(snapshots[step])
+        assert task.evaluate(m.eval())["loss"] == pytest.approx(loss, abs=1e-6)
+    average = _weights_of(nbest / "average.safetensors", model)
+    for name, t in average.items():
+        mean = sum(snapshots[s][name].double() for _, s in ranked) / 3
+        torch.testing.assert_close(t, mean.float(), rtol=1e-6, atol=1e-7, msg=name)
+    (record,) = _records(run, "averaged_eval")
+    assert record["averaged"] == [s for _, s in ranked]
+    m = LanguageModel(model.config)
+    m.load_state_dict(average)
+    assert task.evaluate(m.eval())["loss"] == pytest.approx(record["loss"], abs=1e-6)
+    # the run's best weights are the average exactly when it scores better than the best one
+    assert record["best"] == (record["loss"] < ranked[0][0])
+    kept = _weights_of(run.path / "model.safetensors", model)
+    want = average if record["best"] else snapshots[ranked[0][1]]
+    for name, t in kept.items():
+        torch.testing.assert_close(t, want[name], rtol=0, atol=0, msg=name)
+    assert result.best == pytest.approx(min(record["loss"], ranked[0][0]), abs=1e-9)
+    # the model keeps its own (last) weights
+    last = _weights_of(run.path / "last" / "model.safetensors", model)
+    for name, t in model.state_dict().items():
+        torch.testing.assert_close(t, last[name], rtol=0, atol=0, msg=name)
+
+
+def test_best_snapshots_rank_by_the_task_mode_and_name_the_files_to_drop(tmp_path):
+    from rnnkit.training.averaging import BestSnapshots
+    accuracy = BestSnapshots(tmp_path, 2, "max")
+    dropped = [accuracy.offer(None, v, s, write=False)
+               for v, s in [(0.5, 1), (0.7, 2), (0.6, 3), (0.7, 4), (0.9, 5)]]
+    assert accuracy.kept == [(0.9, 5), (0.7, 2)]  # of equal accuracies, the earlier first
+    assert dropped == [[], [], [accuracy.path(1)], [accuracy.path(3)], [accuracy.path(4)]]
+    loss = BestSnapshots(tmp_path, 2, "min")
+    for v, s in [(3.0, 1), (2.0, 2), (2.5, 3)]:
+        loss.offer(None, v, s, write=False)
+    assert loss.kept == [(2.0, 2), (2.5, 3)]
+    with pytest.raises(CheckpointError, match=r"step-000000002\.safetensors: missing"):
+        loss.average_into(LanguageModel(LMConfig(vocab_size=5, embedding_size=2,
+                                                 hidden_size=2, num_layers=1)))
+
+
+def test_a_resumed_average_best_run_keeps_its_list_and_cleans_stray_snapshots(tmp_path):
+    model, task, run = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=13, eval_every=4, average_best=2)).fit()
+    stray = run.path / "nbest" / "step-000000099.safetensors"  # as a kill after writing one
+    stray.write_bytes(b"")
+    model, task, _ = setup(tmp_path, "parts")
+    Trainer(model, task, run, config(max_steps=20, eval_every=4, average_best=2),
+            resume=True).fit()
+    assert not stray.exists()
+    evals = _evaluations(run)
+    assert [e[1] for e in evals] == [4, 8, 12, 13, 16, 20]
+    ranked = sorted(evals, key=lambda e: e[0])[:2]
+    assert _records(run, "averaged_eval")[-1]["averaged"] == [s for _, s in ranked]
+    assert sorted(p.name for p in (run.path / "nbest").glob("step-*")) == sorted(
+        f"step-{s:09d}.safetensors" for _, s in ranked)
+
+
+@pytest.mark.parametrize("n", [1, -1])
+def test_average_best_of_one_or_fewer_is_refused(n):
+    with pytest.raises(ValueError, match="average_best must be"):
+        TrainConfig(average_best=n)
+
+
+class Oscillating(TrainingTask):
+    """(w - 1)^2 by SGD at a step size that overshoots: w - 1 changes sign every step and
+    shrinks by 0.9, so the average of two neighbouring steps is nearer the minimum than
+    either."""
+
+    def train_batches(self, epoch, generator):
+        return [None] * 4
+
+    def loss(self, model, batch, carry):
+        return StepOutput((model.weight - 1).pow(2).sum(), 1)
+
+    def evaluate(self, model):
+        return {"loss": float((model.weight - 1).pow(2).sum())}
+
+
+def test_an_average_that_scores_better_becomes_the_best_weights(tmp_path):
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    run = RunDir(tmp_path / "osc")
+    result = Trainer(model, Oscillating(), run, TrainConfig(
+        epochs=2, optimizer="sgd", lr=0.95, clip=0, progress=False, eval_every=1,
+        average_best=2)).fit()
+    # w - 1 after step n is 2 (-0.9)^n; the two best are steps 8 and 7, their mean 1 + 0.0387
+    (record,) = _records(run, "averaged_eval")
+    assert record["averaged"] == [8, 7] and record["best"]
+    error = 2 * ((-0.9) ** 8 + (-0.9) ** 7) / 2
+    assert record["loss"] == pytest.approx(error ** 2, rel=1e-4)
+    assert result.best == pytest.approx(error ** 2, rel=1e-4)
+    kept = torch.nn.Linear(1, 1, bias=False)
+    run.load_weights(kept)
+    assert float(kept.weight.detach()) == pytest.approx(1 + error, rel=1e-5)
+    assert float(model.weight.detach()) == pytest.approx(1 + 2 * (-0.9) ** 8, rel=1e-5)  # its own

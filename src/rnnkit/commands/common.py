@@ -209,6 +209,10 @@ def add_common_train_arguments(parser: argparse.ArgumentParser, *,
     g.add_argument("--ema", type=float, metavar="DECAY",
                    help="evaluate and keep a moving average of the weights, e.g. 0.999 "
                         "(about the last 1,000 steps; default: off)")
+    g.add_argument("--average-best", type=int, metavar="N",
+                   help="when training ends, average the N best evaluated checkpoints (kept "
+                        "in DIR/nbest/) and keep the average if it scores better on dev "
+                        "(default: off)")
     g.add_argument("--find-unused-parameters", action="store_const", const=True, default=None,
                    help="distributed training: tell DDP that some parameters may get no "
                    "gradient in a step")

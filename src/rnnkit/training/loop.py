@@ -11,7 +11,9 @@ epoch, computes the loss of one batch, and evaluates the model. The trainer does
   improvement;
 - bounded by ``epochs``, ``max_steps`` and ``max_minutes``, whichever comes first;
 - with ``ema`` > 0, a moving average of the weights (:mod:`rnnkit.training.averaging`) is
-  what is evaluated and kept as the best;
+  what is evaluated and kept as the best; with ``average_best`` N, the N best evaluated
+  checkpoints are kept in ``DIR/nbest/`` and their average, evaluated when training ends,
+  becomes the best weights if it scores better;
 - ``resume=True`` continues from ``DIR/last/`` with the same per-step losses as an
   uninterrupted run (on CPU): weights, optimizer, schedule, random-number state, the position
   in the epoch and the state carried between batches (an LM's hidden state) are restored, and
@@ -52,7 +54,7 @@ from torch import Tensor, nn
 
 from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.training import distributed
-from rnnkit.training.averaging import WeightAverage
+from rnnkit.training.averaging import NBEST, BestSnapshots, WeightAverage
 from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
 from rnnkit.training.progress import Progress
 from rnnkit.training.schedule import Schedule
@@ -109,7 +111,7 @@ class Trainer:
         self.total_steps = total
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best": None,
                                       "bad_evals": 0, "first_loss": None, "last_eval": -1,
-                                      "tokens": 0, "seconds": 0.0}
+                                      "tokens": 0, "seconds": 0.0, "nbest": []}
         self.carry: object = None
         self.losses: list[float] = []
         self._start = time.monotonic()
@@ -118,6 +120,8 @@ class Trainer:
         self.bad_steps = 0
         self.rollbacks = 0
         self.average = WeightAverage(model, config.ema) if config.ema else None
+        self.snapshots = (BestSnapshots(run.path / NBEST, config.average_best, task.mode)
+                          if config.average_best else None)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _rank_states(self) -> object:
@@ -145,6 +149,8 @@ class Trainer:
             state["world_size"] = self.dist.world_size
         if self.average is not None:
             state["averaged_steps"] = self.average.updates
+        if self.snapshots is not None:
+            state["nbest"] = self.snapshots.state_dict()
         if self.dist.is_main:
             self.run.save_last(self.model, self.optimizer, state, carry,
                                None if self.average is None else self.average.state_dict())
@@ -174,6 +180,8 @@ class Trainer:
                 self.average.load_state_dict(tensors, state.get("averaged_steps", 0), str(path))
             except ValueError as err:
                 raise CheckpointError(str(err)) from None
+        if self.snapshots is not None:
+            self.snapshots.load_state_dict(self.state["nbest"], clean=self.dist.is_main)
 
     def _evaluated(self) -> AbstractContextManager:
         """The weights evaluated and kept as the best: the moving average under ``--ema``."""
@@ -212,6 +220,7 @@ class Trainer:
         metrics = distributed.broadcast_json(metrics)
         self.state["last_eval"] = self.state["step"]
         self.rollbacks = 0
+        dropped: list = []
         if metrics is None:
             if self.dist.is_main:
                 with self._evaluated():
@@ -233,6 +242,10 @@ class Trainer:
                 if self.dist.is_main:
                     with self._evaluated():
                         self.run.save_weights(self.model)
+            if self.snapshots is not None:
+                with self._evaluated():
+                    dropped = self.snapshots.offer(self.model, value, self.state["step"],
+                                                   write=self.dist.is_main)
             if scheduled:
                 self.state["bad_evals"] = 0 if improved else self.state["bad_evals"] + 1
                 self.schedule.on_evaluation(improved)
@@ -240,6 +253,50 @@ class Trainer:
                        **metrics, "best": improved,
                        "seconds": round(self._elapsed(self._start), 2)})
             self.metrics = metrics
+        self._save_last()
+        if self.dist.is_main:
+            BestSnapshots.discard(dropped)  # after last/ no longer lists them
+        return metrics
+
+    def evaluate_average(self) -> dict[str, float] | None:
+        """Evaluate the average of the kept best checkpoints (``average_best``), write it to
+        ``DIR/nbest/average.safetensors``, and make it the best weights if it scores better
+        than the best single one. The model keeps its own weights. Returns its metrics
+        (None when fewer than two checkpoints are kept)."""
+        snapshots = self.snapshots
+        if snapshots is None or len(snapshots.kept) < 2:
+            if snapshots is not None:
+                self._say(f"--average-best: {len(snapshots.kept)} evaluated checkpoint(s), "
+                          f"nothing to average (is there a dev set?)")
+            return None
+        metrics = None
+        if self.dist.is_main:
+            own = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+            snapshots.average_into(self.model)
+            self.run.save_weights(self.model, f"{NBEST}/{snapshots.average_path.name}")
+            self.model.eval()
+            with torch.no_grad():
+                metrics = self.task.evaluate(self.model)
+            self.model.train()
+        metrics = distributed.broadcast_json(metrics)
+        assert metrics is not None  # the snapshots were ranked by the same evaluation
+        value = float(metrics[self.task.monitor])
+        improved = math.isfinite(value) and self._improved(value)
+        if improved:
+            self.state["best"] = value
+            self.metrics = metrics
+            if self.dist.is_main:
+                self.run.save_weights(self.model)
+        if self.dist.is_main:
+            self.model.load_state_dict(own)
+        steps = [s for _, s in snapshots.kept]
+        self._log({"kind": "averaged_eval", "step": self.state["step"],
+                   "epoch": self.state["epoch"], "averaged": steps, **metrics, "best": improved,
+                   "seconds": round(self._elapsed(self._start), 2)})
+        self._say(f"the average of the {len(steps)} best checkpoints (steps "
+                  f"{', '.join(map(str, steps))}): dev {self.task.monitor} {value:.4f}, "
+                  + ("kept as the best" if improved else "not better than the best single "
+                     "checkpoint; the average is in " + str(snapshots.average_path)))
         self._save_last()
         return metrics
 
@@ -469,6 +526,7 @@ class Trainer:
             # the budget ran out between an epoch's evaluation (which saved last/) and the
             # check after it: last/ records the whole budget, so a resume does not train on
             self._save_last()
+        self.evaluate_average()
         return TrainResult(st["step"], st["epoch"], stopped, st["best"], self.metrics,
                            time.monotonic() - start, self.losses, time_bounded=timed)
 

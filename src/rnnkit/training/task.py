@@ -102,6 +102,9 @@ class TrainConfig:
     #: the decay of a moving average of the weights, evaluated and kept as the best
     #: (:mod:`rnnkit.training.averaging`); 0: off
     ema: float = 0.0
+    #: average the N best evaluated checkpoints when training ends, and keep the average if
+    #: it scores better (:class:`~rnnkit.training.averaging.BestSnapshots`); 0: off
+    average_best: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -109,7 +112,8 @@ class TrainConfig:
                              f"{self.optimizer!r}")
         if self.on_nan not in ON_NAN:
             raise ValueError(f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
-        for name in ("epochs", "max_steps", "eval_every", "patience", "warmup", "log_every"):
+        for name in ("epochs", "max_steps", "eval_every", "patience", "warmup", "log_every",
+                     "average_best"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -126,7 +130,8 @@ class TrainConfig:
                   "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
                   "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
                   "lr_factor": (0 < self.lr_factor <= 1, "in (0, 1]"),
-                  "ema": (0 <= self.ema < 1, "in [0, 1) (0: no averaging)")}
+                  "ema": (0 <= self.ema < 1, "in [0, 1) (0: no averaging)"),
+                  "average_best": (self.average_best != 1, "0 (off) or at least 2")}
         for name, (ok, want) in bounds.items():
             if not ok:  # NaN fails every comparison
                 raise ValueError(f"{name} must be {want}, got {getattr(self, name)}")
