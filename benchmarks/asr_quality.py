@@ -3,6 +3,7 @@ model, isolated-digit accuracy, real-time factor, streaming latency.
 
     python benchmarks/asr_quality.py                          # 30 + 30 minutes of training
     python benchmarks/asr_quality.py --minutes 15 --results benchmarks/RESULTS.md
+    python benchmarks/asr_quality.py --train-args "--average-best 5"   # more training options
 
 1. ``rnnkit prepare-digits ../shared/data/fsdd`` (3,000 training and 300 dev utterances of 1-7
    digits; dev from recording indices 5-9, training from 10-49);
@@ -29,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -76,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-train", action="store_true", help="use the runs in --out")
     p.add_argument("--results", help="append the Markdown table to this file")
+    p.add_argument("--train-args", default="", metavar="ARGS",
+                   help="more options for both `rnnkit train asr` commands, one string "
+                        "(e.g. \"--average-best 5\")")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = gemm.describe()
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             _call(["train", "asr", "--train", str(sets / "train.tsv"), "--dev",
                    str(sets / "dev.tsv"), "--max-minutes", str(args.minutes), "--threads",
                    str(args.threads), "--out", str(run), "--overwrite", "--no-progress",
-                   "--log-every", "50", "--speed-perturb", *SPEEDS, *extra])
+                   "--log-every", "50", "--speed-perturb", *SPEEDS, *extra,
+                   *shlex.split(args.train_args)])
         _call(["train", "lm", "--train", str(sets / "train.txt"), "--dev", str(sets / "dev.txt"),
                "--level", "char", "--num-layers", "1", "--hidden-size", "128", "--max-minutes",
                "2", "--threads", str(args.threads), "--out", str(out / "charlm"), "--overwrite",
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
          "measured", True),
     ]
     lines = [f"{machine}; {args.minutes:g} minutes of training per model, "
-             f"{args.threads} threads (the real-time factor and latency on 1)", "",
+             f"{args.threads} threads (the real-time factor and latency on 1)"
+             + (f"; training options: `{args.train_args}`" if args.train_args else ""), "",
              "| measure | result | target | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {'yes' if ok else 'no'} |" for a, b, c, ok in rows]
     detail = {name: {k: {m: v[m] for m in ("wer", "cer", "substitutions", "deletions",
