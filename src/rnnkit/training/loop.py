@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from rnnkit.errors import CheckpointError, TrainingError
 from rnnkit.training import distributed
 from rnnkit.training.averaging import NBEST, BestSnapshots, WeightAverage
-from rnnkit.training.checkpoint import RunDir, flatten_state, unflatten_state
+from rnnkit.training.checkpoint import RunDir, flatten_state, save_weights, unflatten_state
 from rnnkit.training.progress import Progress
 from rnnkit.training.schedule import Schedule
 from rnnkit.training.signals import Interrupted, set_handlers
@@ -273,7 +273,7 @@ class Trainer:
         if self.dist.is_main:
             own = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
             snapshots.average_into(self.model)
-            self.run.save_weights(self.model, f"{NBEST}/{snapshots.average_path.name}")
+            save_weights(self.model, snapshots.average_path)
             self.model.eval()
             with torch.no_grad():
                 metrics = self.task.evaluate(self.model)
