@@ -14,6 +14,7 @@ import torch
 
 from rnnkit.cli import main
 from rnnkit.data.audio import read_audio, read_manifest, write_wav
+from rnnkit.data.digits import DIGITS
 from rnnkit.data.features import FeatureConfig, LogMel, mel_filterbank
 from rnnkit.errors import DataError
 from rnnkit.generation.ctc import PrefixBeamSearch, beam_ids, greedy_ids
@@ -282,7 +283,23 @@ def test_prepare_digits_is_deterministic_and_splits_by_index(tmp_path):
         assert main(["prepare-digits", str(fsdd), "--out", str(tmp_path / out), "--seed", "3",
                      "--train-utterances", "5", "--dev-utterances", "3"]) == 0
     a, b = (tmp_path / "a" / "train.tsv").read_text(), (tmp_path / "b" / "train.tsv").read_text()
-    assert a == b and len(a.splitlines()) == 6
+    # 5 connected utterances, then each training recording alone (indices 10 and 11 of 2
+    # speakers x 10 digits)
+    assert a == b and len(a.splitlines()) == 1 + 5 + 40
+    alone = [line.split("\t") for line in a.splitlines()[6:]]
+    names = sorted(Path(path).name for path, _ in alone)
+    assert names == sorted(f"{d}_{s}_{i}.wav" for d in range(10) for s in ("ann", "bob")
+                           for i in (10, 11))
+    assert all(path.startswith("train-isolated/") and text == DIGITS[int(Path(path).name[0])]
+               for path, text in alone)
+    # without them the connected utterances, the dev sets and their audio are the same
+    assert main(["prepare-digits", str(fsdd), "--out", str(tmp_path / "c"), "--seed", "3",
+                 "--train-utterances", "5", "--dev-utterances", "3", "--no-isolated-train"]) == 0
+    c = tmp_path / "c"
+    assert (c / "train.tsv").read_text().splitlines() == a.splitlines()[:6]
+    assert not (c / "train-isolated").exists()
+    for name in ("dev.tsv", "dev-isolated.tsv", "dev-isolated/3_bob_5.wav"):
+        assert (c / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
     wav = sorted((tmp_path / "a" / "train").iterdir())[0]
     assert wav.read_bytes() == (tmp_path / "b" / "train" / wav.name).read_bytes()
     isolated = (tmp_path / "a" / "dev-isolated.tsv").read_text().splitlines()[1:]
@@ -303,7 +320,8 @@ def digit_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("asr")
     fsdd = _fake_fsdd(root / "fsdd")
     assert main(["prepare-digits", str(fsdd), "--out", str(root / "sets"),
-                 "--train-utterances", "24", "--dev-utterances", "6", "--max-digits", "3"]) == 0
+                 "--train-utterances", "24", "--dev-utterances", "6", "--max-digits", "3",
+                 "--no-isolated-train"]) == 0  # small and quick
     return root / "sets"
 
 

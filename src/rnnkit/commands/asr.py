@@ -175,6 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dev utterances (default 300)")
     parser.add_argument("--max-digits", type=int, default=7, metavar="N",
                         help="digits per utterance at most (default 7)")
+    parser.add_argument("--isolated-train", action=argparse.BooleanOptionalAction,
+                        default=True, help="also train on every training recording alone "
+                        "(train-isolated/; default: on)")
 
 
 @common.one_line
@@ -183,5 +186,6 @@ def main(args: argparse.Namespace) -> int:
     from rnnkit.data.digits import prepare_digits
 
     prepare_digits(args.fsdd, args.out, seed=args.seed, train_utterances=args.train_utterances,
-                   dev_utterances=args.dev_utterances, max_digits=args.max_digits)
+                   dev_utterances=args.dev_utterances, max_digits=args.max_digits,
+                   isolated_train=args.isolated_train)
     return 0

@@ -6,9 +6,13 @@ short gaps (50-250 ms between digits, 100-300 ms at either end) of silence or of
 noise, and is written as a WAV file with its transcript (``"three one four"``) in a manifest.
 The split is by recording index: indices 5-9 make the dev set, 10-49 the training set (the
 official test indices 0-4 are not in ``../shared/data/fsdd``), so no recording is in both.
-The isolated recordings are the 1-digit case; ``dev-isolated.tsv`` lists every dev recording
-alone, with the same end gaps, for isolated-digit accuracy (``dev-isolated/``). Everything is
-deterministic given the seed.
+The isolated recordings are the 1-digit case: ``dev-isolated.tsv`` lists every dev recording
+alone, with the same end gaps, for isolated-digit accuracy (``dev-isolated/``), and the
+training set holds, besides its connected utterances, every training recording alone
+(``train-isolated/``), as TIDIGITS's training set holds isolated digits beside strings: a
+model that has seen a digit only inside strings leans on the context of the speaker's other
+digits (in the eighth session's run, 1.47% dev WER on strings, 91% isolated accuracy on the
+same recordings). Everything is deterministic given the seed.
 
     rnnkit prepare-digits ../shared/data/fsdd --out data/digits
 """
@@ -56,6 +60,22 @@ def _gap(rng: np.random.Generator, rate: int, lo_ms: float, hi_ms: float) -> np.
     return (rng.standard_normal(n) * rng.uniform(0.001, 0.005)).astype(np.float32)
 
 
+def _alone(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path,
+           rng: np.random.Generator, rate: int) -> list[tuple[str, str, float]]:
+    """Every recording of ``pool`` alone, between end gaps of 100-300 ms, written under
+    ``out``; their manifest rows (as :func:`make_set`'s)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for speaker in sorted(pool):
+        for d in range(10):
+            for _, path in pool[speaker][d]:
+                audio = np.concatenate([_gap(rng, rate, 100, 300), read_audio(path, rate)[0],
+                                        _gap(rng, rate, 100, 300)])
+                write_wav(out / path.name, audio, rate)
+                rows.append((f"{out.name}/{path.name}", DIGITS[d], len(audio) / rate))
+    return rows
+
+
 def make_set(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path, count: int,
              rng: np.random.Generator, rate: int, max_digits: int, cache: dict
              ) -> list[tuple[str, str, float]]:
@@ -87,12 +107,16 @@ def make_set(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path, coun
 
 def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
                    train_utterances: int = 3000, dev_utterances: int = 300,
-                   max_digits: int = 7, rate: int = 8000) -> dict[str, Path]:
+                   max_digits: int = 7, rate: int = 8000, isolated_train: bool = True
+                   ) -> dict[str, Path]:
     """Build the connected-digit train and dev sets (see the module docstring) under ``out``:
-    ``train/``, ``dev/``, ``dev-isolated/`` (WAV), ``train.tsv``, ``dev.tsv`` and
-    ``dev-isolated.tsv``, and the transcripts alone, a line each, in ``train.txt`` and
-    ``dev.txt`` (the text of a character LM for the beam search: ``rnnkit train lm --train
-    train.txt --dev dev.txt --level char``). Returns the manifests' paths by name."""
+    ``train/``, ``train-isolated/`` (unless ``isolated_train`` is False), ``dev/``,
+    ``dev-isolated/`` (WAV), ``train.tsv``, ``dev.tsv`` and ``dev-isolated.tsv``, and the
+    transcripts alone, a line each, in ``train.txt`` and ``dev.txt`` (the text of a character
+    LM for the beam search: ``rnnkit train lm --train train.txt --dev dev.txt --level
+    char``). The isolated training recordings draw their gaps from a generator of their own,
+    so the other sets are the same with or without them. Returns the manifests' paths by
+    name."""
     if max_digits < 1 or train_utterances < 1 or dev_utterances < 1:
         raise ValueError("max_digits, train_utterances and dev_utterances must be positive")
     every = recordings(fsdd)
@@ -114,21 +138,18 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
     manifests = {}
     for name, count in (("train", train_utterances), ("dev", dev_utterances)):
         rows = make_set(split[name], out / name, count, rng, rate, max_digits, cache)
+        alone = ""
+        if name == "train" and isolated_train:
+            extra = _alone(split["train"], out / "train-isolated",
+                           np.random.default_rng([seed, 1]), rate)
+            rows += extra
+            alone = f" ({len(extra)} of them isolated recordings)"
         manifests[name] = out / f"{name}.tsv"
         write_manifest(manifests[name], rows)
         write_text_atomic(out / f"{name}.txt", "".join(f"{r[1]}\n" for r in rows))
         seconds = sum(r[2] for r in rows)
-        note(f"{manifests[name]}: {len(rows)} utterances, {seconds / 60:.1f} minutes")
-    isolated = []  # each dev recording alone: the 1-digit case, with the same end gaps
-    folder = out / "dev-isolated"
-    folder.mkdir(parents=True, exist_ok=True)
-    for speaker in sorted(split["dev"]):
-        for d in range(10):
-            for _, path in split["dev"][speaker][d]:
-                audio = np.concatenate([_gap(rng, rate, 100, 300), read_audio(path, rate)[0],
-                                        _gap(rng, rate, 100, 300)])
-                write_wav(folder / path.name, audio, rate)
-                isolated.append((f"{folder.name}/{path.name}", DIGITS[d], len(audio) / rate))
+        note(f"{manifests[name]}: {len(rows)} utterances{alone}, {seconds / 60:.1f} minutes")
+    isolated = _alone(split["dev"], out / "dev-isolated", rng, rate)  # the 1-digit case
     manifests["dev-isolated"] = out / "dev-isolated.tsv"
     write_manifest(manifests["dev-isolated"], isolated)
     note(f"{manifests['dev-isolated']}: {len(isolated)} isolated dev recordings")
