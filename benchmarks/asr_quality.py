@@ -6,8 +6,7 @@ model, isolated-digit accuracy, real-time factor, streaming latency.
     python benchmarks/asr_quality.py --train-args "--average-best 5"   # more training options
 
 1. ``rnnkit prepare-digits ../shared/data/fsdd`` (3,000 training and 300 dev utterances of 1-7
-   digits and the 2,400 training recordings alone; dev from recording indices 5-9, training
-   from 10-49);
+   digits; dev from recording indices 5-9, training from 10-49);
 2. ``rnnkit train asr`` with the defaults (3 x 256 bidirectional LSTM, CTC) and speed
    perturbation (``--speed-perturb 0.9 1.0 1.1``) for ``--minutes``, best checkpoint by dev
    WER; then the same with ``--unidirectional`` (streaming);
@@ -83,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-args", default="", metavar="ARGS",
                    help="more options for both `rnnkit train asr` commands, one string "
                         "(e.g. \"--average-best 5\")")
+    p.add_argument("--isolated-train", action="store_true",
+                   help="build the training set with `prepare-digits --isolated-train`")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     machine = gemm.describe()
     out = Path(args.out)
     sets = out / "digits"
     if not (sets / "dev-isolated.tsv").exists():
-        _call(["prepare-digits", args.data, "--out", str(sets)])
+        _call(["prepare-digits", args.data, "--out", str(sets)]
+              + (["--isolated-train"] if args.isolated_train else []))
     runs = {"bidirectional": out / "bi", "streaming": out / "uni"}
     fusion = ("--beam", "8", "--lm", str(out / "charlm"), "--lm-weight", "1.0")
     if not args.skip_train:

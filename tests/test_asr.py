@@ -281,7 +281,8 @@ def test_prepare_digits_is_deterministic_and_splits_by_index(tmp_path):
     fsdd = _fake_fsdd(tmp_path / "fsdd")
     for out in ("a", "b"):
         assert main(["prepare-digits", str(fsdd), "--out", str(tmp_path / out), "--seed", "3",
-                     "--train-utterances", "5", "--dev-utterances", "3"]) == 0
+                     "--train-utterances", "5", "--dev-utterances", "3",
+                     "--isolated-train"]) == 0
     a, b = (tmp_path / "a" / "train.tsv").read_text(), (tmp_path / "b" / "train.tsv").read_text()
     # 5 connected utterances, then each training recording alone (indices 10 and 11 of 2
     # speakers x 10 digits)
@@ -292,9 +293,10 @@ def test_prepare_digits_is_deterministic_and_splits_by_index(tmp_path):
                            for i in (10, 11))
     assert all(path.startswith("train-isolated/") and text == DIGITS[int(Path(path).name[0])]
                for path, text in alone)
-    # without them the connected utterances, the dev sets and their audio are the same
+    # without them (the default) the connected utterances, the dev sets and their audio are
+    # the same
     assert main(["prepare-digits", str(fsdd), "--out", str(tmp_path / "c"), "--seed", "3",
-                 "--train-utterances", "5", "--dev-utterances", "3", "--no-isolated-train"]) == 0
+                 "--train-utterances", "5", "--dev-utterances", "3"]) == 0
     c = tmp_path / "c"
     assert (c / "train.tsv").read_text().splitlines() == a.splitlines()[:6]
     assert not (c / "train-isolated").exists()
@@ -320,8 +322,7 @@ def digit_sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("asr")
     fsdd = _fake_fsdd(root / "fsdd")
     assert main(["prepare-digits", str(fsdd), "--out", str(root / "sets"),
-                 "--train-utterances", "24", "--dev-utterances", "6", "--max-digits", "3",
-                 "--no-isolated-train"]) == 0  # small and quick
+                 "--train-utterances", "24", "--dev-utterances", "6", "--max-digits", "3"]) == 0
     return root / "sets"
 
 

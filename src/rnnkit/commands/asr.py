@@ -175,9 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dev utterances (default 300)")
     parser.add_argument("--max-digits", type=int, default=7, metavar="N",
                         help="digits per utterance at most (default 7)")
-    parser.add_argument("--isolated-train", action=argparse.BooleanOptionalAction,
-                        default=True, help="also train on every training recording alone "
-                        "(train-isolated/; default: on)")
+    parser.add_argument("--isolated-train", action="store_true",
+                        help="also train on every training recording alone (train-isolated/)")
 
 
 @common.one_line
