@@ -10,9 +10,9 @@ The isolated recordings are the 1-digit case: ``dev-isolated.tsv`` lists every d
 alone, with the same end gaps, for isolated-digit accuracy (``dev-isolated/``). With
 ``isolated_train`` (``--isolated-train``) the training set also holds every training
 recording alone (``train-isolated/``), as TIDIGITS's training set holds isolated digits
-beside strings. Measured (benchmarks/RESULTS.md, ninth session), 30 minutes each: strings
-only, 1.47% dev WER on strings and 91.0% isolated accuracy; with the isolated recordings,
-2.69% and 94.7%. Everything is deterministic given the seed.
+beside strings. Measured (benchmarks/RESULTS.md, ninth session), one 30-minute run each:
+strings only, 1.47% dev WER on strings and 91.0% isolated accuracy; with the isolated
+recordings, 2.69% and 94.7%. Everything is deterministic given the seed.
 
     rnnkit prepare-digits ../shared/data/fsdd --out data/digits
 """
@@ -60,8 +60,15 @@ def _gap(rng: np.random.Generator, rate: int, lo_ms: float, hi_ms: float) -> np.
     return (rng.standard_normal(n) * rng.uniform(0.001, 0.005)).astype(np.float32)
 
 
+def _read(path: Path, rate: int, cache: dict) -> np.ndarray:
+    """The samples of ``path`` at ``rate``, each file read once (``cache``: path -> samples)."""
+    if path not in cache:
+        cache[path] = read_audio(path, rate)[0]
+    return cache[path]
+
+
 def _alone(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path,
-           rng: np.random.Generator, rate: int) -> list[tuple[str, str, float]]:
+           rng: np.random.Generator, rate: int, cache: dict) -> list[tuple[str, str, float]]:
     """Every recording of ``pool`` alone, between end gaps of 100-300 ms, written under
     ``out``; their manifest rows (as :func:`make_set`'s)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def _alone(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path,
     for speaker in sorted(pool):
         for d in range(10):
             for _, path in pool[speaker][d]:
-                audio = np.concatenate([_gap(rng, rate, 100, 300), read_audio(path, rate)[0],
+                audio = np.concatenate([_gap(rng, rate, 100, 300), _read(path, rate, cache),
                                         _gap(rng, rate, 100, 300)])
                 write_wav(out / path.name, audio, rate)
                 rows.append((f"{out.name}/{path.name}", DIGITS[d], len(audio) / rate))
@@ -91,11 +98,9 @@ def make_set(pool: dict[str, dict[int, list[tuple[int, Path]]]], out: Path, coun
         for i, d in enumerate(digits):
             choices = pool[speaker][d]
             _, path = choices[rng.integers(len(choices))]
-            if path not in cache:
-                cache[path] = read_audio(path, rate)[0]
             if i:
                 parts.append(_gap(rng, rate, 50, 250))
-            parts.append(cache[path])
+            parts.append(_read(path, rate, cache))
         parts.append(_gap(rng, rate, 100, 300))
         audio = np.concatenate(parts)
         name = f"{n:05d}_{speaker}_{''.join(map(str, digits))}.wav"
@@ -141,7 +146,7 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
         alone = ""
         if name == "train" and isolated_train:
             extra = _alone(split["train"], out / "train-isolated",
-                           np.random.default_rng([seed, 1]), rate)
+                           np.random.default_rng([seed, 1]), rate, cache)
             rows += extra
             alone = f" ({len(extra)} of them isolated recordings)"
         manifests[name] = out / f"{name}.tsv"
@@ -149,7 +154,7 @@ def prepare_digits(fsdd: str | Path, out: str | Path, *, seed: int = 0,
         write_text_atomic(out / f"{name}.txt", "".join(f"{r[1]}\n" for r in rows))
         seconds = sum(r[2] for r in rows)
         note(f"{manifests[name]}: {len(rows)} utterances{alone}, {seconds / 60:.1f} minutes")
-    isolated = _alone(split["dev"], out / "dev-isolated", rng, rate)  # the 1-digit case
+    isolated = _alone(split["dev"], out / "dev-isolated", rng, rate, cache)  # the 1-digit case
     manifests["dev-isolated"] = out / "dev-isolated.tsv"
     write_manifest(manifests["dev-isolated"], isolated)
     note(f"{manifests['dev-isolated']}: {len(isolated)} isolated dev recordings")
