@@ -301,34 +301,40 @@ class StepWeight:
     (``B = W_hh``). On oneDNN it is reordered into oneDNN's layout once, for all steps.
 
     Args:
-        b: ``B`` (k, n), as ATen multiplies it (the kernels keep it contiguous).
+        b: ``B`` (k, n), as ATen multiplies it (the kernels keep it contiguous); None when
+            ``bt`` is given: then ``B = bt^T`` is made contiguous the first time ATen needs it
+            (:meth:`of_transpose`).
         rows: m, the rows of each step (the batch).
         bt: ``B^T`` (n, k) contiguous when the caller has it (else made when needed).
     """
 
-    def __init__(self, b: Tensor, rows: int, bt: Tensor | None = None) -> None:
-        self.b = b
+    def __init__(self, b: Tensor | None, rows: int, bt: Tensor | None = None) -> None:
+        if b is None and bt is None:
+            raise ValueError("StepWeight needs b or bt")
+        self._b, self._bt = b, bt
         self.packed: Tensor | None = None
         self.backend = "aten"
-        if not applies(b):
+        ref = bt if b is None else b
+        n, k = bt.shape if b is None else b.t().shape
+        if not applies(ref):
             return
-        k, n = b.shape
         made: dict[str, Tensor] = {}
 
         def pack() -> Tensor:  # B^T in oneDNN's layout, made once and only for oneDNN
-            if "packed" not in made:
-                w = (b.t() if bt is None else bt).contiguous()
-                made["packed"] = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+            if "packed" not in made:  # oneDNN's reorder reads a transposed view as it is
+                made["packed"] = torch.ops.mkldnn._reorder_linear_weight(
+                    self._b.t() if bt is None else bt, rows)
             return made["packed"]
 
         def operands() -> tuple[Tensor, Tensor]:  # made only when the shape is measured
             if "a" not in made:
-                made.update(a=b.new_empty(rows, k).normal_(), base=b.new_empty(rows, n).normal_())
+                made.update(a=ref.new_empty(rows, k).normal_(),
+                            base=ref.new_empty(rows, n).normal_())
             return made["a"], made["base"]
 
         def run_aten() -> Tensor:
             a, base = operands()
-            return torch.addmm(base, a, b)
+            return torch.addmm(base, a, self.b)
 
         def run_onednn() -> Tensor:
             a, base = operands()
@@ -338,14 +344,33 @@ class StepWeight:
         if self.backend == "onednn":
             self.packed = pack()
 
+    @classmethod
+    def of_transpose(cls, w: Tensor, rows: int) -> StepWeight:
+        """The products ``a @ w^T`` for a contiguous ``w`` (n, k): oneDNN packs ``w`` as it
+        is, and ``w^T`` is made contiguous only if ATen runs (a transposed copy of the
+        weight, which a forward pass on oneDNN does not pay)."""
+        return cls(None, rows, w)
+
+    @property
+    def b(self) -> Tensor:
+        """``B`` (k, n), contiguous when made here from ``bt``."""
+        if self._b is None:
+            self._b = self._bt.t().contiguous()
+        return self._b
+
     def addmm(self, base: Tensor | None, a: Tensor, out: Tensor | None = None,
-              bias: Tensor | None = None) -> Tensor:
-        """``base + a @ B + bias`` for one step's rows ``a`` (m, k); into ``out`` when given."""
+              bias: Tensor | None = None, *, copy: bool = True) -> Tensor:
+        """``base + a @ B + bias`` for one step's rows ``a`` (m, k); into ``out`` when given.
+
+        ``copy=False``: the result may come back in a new tensor instead of ``out`` (oneDNN
+        writes its own output; copying it into ``out`` is a pass over the step's values), for a
+        caller that reads the result once and writes what it makes of it into ``out`` itself.
+        """
         if self.packed is None:
             return _aten(base, a, self.b, out, bias)
         _count("onednn")
         y = _onednn(a, self.packed, base, bias)
-        return y if out is None else out.copy_(y)
+        return y if out is None or not copy else out.copy_(y)
 
 
 # -- a differentiable linear layer --------------------------------------------------------------

@@ -111,6 +111,47 @@ def bias_sum(*biases: Tensor | None) -> Tensor | None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+#: the fewest values for which :func:`tanh_into` and :func:`sigmoid_with_tanh` take their
+#: sigmoid's way (below, the three more calls cost more than the arithmetic they save)
+TANH_BY_SIGMOID_MIN = 8192
+
+
+def tanh_into(x: Tensor, out: Tensor) -> Tensor:
+    """``tanh(x)`` into ``out`` (which may be ``x``); on the CPU, from
+    :data:`TANH_BY_SIGMOID_MIN` values on, as ``2 sigmoid(2x) - 1``: ATen's CPU tanh is slower
+    than its sigmoid (benchmarks/RESULTS.md, tenth session: 20 against 17 us at (20, 650),
+    46 against 29 at (64, 512), 2 threads). The same function to rounding: an absolute error
+    of about one unit in the last place of 1."""
+    if not x.is_cpu or x.numel() < TANH_BY_SIGMOID_MIN:
+        return torch.tanh(x, out=out)
+    return torch.mul(x, 2, out=out).sigmoid_().mul_(2).sub_(1)
+
+
+def sigmoid_with_tanh(pre: Tensor, out: Tensor, blocks: tuple[Tensor | None, ...], lo: int,
+                      hi: int) -> Tensor:
+    """``out = sigmoid(pre)`` except columns ``lo:hi``, which get ``tanh(pre)``, for (B, N)
+    rows (the LSTM's and the minimal GRU's gates); returns ``out[:, lo:hi]``. ``blocks``: the
+    views of out's columns ``:lo``, ``lo:hi``, ``hi:`` made once for the step (None where
+    empty); ``pre`` may be ``out`` and may be changed in columns ``lo:hi``. On the CPU, from
+    :data:`TANH_BY_SIGMOID_MIN` values on, one sigmoid over whole rows with the tanh columns
+    as in :func:`tanh_into`: sigmoid, tanh and sigmoid over column blocks of several rows are
+    strided passes, about twice its time (benchmarks/RESULTS.md, tenth session)."""
+    if not pre.is_cpu or pre.numel() < TANH_BY_SIGMOID_MIN:
+        first, mid, last = blocks
+        if pre is out:  # in place, on the step's views (no slicing: batch 1 is call-bound)
+            pre_first, pre_mid, pre_last = blocks
+        else:
+            pre_first, pre_mid, pre_last = pre[:, :lo], pre[:, lo:hi], pre[:, hi:]
+        if first is not None:
+            torch.sigmoid(pre_first, out=first)
+        if last is not None:
+            torch.sigmoid(pre_last, out=last)
+        return torch.tanh(pre_mid, out=mid)
+    pre[:, lo:hi].mul_(2)
+    torch.sigmoid(pre, out=out)
+    return blocks[1].mul_(2).sub_(1)
+
+
 def sum_tb(x: Tensor) -> Tensor:
     """Sum over the time and batch dimensions of (T, B, N)."""
     return x.sum((0, 1))
@@ -189,17 +230,21 @@ class StepNorms:
         return [torch.stack(self.mean), torch.stack(self.rstd)]
 
     def start_backward(self, inputs: tuple[Tensor, ...] = (),
-                       weight: StepWeight | None = None) -> None:
+                       weight: StepWeight | None = None, loops=None) -> None:
         """Forget the gain and shift gradients of a previous pass. A backward pass overwrote
         the stored inputs with their gradients, so from the second one on
         (``retain_graph=True``) the inputs are recomputed as ``inputs[t] @ B`` with the forward
-        loop's ``weight``, step by step, bit for bit as in the forward."""
+        loop's ``weight``, step by step, bit for bit as in the forward: by the compiled
+        ``loops`` when they ran it (their product rounds as ATen's does not)."""
         self.dweights: list[Tensor] = []
         self.dbiases: list[Tensor] = []
         self.passes += 1
         if self.passes > 1 and self.steps is not None:
             for x, a in zip(inputs, self.steps):
-                weight.addmm(None, x, out=a)
+                if loops is None:
+                    weight.addmm(None, x, out=a)
+                else:
+                    loops.step_mm(a, None, x, weight.b)
 
     def backward(self, t: int, dy: Tensor) -> Tensor:
         """The gradient of step ``t``'s input from that of its output (stored in the buffer
@@ -270,6 +315,8 @@ class Kernel:
     #: the layer norms' per-step means and rstds, (T, B, 1) each, when the compiled forward
     #: loop ran (its backward loop reads them); None otherwise
     stats: list[Tensor] | None = None
+    #: the compiled loops module when it ran the forward pass (None: the Python loop did)
+    forward_loops = None
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...],
                  state_seqs: list[Tensor]) -> None:
@@ -281,9 +328,10 @@ class Kernel:
 
     def step_weight(self, w: Tensor, forward: bool) -> StepWeight:
         """The per-step products with a recurrent weight ``w`` (G, H) at this run's batch
-        (:class:`~rnnkit.gemm.StepWeight`): forward ``a @ w^T`` (``w^T`` made contiguous once:
-        the GEMMs read it row-major; it is the StepWeight's ``b``), backward ``a @ w``."""
-        return StepWeight(w.t().contiguous(), self.B, w) if forward else StepWeight(w, self.B)
+        (:class:`~rnnkit.gemm.StepWeight`): forward ``a @ w^T`` (for ATen and the compiled
+        loops ``w^T`` is made contiguous once, the StepWeight's ``b``: the GEMMs read it
+        row-major), backward ``a @ w``."""
+        return StepWeight.of_transpose(w, self.B) if forward else StepWeight(w, self.B)
 
     def _views(self) -> None:
         """(Re)make the per-step views of the ``consumed`` buffers."""

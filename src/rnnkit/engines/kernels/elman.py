@@ -6,7 +6,14 @@ import torch
 
 from rnnkit import gemm
 from rnnkit.cells.elman import ElmanCell
-from rnnkit.engines.kernels.base import Kernel, Plan, bias_sum, chunk_size, register_kernel
+from rnnkit.engines.kernels.base import (
+    Kernel,
+    Plan,
+    bias_sum,
+    chunk_size,
+    register_kernel,
+    tanh_into,
+)
 
 
 class ElmanKernel(Kernel):
@@ -52,7 +59,7 @@ class ElmanKernel(Kernel):
         if self.relu:
             a.relu_()
         else:
-            a.tanh_()
+            tanh_into(a, a)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads

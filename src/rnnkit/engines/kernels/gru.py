@@ -17,8 +17,10 @@ from rnnkit.engines.kernels.base import (
     chunks,
     grad_w,
     register_kernel,
+    sigmoid_with_tanh,
     step_views,
     sum_tb,
+    tanh_into,
 )
 
 
@@ -122,7 +124,7 @@ class GRUAfterKernel(_GRUKernel):
         self.factor_steps = self.gh_hmn.unflatten(-1, (4, H)).unbind(0)  # (B, 4, H) per step
         self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
-            self.norm.start_backward(self.state_steps[0], self.fw)
+            self.norm.start_backward(self.state_steps[0], self.fw, self.forward_loops)
 
     def forward_step(self, t):
         (h_steps,) = self.state_steps
@@ -134,7 +136,8 @@ class GRUAfterKernel(_GRUKernel):
             self.fw.addmm(None, h, out=self.gh_steps[t], bias=self.b_hh)
         torch.add(self.xp_rz_steps[t], self.gh_rz_steps[t], out=self.rz_steps[t]).sigmoid_()
         n = torch.addcmul(self.xp_n_steps[t], self.r_steps[t], self.gh_n_steps[t],
-                          out=self.n_steps[t]).tanh_()
+                          out=self.n_steps[t])
+        n = tanh_into(n, n)
         self._blend(t, h, n)
 
     def forward_loop(self, mask):
@@ -142,6 +145,7 @@ class GRUAfterKernel(_GRUKernel):
         if loops is None:
             return super().forward_loop(mask)
         mask = None if mask is None else mask.contiguous()
+        self.forward_loops = loops
         self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, self.fw.b,
                                        self.b_hh, mask, self.norm.buf if self.ln else None,
                                        self.g_hh, LN_EPS)
@@ -261,7 +265,7 @@ class GRUBeforeKernel(_GRUKernel):
             n = torch.add(self.xp_n_steps[t], self.norm_n.forward(a), out=self.n_steps[t])
         else:
             n = self.fw_n.addmm(self.xp_n_steps[t], rh, out=self.n_steps[t])
-        n.tanh_()
+        tanh_into(n, n)
         self._blend(t, h, n)
 
     def backward_step(self, t, grads, base):
@@ -324,6 +328,7 @@ class MinimalGRUKernel(Kernel):
         H, g = self.H, self.gates
         self.gate_steps, self.u_steps, self.n_steps = (step_views(g), step_views(g, 0, H),
                                                        step_views(g, H))
+        self.gate_blocks = [(u, n, None) for u, n in zip(self.u_steps, self.n_steps)]
 
     def start_backward(self):
         H = self.H
@@ -342,8 +347,9 @@ class MinimalGRUKernel(Kernel):
     def forward_step(self, t):
         (h_steps,) = self.state_steps
         h = h_steps[t]
-        self.fw.addmm(self.xp_steps[t], h, out=self.gate_steps[t])
-        u, n = self.u_steps[t].sigmoid_(), self.n_steps[t].tanh_()
+        pre, H = self.fw.addmm(self.xp_steps[t], h, out=self.gate_steps[t], copy=False), self.H
+        n = sigmoid_with_tanh(pre, self.gate_steps[t], self.gate_blocks[t], H, 2 * H)
+        u = self.u_steps[t]
         torch.lerp(h, n, u, out=h_steps[t + 1])
 
     def backward_step(self, t, grads, base):

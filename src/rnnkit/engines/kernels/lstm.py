@@ -17,7 +17,9 @@ from rnnkit.engines.kernels.base import (
     grad_w,
     register_inference,
     register_kernel,
+    sigmoid_with_tanh,
     step_views,
+    tanh_into,
 )
 
 
@@ -74,6 +76,7 @@ class LSTMKernel(Kernel):
         self.gate_steps, self.if_steps = step_views(g), step_views(g, 0, 2 * H)
         self.i_steps, self.f_steps = step_views(g, 0, H), step_views(g, H, 2 * H)
         self.g_steps, self.o_steps = step_views(g, 2 * H, 3 * H), step_views(g, 3 * H)
+        self.gate_blocks = list(zip(self.if_steps, self.g_steps, self.o_steps))
         self.tanh_c_steps = (self.tanh_c.unbind(0) if self.ln
                              else (self.tanh_c[0],) * self.T)
 
@@ -102,27 +105,23 @@ class LSTMKernel(Kernel):
         self.difg_steps = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
         self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
-            self.norm_h.start_backward(self.state_steps[0], self.fw)
+            self.norm_h.start_backward(self.state_steps[0], self.fw, self.forward_loops)
             self.norm_c.start_backward()
 
     def forward_step(self, t):
         h_steps, c_steps = self.state_steps
-        gates = self.gate_steps[t]
+        H = self.H
         if self.ln:
             a = self.fw.addmm(None, h_steps[t], out=self.norm_h.steps[t])
-            torch.add(self.xp_steps[t], self.norm_h.forward(a), out=gates)
-        else:
-            self.fw.addmm(self.xp_steps[t], h_steps[t], out=gates)
-        self.if_steps[t].sigmoid_()
-        g = self.g_steps[t].tanh_()
-        o = self.o_steps[t].sigmoid_()
+            pre = torch.add(self.xp_steps[t], self.norm_h.forward(a), out=self.gate_steps[t])
+        else:  # the pre-activations, in the gates' slot or (oneDNN) in a tensor of their own
+            pre = self.fw.addmm(self.xp_steps[t], h_steps[t], out=self.gate_steps[t],
+                                copy=False)
+        g = sigmoid_with_tanh(pre, self.gate_steps[t], self.gate_blocks[t], 2 * H, 3 * H)
         c = torch.mul(self.f_steps[t], c_steps[t], out=c_steps[t + 1]).addcmul_(
             self.i_steps[t], g)
-        if self.ln:
-            tanh_c = torch.tanh(self.norm_c.forward(c), out=self.tanh_c_steps[t])
-        else:
-            tanh_c = torch.tanh(c, out=self.tanh_c_steps[t])
-        torch.mul(o, tanh_c, out=h_steps[t + 1])
+        tanh_c = tanh_into(self.norm_c.forward(c) if self.ln else c, self.tanh_c_steps[t])
+        torch.mul(self.o_steps[t], tanh_c, out=h_steps[t + 1])
 
     def forward_loop(self, mask):
         loops = self.compiled_loops()
@@ -130,6 +129,7 @@ class LSTMKernel(Kernel):
             return super().forward_loop(mask)
         ln = self.ln
         mask = None if mask is None else mask.contiguous()
+        self.forward_loops = loops
         self.stats = loops.lstm_forward(self.gates, *self.state_seqs, self.fw.b, self.tanh_c,
                                         mask, self.norm_h.buf if ln else None, self.g_hh,
                                         self.g_c, self.b_c, LN_EPS)
@@ -218,10 +218,10 @@ class PeepholeKernel(LSTMKernel):
         self.fw.addmm(self.xp_steps[t], h_steps[t], out=self.gate_steps[t])
         self.if_pair_steps[t].addcmul_(self.p_if, self.c_rows[t])
         self.if_steps[t].sigmoid_()
-        g = self.g_steps[t].tanh_()
+        g = tanh_into(self.g_steps[t], self.g_steps[t])
         c = torch.mul(self.f_steps[t], c_prev, out=c_steps[t + 1]).addcmul_(self.i_steps[t], g)
         o = self.o_steps[t].addcmul_(self.p_o, c).sigmoid_()
-        tanh_c = torch.tanh(c, out=self.tanh_c_steps[t])
+        tanh_c = tanh_into(c, self.tanh_c_steps[t])
         torch.mul(o, tanh_c, out=h_steps[t + 1])
 
     def weight_grads(self):
