@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
+from rnnkit.allocator import keep_freed_memory
 from rnnkit.errors import RnnkitError
 from rnnkit.tasks import TASKS as TASK_MODULES
 from rnnkit.tasks import run_task
@@ -142,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rnnkit`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        try:
+            keep_freed_memory()  # before any tensor: see rnnkit.allocator
+        except ValueError as err:  # a bad RNNKIT_MALLOC
+            raise RnnkitError(str(err)) from None
         args = _task_arguments(argv)
         if args is None:
             args = build_parser().parse_args(argv)
