@@ -11,7 +11,9 @@ Parts (``--parts``, comma-separated; default all), each on ``--threads`` threads
 - ``wikitext``: ``rnnkit train lm`` on WikiText-2, words, for ``--wikitext-minutes`` (60);
   target: validation perplexity <= 150;
 - ``throughput``: training tokens/s of one LM built on rnnkit layers and on torch.nn.LSTM, same
-  loop, same process, interleaved repeats, medians; target: rnnkit / torch.nn >= 0.95;
+  loop, same process, interleaved repeats, medians; target: rnnkit / torch.nn >= 0.95; and
+  the word LMs of issue 15 against the code before it (target >= 1.7x), in one process and
+  as the command runs (its malloc settings, ``rnnkit.allocator``), a process each;
 - ``generation``: ms per token at batch 1 for a 2 x 650 LSTM with 10,000 words:
   ``LanguageModel.step`` against torch.nn.LSTM called one step at a time (target: <= 0.6x),
   and against the strongest plain loop a user would write: the LSTM's weights pre-transposed
@@ -29,6 +31,7 @@ import contextlib
 import io
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -163,7 +166,9 @@ def throughput(args: argparse.Namespace) -> list[dict]:
     """rnnkit's LM against the same model on torch.nn.LSTM (a char model and a small word
     model), and the GEMM layer's gain: rnnkit's word LM (2 x 384 LSTM, 33,278 words, 32 x 64
     tokens a step) with its full softmax, adaptive softmax and tied decoder, each against
-    itself with every product on ATen (``RNNKIT_GEMM=aten``), interleaved."""
+    itself with every product on ATen (``RNNKIT_GEMM=aten``), interleaved; and each against
+    the code before issue 15 as the ``rnnkit`` command runs them, a process each: with
+    :mod:`rnnkit.allocator`'s malloc settings against glibc's own."""
     from rnnkit import gemm
     from rnnkit.models.lm import LanguageModel, LMConfig
 
@@ -186,17 +191,10 @@ def throughput(args: argparse.Namespace) -> list[dict]:
                      "value": f"{a:,.0f} vs {b:,.0f} tok/s = {a / b:.3f}x", "target": ">= 0.95",
                      "ok": "yes" if a / b >= 0.95 else "no",
                      "note": f"median of {args.repeats} x {args.steps} steps"})
-    V, H, B, T = 33_278, 384, 32, 64
     steps = max(3, args.steps // 4)
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, V, (B, T), generator=g),
-                torch.randint(0, V, (B, T), generator=g)) for _ in range(2)]
-    for name, extra in (("full softmax", {}), ("adaptive 2000,10000",
-                                               {"adaptive_cutoffs": [2000, 10000]}),
-                        ("tied", {"tie_weights": True})):
-        torch.manual_seed(0)
-        model = LanguageModel(LMConfig(vocab_size=V, embedding_size=H, hidden_size=H,
-                                       num_layers=2, dropout=0.1, **extra))
+    V, H, B, T = WORD_SHAPE
+    for name in WORD_LMS:
+        model, batches = _word_lm(name)
         unfused = UnfusedLoss(model)
         fast, logits_whole, plain = [], [], []
         for _ in range(args.repeats):  # interleaved
@@ -217,7 +215,64 @@ def throughput(args: argparse.Namespace) -> list[dict]:
                                  "GEMM layer)",
                          "value": f"{a:,.0f} vs {u:,.0f} tok/s = {a / u:.2f}x",
                          "target": "measured", "ok": "-", "note": note})
+        # the same against the code before issue 15 as each runs as a command: this one with
+        # rnnkit.allocator's settings, the old one with the C library's (processes of their
+        # own, interleaved: malloc's settings are the process's)
+        now, before = [], []
+        for _ in range(args.repeats):
+            now.append(_child_rate(name, "now", steps, args.threads))
+            before.append(_child_rate(name, "before", steps, args.threads))
+        a, b = statistics.median(now), statistics.median(before)
+        rows.append({"part": f"word LM V={V} 2x{H} B={B} T={T}, {name}: as the rnnkit command "
+                             "runs it (rnnkit.allocator) against the code before issue 15 "
+                             "(ATen, whole logits, glibc's malloc settings)",
+                     "value": f"{a:,.0f} vs {b:,.0f} tok/s = {a / b:.2f}x",
+                     "target": ">= 1.7", "ok": "yes" if a / b >= 1.7 else "no",
+                     "note": f"median of {args.repeats} x {steps} steps, a process each"})
     return rows
+
+
+#: the word LMs of the throughput part (2 x 384 LSTM, 33,278 words, 32 x 64 tokens a step)
+WORD_LMS = {"full softmax": {}, "adaptive 2000,10000": {"adaptive_cutoffs": [2000, 10000]},
+            "tied": {"tie_weights": True}}
+#: their vocabulary, hidden size, batch and steps
+WORD_SHAPE = (33_278, 384, 32, 64)
+
+
+def _word_lm(name: str):
+    """The word LM ``name`` of :data:`WORD_LMS` (seed 0) and its two batches."""
+    from rnnkit.models.lm import LanguageModel, LMConfig
+
+    V, H, B, T = WORD_SHAPE
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, V, (B, T), generator=g),
+                torch.randint(0, V, (B, T), generator=g)) for _ in range(2)]
+    torch.manual_seed(0)
+    model = LanguageModel(LMConfig(vocab_size=V, embedding_size=H, hidden_size=H, num_layers=2,
+                                   dropout=0.1, **WORD_LMS[name]))
+    return model, batches
+
+
+def _child_rate(name: str, variant: str, steps: int, threads: int) -> float:
+    """Tokens per second of the word LM ``name`` in a fresh process: ``variant`` "now" (with
+    rnnkit.allocator's settings) or "before" (ATen, whole logits, the C library's settings)."""
+    out = subprocess.run([sys.executable, __file__, "--child", f"{name}|{variant}", "--steps",
+                          str(steps), "--threads", str(threads)], capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _child(spec: str, steps: int) -> float:
+    name, variant = spec.split("|")
+    from rnnkit import allocator, gemm
+
+    if variant == "now":
+        allocator.keep_freed_memory()
+    model, batches = _word_lm(name)
+    if variant == "now":
+        return _train_rate(model, batches, steps)
+    with gemm.forced("aten"):
+        return _train_rate(UnfusedLoss(model), batches, steps)
 
 
 # -- generation latency -------------------------------------------------------------------------
@@ -350,7 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-lm")
     parser.add_argument("--results", metavar="FILE", help="append the table to FILE")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, in its process
     args = parser.parse_args(argv)
+    if args.child:
+        torch.set_num_threads(args.threads)
+        print(_child(args.child, args.steps))
+        return 0
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

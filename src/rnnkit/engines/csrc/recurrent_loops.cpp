@@ -1,5 +1,5 @@
-// The bptt engine's LSTM and GRU (reset after) step loops, plain and layer-normalised, with
-// each step's elementwise work fused into one pass.
+// The bptt engine's LSTM (plain, layer-normalised, with peepholes) and GRU (reset after, plain
+// and layer-normalised) step loops, with each step's elementwise work fused into one pass.
 //
 // These compute what LSTMKernel / GRUAfterKernel .forward_step and .backward_step in
 // rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
@@ -161,30 +161,41 @@ void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r
 
 // One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm)
 // and receives the gates; with layer norm, a = h_{t-1} W_hh^T is normalised and added first.
+// With peepholes (p: (3, H), the peephole LSTM's p_i, p_f, p_o; no layer norm):
+// i, f = sigma(. + p_if c_{t-1}), o = sigma(. + p_o c_t), as PeepholeKernel.forward_step.
 template <typename S>
 void forward_step(S* gt, const S* a, const S* g_hh, const S* c_prev, S* c, S* tc, S* h,
                   const S* h_prev, const S* g_c, const S* b_c, S* mh, S* rh, S* mc, S* rc,
-                  const bool* mask, int64_t B, int64_t H, double eps) {
+                  const S* p, const bool* mask, int64_t B, int64_t H, double eps) {
   const int64_t G = 4 * H;
   for (int64_t b = 0; b < B; ++b) {
     S* gr = gt + b * G;
+    const S* cp = c_prev + b * H;
     if (a != nullptr) {
       const S* ar = a + b * G;
       moments(ar, G, eps, mh + b, rh + b);
       const S m = mh[b], r = rh[b];
       for (int64_t j = 0; j < G; ++j) gr[j] += (ar[j] - m) * r * g_hh[j];
     }
+    if (p != nullptr) {
+      for (int64_t j = 0; j < H; ++j) {
+        gr[j] += p[j] * cp[j];
+        gr[H + j] += p[H + j] * cp[j];
+      }
+    }
     for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j]);
     for (int64_t j = 2 * H; j < 3 * H; ++j) gr[j] = std::tanh(gr[j]);
-    for (int64_t j = 3 * H; j < G; ++j) gr[j] = sigmoid(gr[j]);
     const S* i = gr;
     const S* f = gr + H;
     const S* g = gr + 2 * H;
-    const S* o = gr + 3 * H;
+    S* o = gr + 3 * H;
     S* cr = c + b * H;
     S* hr = h + b * H;
-    const S* cp = c_prev + b * H;
     for (int64_t j = 0; j < H; ++j) cr[j] = f[j] * cp[j] + i[j] * g[j];
+    if (p != nullptr) {
+      for (int64_t j = 0; j < H; ++j) o[j] += p[2 * H + j] * cr[j];
+    }
+    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
     if (g_c != nullptr) {
       moments(cr, H, eps, mc + b, rc + b);
       const S m = mc[b], r = rc[b];
@@ -333,10 +344,11 @@ Tensor pass_through(Tensor& g, const OptTensor& mask, const OptTensor& after, in
 //   mask (T, B, 1) bool or none: outside its sequence a row keeps its state.
 //   With layer norm (a_hh given): a_hh (T, B, G) receives h_t W_hh^T, tc (T, B, H)
 //   tanh(LN(c_t) g_c + b_c); g_hh (G), g_c (H), b_c (H) or none.
+//   peephole (3, H) contiguous or none: the peephole LSTM's weights (forward_step).
 // Returns the per-step means and rstds (T, B, 1) of the two layer norms (none without).
 TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, OptTensor mask,
                         OptTensor a_hh, OptTensor g_hh, OptTensor g_c, OptTensor b_c,
-                        double eps) {
+                        double eps, OptTensor peephole) {
   const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
   const bool ln = a_hh.has_value();
   auto opts = gates.options();
@@ -366,7 +378,7 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, 
                       ln ? stats[0].data_ptr<S>() + s : nullptr,
                       ln ? stats[1].data_ptr<S>() + s : nullptr,
                       ln ? stats[2].data_ptr<S>() + s : nullptr,
-                      ln ? stats[3].data_ptr<S>() + s : nullptr,
+                      ln ? stats[3].data_ptr<S>() + s : nullptr, ptr_or_null<S>(peephole),
                       m == nullptr ? nullptr : m + s, B, H, eps);
     }
   });

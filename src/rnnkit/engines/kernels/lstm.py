@@ -55,6 +55,8 @@ class LSTMKernel(Kernel):
     num_states = 2
     consumed = ("gates", "tanh_c")
     fused = True
+    #: the peephole weights (3, H) (:class:`PeepholeKernel`); the compiled loops take them
+    peephole = None
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -132,7 +134,7 @@ class LSTMKernel(Kernel):
         self.forward_loops = loops
         self.stats = loops.lstm_forward(self.gates, *self.state_seqs, self.fw.b, self.tanh_c,
                                         mask, self.norm_h.buf if ln else None, self.g_hh,
-                                        self.g_c, self.b_c, LN_EPS)
+                                        self.g_c, self.b_c, LN_EPS, self.peephole)
         if ln:  # for a backward pass in Python
             self.norm_h.adopt(self.norm_h.steps, *self.stats[:2])
             self.norm_c.adopt(self.state_steps[1][1:], *self.stats[2:])
@@ -191,13 +193,13 @@ class PeepholeKernel(LSTMKernel):
         forget   += p_i g i(1-i) + p_f c<t-1> f(1-f)        (c<t-1> through i and f too)
 
     and ``dL/dp_i = sum_t dL/di_t c<t-1>``, ``dL/dp_f = sum_t dL/df_t c<t-1>``,
-    ``dL/dp_o = sum_t dL/do_t c<t>`` at the end.
+    ``dL/dp_o = sum_t dL/do_t c<t>`` at the end. At small batches the compiled loops run both
+    (their LSTM forward step takes the peepholes; the backward step is the LSTM's).
     """
-
-    fused = False  # its forward step differs from the LSTM's
 
     def __init__(self, xp, weights, state_seqs):
         w_hh, self.peephole = weights
+        self.peephole = self.peephole.contiguous()
         super().__init__(xp, (w_hh, None, None, None), state_seqs)
         self.p_if, self.p_o = self.peephole[:2], self.peephole[2]  # (2, H) for i, f; (H,) o
         self.c_rows = state_seqs[1].unsqueeze(2).unbind(0)  # c before each step, (B, 1, H)
