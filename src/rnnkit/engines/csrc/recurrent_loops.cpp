@@ -1,5 +1,6 @@
 // The bptt engine's LSTM (plain, layer-normalised, with peepholes) and GRU (reset after, plain
-// and layer-normalised) step loops, with each step's elementwise work fused into one pass.
+// and layer-normalised; reset before, plain) step loops, with each step's elementwise work
+// fused into one pass.
 //
 // These compute what LSTMKernel / GRUAfterKernel .forward_step and .backward_step in
 // rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
@@ -514,6 +515,98 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
   return out;
 }
 
+// GRU (reset before the product, the original), forward over all steps, no layer norm:
+//   gates (T, B, 3H): the input projection (every bias), receives r, z, n.
+//   h (T + 1, B, H): index 0 holds the initial state. rh (T, B, 2H): the first H of each step
+//   receive r * h_{t-1} (the last H are the backward pass's). wt_rz (H, 2H), wt_n (H, H): the
+//   transposed recurrent weights. mask as lstm_forward. As GRUBeforeKernel.forward_step:
+//   r, z = sigma(xp_rz + h_{t-1} W_rz^T), n = tanh(xp_n + (r h_{t-1}) W_n^T),
+//   h_t = n + z (h_{t-1} - n).
+void gru_before_forward(Tensor gates, Tensor h, Tensor rh, Tensor wt_rz, Tensor wt_n,
+                        OptTensor mask) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_before_forward", [&] {
+    using S = scalar_t;
+    const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor gt = gates.select(0, t);
+      Tensor rz = gt.narrow(-1, 0, 2 * H);
+      Tensor ht = h.select(0, t);
+      step_mm(rz, rz, ht, wt_rz);
+      S* g = gt.data_ptr<S>();
+      const S* hp = ht.data_ptr<S>();
+      S* rhp = rh.select(0, t).data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) {
+        S* gr = g + b * 3 * H;
+        for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j]);
+        for (int64_t j = 0; j < H; ++j) rhp[b * 2 * H + j] = gr[j] * hp[b * H + j];
+      }
+      Tensor n = gt.narrow(-1, 2 * H, H);
+      step_mm(n, n, rh.select(0, t).narrow(-1, 0, H), wt_n);
+      S* hn = h.select(0, t + 1).data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) {
+        S* gr = g + b * 3 * H;
+        const S* z = gr + H;
+        S* nr = gr + 2 * H;
+        const S* hr = hp + b * H;
+        S* out = hn + b * H;
+        const bool inside = m == nullptr || m[t * B + b];
+        for (int64_t j = 0; j < H; ++j) {
+          nr[j] = std::tanh(nr[j]);
+          out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
+        }
+      }
+    }
+  });
+}
+
+// GRU (reset before), backward over all steps from the last state's gradient dh, no layer
+// norm. gates (T, B, 3H): r, z and, in n's slot, (1 - z)(1 - n^2); rh (T, B, 2H): r(1 - r)
+// h_{t-1} and z(1 - z)(h_{t-1} - n) (GRUBeforeKernel.start_backward). Each step turns n's slot
+// into dL/dn_pre and rh into dL/d[r, z]_pre, as GRUBeforeKernel.backward_step. w_rz (2H, H),
+// w_n (H, H): the recurrent weights. after, mask as lstm_backward. Returns dh_0.
+TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n, Tensor dh,
+                               OptTensor after, OptTensor mask) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_before_backward", [&] {
+    using S = scalar_t;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
+      dh = dh.contiguous();
+      if (base.defined()) base = base.contiguous();
+      Tensor gt = gates.select(0, t);
+      Tensor rt = rh.select(0, t);
+      S* g = gt.data_ptr<S>();
+      S* f = rt.data_ptr<S>();
+      const S* d = dh.data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < H; ++j) {
+          g[b * 3 * H + 2 * H + j] *= d[b * H + j];
+          f[b * 2 * H + H + j] *= d[b * H + j];
+        }
+      }
+      Tensor drh = at::empty({B, H}, dh.options());
+      step_mm(drh, Tensor(), gt.narrow(-1, 2 * H, H), w_n);
+      Tensor direct = at::empty({B, H}, dh.options());
+      const S* dr = drh.data_ptr<S>();
+      S* di = direct.data_ptr<S>();
+      const S* bp = base.defined() ? base.data_ptr<S>() : nullptr;
+      for (int64_t b = 0; b < B; ++b) {
+        const S* r = g + b * 3 * H;
+        const S* z = r + H;
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t k = b * H + j;
+          f[b * 2 * H + j] *= dr[k];
+          di[k] = d[k] * z[j] + (bp != nullptr ? bp[k] : S(0)) + dr[k] * r[j];
+        }
+      }
+      step_mm(direct, direct, rt, w_rz);
+      dh = direct;
+    }
+  });
+  return {dh};
+}
+
 // The scan engine's gated linear recurrences (rnnkit/engines/scan.py, GatedScan): the scan
 // cells' coefficients and the recurrence c_t = a_t * c_{t-1} + b_t in one pass forward, and
 // its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
@@ -734,6 +827,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_scan_backward", &gated_scan_backward,
         "scan engine: the gradient of gated_scan_forward in one pass");
   m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
+  m.def("gru_before_forward", &gru_before_forward, "bptt GRU (reset before) forward loop");
+  m.def("gru_before_backward", &gru_before_backward, "bptt GRU (reset before) backward loop");
   m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
   m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop");
   m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop");

@@ -206,11 +206,13 @@ class GRUBeforeKernel(_GRUKernel):
     ``r * a<t-1>``. Before the backward loop ``rh_hmn`` becomes
     ``[r(1-r) a<t-1>, z(1-z)(a<t-1> - n)]`` and n becomes ``(1-z)(1-n^2)``; each step
     multiplies the r factor by dL/d(r a<t-1>) and the others by dL/da<t>. ``r * a<t-1>`` is
-    recomputed for the weight gradient.
+    recomputed for the weight gradient. Without layer norm, at small batches the compiled
+    loops run both loops (``gru_before_forward``, ``gru_before_backward``).
     """
 
     consumed = ("gates", "rh_hmn")
     transposed = ("fw_rz", "fw_n")
+    fused = True  # without layer norm
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -267,6 +269,21 @@ class GRUBeforeKernel(_GRUKernel):
             n = self.fw_n.addmm(self.xp_n_steps[t], rh, out=self.n_steps[t])
         tanh_into(n, n)
         self._blend(t, h, n)
+
+    def forward_loop(self, mask):
+        loops = None if self.ln else self.compiled_loops()
+        if loops is None:
+            return super().forward_loop(mask)
+        self.forward_loops = loops
+        loops.gru_before_forward(self.gates, self.state_seqs[0], self.rh_hmn, self.fw_rz.b,
+                                 self.fw_n.b, None if mask is None else mask.contiguous())
+
+    def backward_loop(self, grads, afters, mask):
+        loops = None if self.ln else self.compiled_loops()
+        if loops is None:
+            return super().backward_loop(grads, afters, mask)
+        return loops.gru_before_backward(self.gates, self.rh_hmn, self.w_rz, self.w_n, grads[0],
+                                         afters[0], None if mask is None else mask.contiguous())
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
