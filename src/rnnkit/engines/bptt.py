@@ -33,6 +33,7 @@ from torch.autograd import Function
 from rnnkit import gemm
 from rnnkit.cells.base import LN_EPS, Params, RecurrentCell
 from rnnkit.engines.kernels import plan_for
+from rnnkit.engines.kernels.base import materialize
 from rnnkit.engines.state_grads import current_recorder
 
 
@@ -114,11 +115,8 @@ class _Recurrence(Function):
         kernel.start_backward()
         T = kernel.T
         n = len(grad_seqs)
-        steps = [None if g is None else g.unbind(0) for g in grad_seqs]
-        grads = [torch.zeros_like(seq[0]) if g is None else g[T - 1]
-                 for seq, g in zip(kernel.state_steps, steps)]
-        masks = None if mask is None else mask.unbind(0)
-        step = kernel.backward_step
+        grads = [torch.zeros_like(buf[0]) if g is None else g[T - 1]
+                 for buf, g in zip(kernel.state_seqs, grad_seqs)]
         record = ctx.record
         if record is not None:
             seen = [buf.new_zeros(buf.shape[0] - 1, *buf.shape[1:]) for buf in kernel.state_seqs]
@@ -127,6 +125,10 @@ class _Recurrence(Function):
         if done is not None:
             grads = done
         else:
+            materialize(kernel)
+            step = kernel.backward_step
+            steps = [None if g is None else g.unbind(0) for g in grad_seqs]
+            masks = None if mask is None else mask.unbind(0)
             for t in range(T - 1, -1, -1):
                 if record is not None:
                     for buf, g in zip(seen, grads):

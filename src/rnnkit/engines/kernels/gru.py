@@ -13,12 +13,14 @@ from rnnkit.engines.kernels.base import (
     Kernel,
     Plan,
     StepNorms,
+    Steps,
     bias_sum,
     chunks,
     grad_w,
     register_kernel,
     sigmoid_with_tanh,
     step_views,
+    steps,
     sum_tb,
     tanh_into,
 )
@@ -121,7 +123,7 @@ class GRUAfterKernel(_GRUKernel):
         torch.addcmul(r, r, r, value=-1, out=dr).mul_(q).mul_(dn)
         torch.mul(q, r, out=dn)
         self.dgh_steps = step_views(d)
-        self.factor_steps = self.gh_hmn.unflatten(-1, (4, H)).unbind(0)  # (B, 4, H) per step
+        self.factor_steps = steps(self.gh_hmn.unflatten(-1, (4, H)))  # (B, 4, H) per step
         self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
             self.norm.start_backward(self.state_steps[0], self.fw, self.forward_loops)
@@ -233,7 +235,7 @@ class GRUBeforeKernel(_GRUKernel):
         # r * a<t-1>, the candidate's recurrent input, and a<t-1> - n
         self.r_h, self.h_minus_n = self.rh_hmn.split(self.H, -1)
         super()._views()
-        self.r_h_steps = self.r_h.unbind(0)
+        self.r_h_steps = steps(self.r_h)
 
     def start_backward(self):
         if self.ln:  # first: a second pass recomputes their inputs from r * a<t-1>
@@ -345,7 +347,8 @@ class MinimalGRUKernel(Kernel):
         H, g = self.H, self.gates
         self.gate_steps, self.u_steps, self.n_steps = (step_views(g), step_views(g, 0, H),
                                                        step_views(g, H))
-        self.gate_blocks = [(u, n, None) for u, n in zip(self.u_steps, self.n_steps)]
+        self.gate_blocks = Steps(lambda: tuple((u, n, None)
+                                               for u, n in zip(self.u_steps, self.n_steps)))
 
     def start_backward(self):
         H = self.H
@@ -356,8 +359,8 @@ class MinimalGRUKernel(Kernel):
         self.u = u.clone()
         u.copy_(fu)
         self.dgates = self.gates
-        self.u_kept_steps = self.u.unbind(0)
-        self.factor_steps = self.gates.unflatten(-1, (2, H)).unbind(0)  # (B, 2, H) per step
+        self.u_kept_steps = steps(self.u)
+        self.factor_steps = steps(self.gates.unflatten(-1, (2, H)))  # (B, 2, H) per step
         self.dgate_steps = step_views(self.gates)
         self.bw = self.step_weight(self.w_hh, forward=False)
 

@@ -11,6 +11,7 @@ from rnnkit.engines.kernels.base import (
     Kernel,
     Plan,
     StepNorms,
+    Steps,
     bias_sum,
     chunks,
     dot_tb,
@@ -19,6 +20,7 @@ from rnnkit.engines.kernels.base import (
     register_kernel,
     sigmoid_with_tanh,
     step_views,
+    steps,
     tanh_into,
 )
 
@@ -78,8 +80,8 @@ class LSTMKernel(Kernel):
         self.gate_steps, self.if_steps = step_views(g), step_views(g, 0, 2 * H)
         self.i_steps, self.f_steps = step_views(g, 0, H), step_views(g, H, 2 * H)
         self.g_steps, self.o_steps = step_views(g, 2 * H, 3 * H), step_views(g, 3 * H)
-        self.gate_blocks = list(zip(self.if_steps, self.g_steps, self.o_steps))
-        self.tanh_c_steps = (self.tanh_c.unbind(0) if self.ln
+        self.gate_blocks = Steps(lambda: tuple(zip(self.if_steps, self.g_steps, self.o_steps)))
+        self.tanh_c_steps = (steps(self.tanh_c) if self.ln
                              else (self.tanh_c[0],) * self.T)
 
     def start_backward(self):
@@ -89,9 +91,9 @@ class LSTMKernel(Kernel):
         # dh_to_dc = o (1 - tanh_c^2) and o's factor tanh_c o(1-o), an eighth of the steps at a
         # time: with layer norm written over the kept tanh_c; without, tanh(c) is recomputed
         dh_to_dc = self.tanh_c if self.ln else torch.empty_like(c_prev)
-        for steps in chunks(T):
-            out, o_s = dh_to_dc[steps], o[steps]
-            tanh_c = out.clone() if self.ln else torch.tanh(c[steps])
+        for part in chunks(T):
+            out, o_s = dh_to_dc[part], o[part]
+            tanh_c = out.clone() if self.ln else torch.tanh(c[part])
             torch.addcmul(o_s, o_s, torch.mul(tanh_c, tanh_c, out=out), value=-1, out=out)
             torch.addcmul(o_s, o_s, o_s, value=-1, out=o_s).mul_(tanh_c)
         self.tanh_c = self.tanh_c_steps = None
@@ -102,9 +104,9 @@ class LSTMKernel(Kernel):
         torch.addcmul(f, f, f, value=-1, out=f).mul_(c_prev)  # c<t-1> f(1-f)
         self.dgates = d = self.gates  # dL/dgates, once the loop is done
         self.dh_to_dc, self.forget = dh_to_dc, forget
-        self.dh_to_dc_steps, self.forget_steps = dh_to_dc.unbind(0), forget.unbind(0)
+        self.dh_to_dc_steps, self.forget_steps = steps(dh_to_dc), steps(forget)
         self.dgate_steps, self.do_steps = step_views(d), step_views(d, 3 * H)
-        self.difg_steps = d[..., :3 * H].unflatten(-1, (3, H)).unbind(0)  # (B, 3, H) per step
+        self.difg_steps = steps(d[..., :3 * H].unflatten(-1, (3, H)))  # (B, 3, H) per step
         self.bw = self.step_weight(self.w_hh, forward=False)
         if self.ln:
             self.norm_h.start_backward(self.state_steps[0], self.fw, self.forward_loops)
@@ -202,11 +204,11 @@ class PeepholeKernel(LSTMKernel):
         self.peephole = self.peephole.contiguous()
         super().__init__(xp, (w_hh, None, None, None), state_seqs)
         self.p_if, self.p_o = self.peephole[:2], self.peephole[2]  # (2, H) for i, f; (H,) o
-        self.c_rows = state_seqs[1].unsqueeze(2).unbind(0)  # c before each step, (B, 1, H)
+        self.c_rows = steps(state_seqs[1].unsqueeze(2))  # c before each step, (B, 1, H)
 
     def _views(self):
         super()._views()
-        self.if_pair_steps = self.gates[..., :2 * self.H].unflatten(-1, (2, self.H)).unbind(0)
+        self.if_pair_steps = steps(self.gates[..., :2 * self.H].unflatten(-1, (2, self.H)))
 
     def start_backward(self):
         super().start_backward()
