@@ -295,7 +295,8 @@ def compiled_loops():
 
 
 @pytest.mark.parametrize("cell_id", ["lstm", "lstm-forget-bias", "lstm-ln", "peephole",
-                                     "gru-after", "gru-after-ln", "gru-before"])
+                                     "gru-after", "gru-after-ln", "gru-before",
+                                     "gru-simple"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("with_lengths", "with_state"), [(False, False), (True, True)])
 def test_compiled_loops_equal_python_loops(compiled_loops, cell_id, dtype, with_lengths,
@@ -363,7 +364,8 @@ class _Spy:
         return getattr(self.module, name)
 
 
-@pytest.mark.parametrize("cell_id", ["lstm", "gru-after", "lstm-ln", "peephole", "gru-before"])
+@pytest.mark.parametrize("cell_id", ["lstm", "gru-after", "lstm-ln", "peephole", "gru-before",
+                                     "gru-simple"])
 def test_the_compiled_loops_are_used_forward_and_backward(compiled_loops, cell_id,
                                                            monkeypatch) -> None:
     """Where the loops are built, the bptt engine runs its forward and backward in them (at
@@ -373,7 +375,8 @@ def test_the_compiled_loops_are_used_forward_and_backward(compiled_loops, cell_i
     layer = build_layer(cell_id, "bptt", 3, 4, seed=1).float()
     out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
     out.sum().backward()
-    kind = {"peephole": "lstm", "gru-before": "gru_before"}.get(cell_id, cell_id.split("-")[0])
+    kind = {"peephole": "lstm", "gru-before": "gru_before",
+            "gru-simple": "minimal_gru"}.get(cell_id, cell_id.split("-")[0])
     assert f"{kind}_forward" in spy.called and f"{kind}_backward" in spy.called, spy.called
 
 

@@ -1,6 +1,6 @@
 // The bptt engine's LSTM (plain, layer-normalised, with peepholes) and GRU (reset after, plain
-// and layer-normalised; reset before, plain) step loops, with each step's elementwise work
-// fused into one pass.
+// and layer-normalised; reset before, plain; the notes' minimal GRU) step loops, with each
+// step's elementwise work fused into one pass.
 //
 // These compute what LSTMKernel / GRUAfterKernel .forward_step and .backward_step in
 // rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
@@ -607,6 +607,73 @@ TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n,
   return {dh};
 }
 
+// The notes' minimal GRU, forward over all steps: gates (T, B, 2H) the input projection (every
+// bias), receives u, n; h (T + 1, B, H); wt (H, 2H); mask as lstm_forward. As
+// MinimalGRUKernel.forward_step: u, n = sigma, tanh of (xp_t + h_{t-1} W_hh^T),
+// h_t = h_{t-1} + u (n - h_{t-1}).
+void minimal_gru_forward(Tensor gates, Tensor h, Tensor wt, OptTensor mask) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_minimal_gru_forward", [&] {
+    using S = scalar_t;
+    const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor gt = gates.select(0, t);
+      Tensor ht = h.select(0, t);
+      step_mm(gt, gt, ht, wt);
+      S* g = gt.data_ptr<S>();
+      const S* hp = ht.data_ptr<S>();
+      S* hn = h.select(0, t + 1).data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) {
+        S* u = g + b * 2 * H;
+        S* n = u + H;
+        const S* hr = hp + b * H;
+        S* out = hn + b * H;
+        const bool inside = m == nullptr || m[t * B + b];
+        for (int64_t j = 0; j < H; ++j) {
+          u[j] = sigmoid(u[j]);
+          n[j] = std::tanh(n[j]);
+          out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
+        }
+      }
+    }
+  });
+}
+
+// The minimal GRU, backward over all steps from the last state's gradient dh: gates (T, B, 2H)
+// hold MinimalGRUKernel.start_backward's factors u(1 - u)(n - h_{t-1}) and u(1 - n^2), which
+// each step multiplies by dL/dh_t (making dL/dgates); u (T, B, H) the update gates; w (2H, H).
+// after, mask as lstm_backward. Returns dh_0.
+TensorList minimal_gru_backward(Tensor gates, Tensor u, Tensor w, Tensor dh, OptTensor after,
+                                OptTensor mask) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_minimal_gru_backward", [&] {
+    using S = scalar_t;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
+      dh = dh.contiguous();
+      if (base.defined()) base = base.contiguous();
+      Tensor gt = gates.select(0, t);
+      S* g = gt.data_ptr<S>();
+      const S* ur = u.select(0, t).data_ptr<S>();
+      const S* d = dh.data_ptr<S>();
+      const S* bp = base.defined() ? base.data_ptr<S>() : nullptr;
+      Tensor direct = at::empty({B, H}, dh.options());
+      S* di = direct.data_ptr<S>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t k = b * H + j;
+          g[b * 2 * H + j] *= d[k];
+          g[b * 2 * H + H + j] *= d[k];
+          di[k] = d[k] - d[k] * ur[k] + (bp != nullptr ? bp[k] : S(0));
+        }
+      }
+      step_mm(direct, direct, gt, w);
+      dh = direct;
+    }
+  });
+  return {dh};
+}
+
 // The scan engine's gated linear recurrences (rnnkit/engines/scan.py, GatedScan): the scan
 // cells' coefficients and the recurrence c_t = a_t * c_{t-1} + b_t in one pass forward, and
 // its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
@@ -829,6 +896,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_forward", &gru_forward, "bptt GRU (reset after) forward loop");
   m.def("gru_before_forward", &gru_before_forward, "bptt GRU (reset before) forward loop");
   m.def("gru_before_backward", &gru_before_backward, "bptt GRU (reset before) backward loop");
+  m.def("minimal_gru_forward", &minimal_gru_forward, "bptt minimal GRU forward loop");
+  m.def("minimal_gru_backward", &minimal_gru_backward, "bptt minimal GRU backward loop");
   m.def("gru_backward", &gru_backward, "bptt GRU (reset after) backward loop");
   m.def("lstm_forward", &lstm_forward, "bptt LSTM forward loop");
   m.def("lstm_backward", &lstm_backward, "bptt LSTM backward loop");

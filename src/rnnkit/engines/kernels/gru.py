@@ -330,10 +330,12 @@ class MinimalGRUKernel(Kernel):
         dL/da<t-1> = dL/da<t> * (1 - u) + W_hh^T dL/dgates
 
     Kept per step: u and n. Before the backward loop the gates become their two factors
-    (u is kept aside); each step multiplies them by dL/da<t> in place.
+    (u is kept aside); each step multiplies them by dL/da<t> in place. At small batches the
+    compiled loops run both loops (``minimal_gru_forward``, ``minimal_gru_backward``).
     """
 
     consumed = ("gates",)
+    fused = True
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -371,6 +373,21 @@ class MinimalGRUKernel(Kernel):
         n = sigmoid_with_tanh(pre, self.gate_steps[t], self.gate_blocks[t], H, 2 * H)
         u = self.u_steps[t]
         torch.lerp(h, n, u, out=h_steps[t + 1])
+
+    def forward_loop(self, mask):
+        loops = self.compiled_loops()
+        if loops is None:
+            return super().forward_loop(mask)
+        self.forward_loops = loops
+        loops.minimal_gru_forward(self.gates, self.state_seqs[0], self.fw.b,
+                                  None if mask is None else mask.contiguous())
+
+    def backward_loop(self, grads, afters, mask):
+        loops = self.compiled_loops()
+        if loops is None:
+            return super().backward_loop(grads, afters, mask)
+        return loops.minimal_gru_backward(self.gates, self.u, self.w_hh, grads[0], afters[0],
+                                          None if mask is None else mask.contiguous())
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
