@@ -5,14 +5,14 @@ threshold (at most 32 MiB) a mapping of its own and unmaps it when freed, and re
 memory at the top of its heap to the system past a trim threshold: the next tensor of that
 size is then faulted in page by page, zeroed by the kernel, every step. A training step makes
 such tensors every time (a word model's 2,048 x 33,278 logits, its embedding's and decoder's
-gradients, a speech batch's features); on the machines of benchmarks/RESULTS.md ("The
-allocator") this costs a third of an adaptive-softmax LM's step and a tenth to a fifth of a
-recurrent layer's forward and backward.
+gradients, a speech batch's features); measured (benchmarks/RESULTS.md, "The allocator"),
+this costs an adaptive-softmax word LM 28% of its step (4,022 against 5,581 tokens/s) and a
+full-softmax one 9%; torch.nn.LSTM's forward and backward 10-20%.
 
 :func:`keep_freed_memory` serves every block from the heap (``M_MMAP_MAX = 0``) and keeps up
 to ``trim_threshold`` bytes of freed memory for the next step (``M_TRIM_THRESHOLD``): the
-process's memory then stays at its high-water mark (measured: 1.09x the peak of the system's
-settings for the word LM) instead of going back and forth. Like the environment variables
+process's memory then stays at its high-water mark (measured: 1.06-1.24x the peak of the
+system's settings for the word LMs) instead of going back and forth. Like the environment variables
 ``MALLOC_MMAP_MAX_`` and ``MALLOC_TRIM_THRESHOLD_``, it applies to the whole process, and only
 where the C library is glibc (Linux); elsewhere it does nothing.
 
