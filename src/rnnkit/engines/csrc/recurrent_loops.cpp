@@ -335,6 +335,14 @@ Tensor pass_through(Tensor& g, const OptTensor& mask, const OptTensor& after, in
   return base;
 }
 
+// A one-state backward step's start: pass_through's part of dh (made contiguous, or
+// undefined), with dh made contiguous for the step's loops.
+Tensor step_start(Tensor& dh, const OptTensor& mask, const OptTensor& after, int64_t t) {
+  Tensor base = pass_through(dh, mask, after, t);
+  dh = dh.contiguous();
+  return base.defined() ? base.contiguous() : base;
+}
+
 }  // namespace
 
 // Forward over all steps.
@@ -494,9 +502,7 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
-      dh = dh.contiguous();
-      if (base.defined()) base = base.contiguous();
+      const Tensor base = step_start(dh, mask, after, t);  // added to dL/dh_{t-1}
       Tensor direct = at::empty_like(dh);
       const int64_t s = t * B;
       gru_backward_step<S>(dh.data_ptr<S>(), gh4.data_ptr<S>() + s * 4 * H,
@@ -571,9 +577,7 @@ TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n,
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_before_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
-      dh = dh.contiguous();
-      if (base.defined()) base = base.contiguous();
+      const Tensor base = step_start(dh, mask, after, t);  // added to dL/dh_{t-1}
       Tensor gt = gates.select(0, t);
       Tensor rt = rh.select(0, t);
       S* g = gt.data_ptr<S>();
@@ -649,9 +653,7 @@ TensorList minimal_gru_backward(Tensor gates, Tensor u, Tensor w, Tensor dh, Opt
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_minimal_gru_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
-      Tensor base = pass_through(dh, mask, after, t);  // added to dL/dh_{t-1}
-      dh = dh.contiguous();
-      if (base.defined()) base = base.contiguous();
+      const Tensor base = step_start(dh, mask, after, t);  // added to dL/dh_{t-1}
       Tensor gt = gates.select(0, t);
       S* g = gt.data_ptr<S>();
       const S* ur = u.select(0, t).data_ptr<S>();
