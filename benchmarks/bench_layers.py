@@ -115,7 +115,7 @@ class _GemmOnly(torch.autograd.Function):
         T, B, I = x.shape
         H = w_hh.shape[1]
         gemm.mm(x.reshape(T * B, I), w_ih.t(), kind="linear")
-        step = gemm.StepWeight(w_hh.t().contiguous(), B, w_hh)
+        step = gemm.StepWeight.of_transpose(w_hh, B)  # as the kernels' forward builds it
         h, hs = x.new_zeros(B, H), []
         for _ in range(T):
             h = step.addmm(None, h)[:, :H]  # the next product reads a (B, H) state

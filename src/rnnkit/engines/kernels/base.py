@@ -359,7 +359,8 @@ class Kernel:
     #: the layer norms' per-step means and rstds, (T, B, 1) each, when the compiled forward
     #: loop ran (its backward loop reads them); None otherwise
     stats: list[Tensor] | None = None
-    #: the compiled loops module when it ran the forward pass (None: the Python loop did)
+    #: the compiled loops module when it ran the forward pass (None: the Python loop did); a
+    #: layer-normalised kernel's StepNorms recomputes that pass's products with it
     forward_loops = None
 
     def __init__(self, xp: Tensor, weights: tuple[Tensor | None, ...],

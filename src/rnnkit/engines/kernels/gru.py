@@ -214,7 +214,7 @@ class GRUBeforeKernel(_GRUKernel):
 
     consumed = ("gates", "rh_hmn")
     transposed = ("fw_rz", "fw_n")
-    fused = True  # without layer norm
+    fused = True  # without layer norm (compiled_loops)
 
     def __init__(self, xp, weights, state_seqs):
         super().__init__(xp, weights, state_seqs)
@@ -272,16 +272,18 @@ class GRUBeforeKernel(_GRUKernel):
         tanh_into(n, n)
         self._blend(t, h, n)
 
+    def compiled_loops(self):
+        return None if self.ln else super().compiled_loops()  # they have no layer norm here
+
     def forward_loop(self, mask):
-        loops = None if self.ln else self.compiled_loops()
+        loops = self.compiled_loops()
         if loops is None:
             return super().forward_loop(mask)
-        self.forward_loops = loops
         loops.gru_before_forward(self.gates, self.state_seqs[0], self.rh_hmn, self.fw_rz.b,
                                  self.fw_n.b, None if mask is None else mask.contiguous())
 
     def backward_loop(self, grads, afters, mask):
-        loops = None if self.ln else self.compiled_loops()
+        loops = self.compiled_loops()
         if loops is None:
             return super().backward_loop(grads, afters, mask)
         return loops.gru_before_backward(self.gates, self.rh_hmn, self.w_rz, self.w_n, grads[0],
@@ -378,7 +380,6 @@ class MinimalGRUKernel(Kernel):
         loops = self.compiled_loops()
         if loops is None:
             return super().forward_loop(mask)
-        self.forward_loops = loops
         loops.minimal_gru_forward(self.gates, self.state_seqs[0], self.fw.b,
                                   None if mask is None else mask.contiguous())
 

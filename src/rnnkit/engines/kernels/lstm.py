@@ -200,8 +200,8 @@ class PeepholeKernel(LSTMKernel):
     """
 
     def __init__(self, xp, weights, state_seqs):
-        w_hh, self.peephole = weights
-        self.peephole = self.peephole.contiguous()
+        w_hh, peephole = weights
+        self.peephole = peephole.contiguous()
         super().__init__(xp, (w_hh, None, None, None), state_seqs)
         self.p_if, self.p_o = self.peephole[:2], self.peephole[2]  # (2, H) for i, f; (H,) o
         self.c_rows = steps(state_seqs[1].unsqueeze(2))  # c before each step, (B, 1, H)
