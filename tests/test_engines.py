@@ -321,6 +321,39 @@ def test_compiled_loops_equal_python_loops(compiled_loops, cell_id, dtype, with_
 
 
 
+@pytest.mark.parametrize("cell_id", ["lstm", "lstm-ln", "peephole", "gru-after",
+                                     "gru-after-ln", "gru-before", "gru-simple"])
+@pytest.mark.parametrize("backend", ["onednn", "aten"])
+def test_compiled_loops_at_large_batches_equal_python_loops(compiled_loops, cell_id, backend,
+                                                            monkeypatch) -> None:
+    """Past small_mm's rows (24 > 16) the compiled loops' step products are oneDNN's on the
+    kernels' packed weights, or ATen's: outputs and gradients as the Python loops make them,
+    with padding and initial states, in float32 (their activations are their own
+    vectorised ones)."""
+    from rnnkit import gemm
+    from rnnkit.engines.kernels import base
+
+    if backend == "onednn" and not gemm.onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    torch.manual_seed(5)
+    monkeypatch.setattr(base, "FUSED_MAX", 10 ** 6)  # the compiled loops at every batch
+    x = torch.randn(24, 9, 3)
+    lengths = torch.randint(1, 10, (24,))
+    layer = build_layer(cell_id, "bptt", 3, 6, seed=4, batch_first=True).float()
+    state = _split_states(layer, [s.float() for s in flat(random_state(layer, 24))])
+    spy = _Spy(compiled_loops.loops())
+    with gemm.forced(backend):
+        monkeypatch.setitem(compiled_loops._state, "module", spy)
+        fast = _run_layer(layer, x, state, lengths)
+        monkeypatch.setitem(compiled_loops._state, "module", spy.module)
+        with compiled_loops.disabled():
+            slow = _run_layer(layer, x, state, lengths)
+    assert any(name.endswith("_forward") for name in spy.called), spy.called
+    assert any(name.endswith("_backward") for name in spy.called), spy.called
+    for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 # -- dispatch by exact type: a subclass that changes step is never run by its parent's kernel --
 class _ScaledLSTMCell(LSTMCell):
     """An LSTM whose output is halved: a changed step that no fast engine knows."""
@@ -360,7 +393,8 @@ class _Spy:
         self.module, self.called = module, []
 
     def __getattr__(self, name: str):
-        self.called.append(name)
+        if not name.isupper():  # a function, not a constant (SMALL_MM_ROWS)
+            self.called.append(name)
         return getattr(self.module, name)
 
 
@@ -375,19 +409,24 @@ def test_the_compiled_loops_are_used_forward_and_backward(compiled_loops, cell_i
     layer = build_layer(cell_id, "bptt", 3, 4, seed=1).float()
     out, _ = layer(torch.randn(5, 2, 3, requires_grad=True))
     out.sum().backward()
-    kind = {"peephole": "lstm", "gru-before": "gru_before",
-            "gru-simple": "minimal_gru"}.get(cell_id, cell_id.split("-")[0])
+    kind = _loops_name(cell_id)
     assert f"{kind}_forward" in spy.called and f"{kind}_backward" in spy.called, spy.called
 
 
-@pytest.mark.parametrize("cell_id", ["lstm-ln", "gru-after-ln"])
+def _loops_name(cell_id: str) -> str:
+    """The prefix of a cell's compiled loops (``lstm`` for lstm_forward / lstm_backward)."""
+    return {"peephole": "lstm", "gru-before": "gru_before",
+            "gru-simple": "minimal_gru"}.get(cell_id, cell_id.split("-")[0])
+
+
+@pytest.mark.parametrize("cell_id", ["lstm", "lstm-ln", "peephole", "gru-after",
+                                     "gru-after-ln", "gru-before", "gru-simple"])
 @pytest.mark.parametrize("mixed", ["compiled forward, python backward (recording)",
                                    "python forward, compiled backward"])
-def test_mixed_compiled_and_python_paths_of_layer_norm_cells(compiled_loops, cell_id,
-                                                             mixed, monkeypatch) -> None:
-    """A layer-norm cell whose forward ran in the C++ loops and whose backward runs in
-    Python (under record_state_grads), or the reverse, gets the reference engine's
-    gradients: reversed, with padding, in float64."""
+def test_mixed_compiled_and_python_paths(compiled_loops, cell_id, mixed, monkeypatch) -> None:
+    """A cell whose forward ran in the C++ loops and whose backward runs in Python (under
+    record_state_grads, or at a batch past FUSED_MAX and within FUSED_FORWARD_MAX), or the
+    reverse, gets the reference engine's gradients: reversed, with padding, in float64."""
     from rnnkit.engines import record_state_grads
 
     torch.manual_seed(5)
@@ -399,7 +438,7 @@ def test_mixed_compiled_and_python_paths_of_layer_norm_cells(compiled_loops, cel
     xs = x.clone().requires_grad_()
     spy = _Spy(compiled_loops.loops())
     monkeypatch.setitem(compiled_loops._state, "module", spy)
-    kind = cell_id.split("-")[0]
+    kind = _loops_name(cell_id)
     if mixed.startswith("compiled forward"):
         with record_state_grads() as rec:
             outs = flat(layer(xs, lengths=lengths))

@@ -312,6 +312,7 @@ class StepWeight:
         if b is None and bt is None:
             raise ValueError("StepWeight needs b or bt")
         self._b, self._bt = b, bt
+        self.rows = rows
         self.packed: Tensor | None = None
         self.backend = "aten"
         ref = bt if b is None else b
@@ -357,6 +358,12 @@ class StepWeight:
         if self._b is None:
             self._b = self._bt.t().contiguous()
         return self._b
+
+    def b_for(self, small_rows: int) -> Tensor | None:
+        """``B`` for a caller that multiplies up to ``small_rows`` rows by it itself and
+        passes more to oneDNN (the compiled step loops): None where oneDNN takes every
+        product, so that a transposed ``B`` is never made for nothing."""
+        return None if self.packed is not None and self.rows > small_rows else self.b
 
     def addmm(self, base: Tensor | None, a: Tensor, out: Tensor | None = None,
               bias: Tensor | None = None, *, copy: bool = True) -> Tensor:

@@ -31,6 +31,65 @@ inline S sigmoid(S x) {
   return S(1) / (S(1) + std::exp(-x));
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RNNKIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RNNKIT_CLONES
+#endif
+
+// -- the activations over whole rows ------------------------------------------------------------
+// exp(x) in float32 without a libm call, so that a loop over a row vectorises (libm's expf is
+// one scalar call a value: at a batch of 32 x 256 units the LSTM's 40,000 activations a step
+// cost more than its product). Cephes's expf: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two
+// parts), e^r by a degree-6 polynomial (relative error about 1e-7, one or two float32 ulps),
+// 2^n by writing n into the exponent bits; x is clamped to [-87, 88], where 2^n stays a normal
+// number (sigmoid(-100) is then 1.6e-38 instead of 3.7e-44: both nothing beside 1).
+inline __attribute__((always_inline)) float exp_row_value(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // n = round(x / ln2) by adding and taking away 1.5 * 2^23 (floorf would not vectorise:
+  // GCC keeps it a call under -ftrapping-math)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return p * __builtin_bit_cast(float, bits);
+}
+
+// y[j] = sigmoid(x[j] + add[j]) (add may be null); y may be x
+RNNKIT_CLONES void sigmoid_row(float* y, const float* x, const float* add, int64_t n) {
+  if (add == nullptr) {
+    for (int64_t j = 0; j < n; ++j) y[j] = 1.0f / (1.0f + exp_row_value(-x[j]));
+  } else {
+    for (int64_t j = 0; j < n; ++j) y[j] = 1.0f / (1.0f + exp_row_value(-(x[j] + add[j])));
+  }
+}
+
+// y[j] = tanh(x[j] + add[j]) = 2 sigmoid(2 (x + add)) - 1 (the Python loops' form from
+// TANH_BY_SIGMOID_MIN values, kernels/base.py); y may be x
+RNNKIT_CLONES void tanh_row(float* y, const float* x, const float* add, int64_t n) {
+  if (add == nullptr) {
+    for (int64_t j = 0; j < n; ++j) y[j] = 2.0f / (1.0f + exp_row_value(-2.0f * x[j])) - 1.0f;
+  } else {
+    for (int64_t j = 0; j < n; ++j)
+      y[j] = 2.0f / (1.0f + exp_row_value(-2.0f * (x[j] + add[j]))) - 1.0f;
+  }
+}
+
+// float64 (the gradient checks): libm's, a value at a time
+void sigmoid_row(double* y, const double* x, const double* add, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) y[j] = sigmoid(add == nullptr ? x[j] : x[j] + add[j]);
+}
+
+void tanh_row(double* y, const double* x, const double* add, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) y[j] = std::tanh(add == nullptr ? x[j] : x[j] + add[j]);
+}
+
 // mean and 1 / sqrt(biased variance + eps) of x[0:n], two passes
 template <typename S>
 inline void moments(const S* x, int64_t n, double eps, S* mean, S* rstd) {
@@ -84,12 +143,6 @@ inline __attribute__((always_inline)) void small_mm_body(S* __restrict__ y, int6
   }
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RNNKIT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define RNNKIT_CLONES
-#endif
-
 RNNKIT_CLONES void small_mm(float* y, int64_t ldy, const float* a, int64_t lda, const float* b,
                             int64_t m, int64_t k, int64_t n) {
   small_mm_body<float>(y, ldy, a, lda, b, m, k, n);
@@ -105,10 +158,50 @@ RNNKIT_CLONES void small_mm(double* y, int64_t ldy, const double* a, int64_t lda
 // 14.5 at 4 x 128 -> 512, 52.9 against 68.9 at 1 x 512 -> 2048, level at 16 rows.
 constexpr int64_t SMALL_MM_ROWS = 16;
 
+// A loop's recurrent weight as its per-step products read it: b (k, n) contiguous, for
+// small_mm and ATen, and, where the kernels chose oneDNN for this batch's products
+// (rnnkit.gemm.StepWeight), packed: b^T in oneDNN's layout (mkldnn::_reorder_linear_weight).
+// b may be absent when packed is given and the batch is past SMALL_MM_ROWS (the kernels then
+// never make the contiguous b: rnnkit.gemm.StepWeight.loops_operands).
+struct StepB {
+  const OptTensor& b;
+  const OptTensor& packed;
+};
+
+// oneDNN's product a @ w^T (+ bias (n), or + other (m, n) as a binary post-op), on a weight
+// packed by mkldnn::_reorder_linear_weight: torch's own ops (the ones rnnkit.gemm calls from
+// Python), through the dispatcher
+Tensor onednn_mm(const Tensor& a, const Tensor& packed, const Tensor& bias, const Tensor& other) {
+  static const auto plain =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+          .typed<Tensor(const Tensor&, const Tensor&, const OptTensor&, c10::string_view,
+                        c10::List<c10::optional<c10::Scalar>>, c10::optional<c10::string_view>)>();
+  static const auto binary =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkldnn::_linear_pointwise", "binary")
+          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                        c10::string_view)>();
+  const Tensor ac = a.contiguous();
+  if (other.defined()) return binary.call(ac, other.contiguous(), packed, c10::nullopt, "add");
+  return plain.call(ac, packed, bias.defined() ? OptTensor(bias) : OptTensor(), "none",
+                    c10::List<c10::optional<c10::Scalar>>(), c10::nullopt);
+}
+
 // out (m, n) = addend + a (m, k) @ b (k, n): addend is out itself (accumulate), one (n) row
-// added to every row (a bias), an (m, n) tensor, or undefined (zero).
-void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const Tensor& b) {
-  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+// added to every row (a bias), an (m, n) tensor, or undefined (zero). Up to SMALL_MM_ROWS rows
+// small_mm, past them oneDNN where the weight is packed for it, else ATen.
+void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w) {
+  const int64_t m = a.size(0), k = a.size(1);
+  if (w.packed.has_value() && (m > SMALL_MM_ROWS || !w.b.has_value())) {
+    const bool bias = addend.defined() && addend.dim() == 1;
+    out.copy_(onednn_mm(a, *w.packed, bias ? addend : Tensor(),
+                        bias || !addend.defined() ? Tensor() : addend));
+    return;
+  }
+  TORCH_CHECK(w.b.has_value(), "step_mm: no dense weight for a product of ", m, " rows");
+  const Tensor& b = *w.b;
+  const int64_t n = b.size(1);
   const bool small = m <= SMALL_MM_ROWS && out.stride(1) == 1 && a.stride(1) == 1 &&
                      b.is_contiguous();
   if (!small) {
@@ -131,9 +224,10 @@ void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const Tensor& b
 }
 
 // addend + a @ b as a new tensor (addend (m, n) or undefined)
-Tensor step_mm(const Tensor& addend, const Tensor& a, const Tensor& b) {
-  Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  step_mm(out, addend.defined() ? addend.contiguous() : addend, a, b);
+Tensor step_mm(const Tensor& addend, const Tensor& a, const StepB& w) {
+  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
+  Tensor out = at::empty({a.size(0), n}, a.options());
+  step_mm(out, addend.defined() ? addend.contiguous() : addend, a, w);
   return out;
 }
 
@@ -184,8 +278,8 @@ void forward_step(S* gt, const S* a, const S* g_hh, const S* c_prev, S* c, S* tc
         gr[H + j] += p[H + j] * cp[j];
       }
     }
-    for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j]);
-    for (int64_t j = 2 * H; j < 3 * H; ++j) gr[j] = std::tanh(gr[j]);
+    sigmoid_row(gr, gr, nullptr, 2 * H);
+    tanh_row(gr + 2 * H, gr + 2 * H, nullptr, H);
     const S* i = gr;
     const S* f = gr + H;
     const S* g = gr + 2 * H;
@@ -196,18 +290,18 @@ void forward_step(S* gt, const S* a, const S* g_hh, const S* c_prev, S* c, S* tc
     if (p != nullptr) {
       for (int64_t j = 0; j < H; ++j) o[j] += p[2 * H + j] * cr[j];
     }
-    for (int64_t j = 0; j < H; ++j) o[j] = sigmoid(o[j]);
+    sigmoid_row(o, o, nullptr, H);
     if (g_c != nullptr) {
       moments(cr, H, eps, mc + b, rc + b);
       const S m = mc[b], r = rc[b];
       S* tr = tc + b * H;
-      for (int64_t j = 0; j < H; ++j) {
-        const S y = (cr[j] - m) * r * g_c[j] + (b_c != nullptr ? b_c[j] : S(0));
-        tr[j] = std::tanh(y);
-        hr[j] = o[j] * tr[j];
-      }
+      for (int64_t j = 0; j < H; ++j)
+        tr[j] = (cr[j] - m) * r * g_c[j] + (b_c != nullptr ? b_c[j] : S(0));
+      tanh_row(tr, tr, nullptr, H);
+      for (int64_t j = 0; j < H; ++j) hr[j] = o[j] * tr[j];
     } else {
-      for (int64_t j = 0; j < H; ++j) hr[j] = o[j] * std::tanh(cr[j]);
+      tanh_row(hr, cr, nullptr, H);
+      for (int64_t j = 0; j < H; ++j) hr[j] *= o[j];
     }
     if (mask != nullptr && !mask[b]) {  // outside its sequence the row keeps its state
       for (int64_t j = 0; j < H; ++j) {
@@ -275,14 +369,13 @@ void gru_forward_step(S* gt, S* gh, const S* a, const S* g_hh, const S* b_hh, co
       for (int64_t j = 0; j < G; ++j)
         ghr[j] = (ar[j] - m) * r * g_hh[j] + (b_hh != nullptr ? b_hh[j] : S(0));
     }
-    for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j] + ghr[j]);
+    sigmoid_row(gr, gr, ghr, 2 * H);
     const S* hp = h_prev + b * H;
     S* hr = h + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const S n = std::tanh(gr[2 * H + j] + gr[j] * ghr[2 * H + j]);
-      gr[2 * H + j] = n;
-      hr[j] = n + gr[H + j] * (hp[j] - n);
-    }
+    S* n = gr + 2 * H;
+    for (int64_t j = 0; j < H; ++j) n[j] += gr[j] * ghr[2 * H + j];
+    tanh_row(n, n, nullptr, H);
+    for (int64_t j = 0; j < H; ++j) hr[j] = n[j] + gr[H + j] * (hp[j] - n[j]);
     if (mask != nullptr && !mask[b]) {
       for (int64_t j = 0; j < H; ++j) hr[j] = hp[j];
     }
@@ -355,10 +448,11 @@ Tensor step_start(Tensor& dh, const OptTensor& mask, const OptTensor& after, int
 //   tanh(LN(c_t) g_c + b_c); g_hh (G), g_c (H), b_c (H) or none.
 //   peephole (3, H) contiguous or none: the peephole LSTM's weights (forward_step).
 // Returns the per-step means and rstds (T, B, 1) of the two layer norms (none without).
-TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, OptTensor mask,
+TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, OptTensor wt, Tensor tc, OptTensor mask,
                         OptTensor a_hh, OptTensor g_hh, OptTensor g_c, OptTensor b_c,
-                        double eps, OptTensor peephole) {
+                        double eps, OptTensor peephole, OptTensor packed) {
   const int64_t T = gates.size(0), B = gates.size(1), H = c.size(2);
+  const StepB fw{wt, packed};
   const bool ln = a_hh.has_value();
   auto opts = gates.options();
   TensorList stats;
@@ -375,10 +469,10 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, 
       S* a = nullptr;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        step_mm(at_, Tensor(), h.select(0, t), wt);
+        step_mm(at_, Tensor(), h.select(0, t), fw);
         a = at_.data_ptr<S>();
       } else {
-        step_mm(gt, gt, h.select(0, t), wt);
+        step_mm(gt, gt, h.select(0, t), fw);
       }
       const int64_t s = t * B;
       forward_step<S>(gt.data_ptr<S>(), a, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
@@ -403,11 +497,13 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, Tensor wt, Tensor tc, 
 //   With layer norm: c (T + 1, B, H) the cells, a_hh (T, B, G) the recurrent term's inputs
 //   (overwritten with their gradients), the gains and shift, stats as lstm_forward returns.
 // Returns dh_0, dc_0 and, with layer norm, the gradients of g_hh, g_c and b_c (if given).
-TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh, Tensor dc,
+TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, OptTensor w, Tensor dh, Tensor dc,
                          OptTensor after, OptTensor after_c, OptTensor mask, Tensor c,
                          OptTensor a_hh,
-                         OptTensor g_hh, OptTensor g_c, OptTensor b_c, TensorList stats) {
+                         OptTensor g_hh, OptTensor g_c, OptTensor b_c, TensorList stats,
+                         OptTensor packed) {
   const int64_t T = dgates.size(0), B = dgates.size(1), H = k.size(2);
+  const StepB bw{w, packed};
   const bool ln = a_hh.has_value();
   Tensor dg_hh, dg_c, db_c;
   if (ln) {
@@ -436,7 +532,7 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh,
           ln ? dg_c.data_ptr<S>() : nullptr, db_c.defined() ? db_c.data_ptr<S>() : nullptr,
           dc_prev.data_ptr<S>(), dct.data_ptr<S>(), B, H);
       const Tensor dpre = ln ? a_hh->select(0, t) : dg;
-      dh = step_mm(base, dpre, w);
+      dh = step_mm(base, dpre, bw);
       dc = base_c.defined() ? dc_prev + base_c : dc_prev;
     }
   });
@@ -456,9 +552,11 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, Tensor w, Tensor dh,
 //   wt (H, 3H); b_hh (3H) or none; mask as lstm_forward.
 //   With layer norm (a_hh (T, B, 3H) given): a_hh receives h_t W_hh^T, normalised with gain
 //   g_hh and shift b_hh. Returns the layer norm's per-step means and rstds (T, B, 1).
-TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, Tensor wt, OptTensor b_hh,
-                       OptTensor mask, OptTensor a_hh, OptTensor g_hh, double eps) {
+TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, OptTensor wt, OptTensor b_hh,
+                       OptTensor mask, OptTensor a_hh, OptTensor g_hh, double eps,
+                       OptTensor packed) {
   const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  const StepB fw{wt, packed};
   const bool ln = a_hh.has_value();
   TensorList stats;
   if (ln) {
@@ -473,10 +571,10 @@ TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, Tensor wt, OptTensor 
       S* a = nullptr;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        step_mm(at_, Tensor(), h.select(0, t), wt);
+        step_mm(at_, Tensor(), h.select(0, t), fw);
         a = at_.data_ptr<S>();
       } else {
-        step_mm(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), wt);
+        step_mm(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), fw);
       }
       const int64_t s = t * B;
       gru_forward_step<S>(gates.select(0, t).data_ptr<S>(), gh.data_ptr<S>(), a,
@@ -494,9 +592,11 @@ TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, Tensor wt, OptTensor 
 //   gates (T, B, 3H): r, z, n. w (3H, H). after, mask as lstm_backward.
 //   With layer norm: a_hh (T, B, 3H) (overwritten with its gradient), g_hh, stats as
 //   gru_forward returns. Returns dh_0 and, with layer norm, the gain's gradient.
-TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor after,
-                        OptTensor mask, OptTensor a_hh, OptTensor g_hh, TensorList stats) {
+TensorList gru_backward(Tensor gh4, Tensor gates, OptTensor w, Tensor dh, OptTensor after,
+                        OptTensor mask, OptTensor a_hh, OptTensor g_hh, TensorList stats,
+                        OptTensor packed) {
   const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  const StepB bw{w, packed};
   const bool ln = a_hh.has_value();
   Tensor dg_hh = ln ? at::zeros({3 * H}, gates.options()) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
@@ -513,7 +613,7 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
                            ln ? stats[1].data_ptr<S>() + s : nullptr,
                            ln ? dg_hh.data_ptr<S>() : nullptr, B, H);
       const Tensor dpre = ln ? a_hh->select(0, t) : gh4.select(0, t).narrow(-1, 0, 3 * H);
-      dh = step_mm(direct, dpre, w);
+      dh = step_mm(direct, dpre, bw);
     }
   });
   TensorList out = {dh};
@@ -528,9 +628,10 @@ TensorList gru_backward(Tensor gh4, Tensor gates, Tensor w, Tensor dh, OptTensor
 //   transposed recurrent weights. mask as lstm_forward. As GRUBeforeKernel.forward_step:
 //   r, z = sigma(xp_rz + h_{t-1} W_rz^T), n = tanh(xp_n + (r h_{t-1}) W_n^T),
 //   h_t = n + z (h_{t-1} - n).
-void gru_before_forward(Tensor gates, Tensor h, Tensor rh, Tensor wt_rz, Tensor wt_n,
-                        OptTensor mask) {
+void gru_before_forward(Tensor gates, Tensor h, Tensor rh, OptTensor wt_rz, OptTensor wt_n,
+                        OptTensor mask, OptTensor packed_rz, OptTensor packed_n) {
   const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  const StepB fw_rz{wt_rz, packed_rz}, fw_n{wt_n, packed_n};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_before_forward", [&] {
     using S = scalar_t;
     const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
@@ -538,17 +639,17 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, Tensor wt_rz, Tensor 
       Tensor gt = gates.select(0, t);
       Tensor rz = gt.narrow(-1, 0, 2 * H);
       Tensor ht = h.select(0, t);
-      step_mm(rz, rz, ht, wt_rz);
+      step_mm(rz, rz, ht, fw_rz);
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* rhp = rh.select(0, t).data_ptr<S>();
       for (int64_t b = 0; b < B; ++b) {
         S* gr = g + b * 3 * H;
-        for (int64_t j = 0; j < 2 * H; ++j) gr[j] = sigmoid(gr[j]);
+        sigmoid_row(gr, gr, nullptr, 2 * H);
         for (int64_t j = 0; j < H; ++j) rhp[b * 2 * H + j] = gr[j] * hp[b * H + j];
       }
       Tensor n = gt.narrow(-1, 2 * H, H);
-      step_mm(n, n, rh.select(0, t).narrow(-1, 0, H), wt_n);
+      step_mm(n, n, rh.select(0, t).narrow(-1, 0, H), fw_n);
       S* hn = h.select(0, t + 1).data_ptr<S>();
       for (int64_t b = 0; b < B; ++b) {
         S* gr = g + b * 3 * H;
@@ -557,10 +658,8 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, Tensor wt_rz, Tensor 
         const S* hr = hp + b * H;
         S* out = hn + b * H;
         const bool inside = m == nullptr || m[t * B + b];
-        for (int64_t j = 0; j < H; ++j) {
-          nr[j] = std::tanh(nr[j]);
-          out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
-        }
+        tanh_row(nr, nr, nullptr, H);
+        for (int64_t j = 0; j < H; ++j) out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
       }
     }
   });
@@ -571,9 +670,11 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, Tensor wt_rz, Tensor 
 // h_{t-1} and z(1 - z)(h_{t-1} - n) (GRUBeforeKernel.start_backward). Each step turns n's slot
 // into dL/dn_pre and rh into dL/d[r, z]_pre, as GRUBeforeKernel.backward_step. w_rz (2H, H),
 // w_n (H, H): the recurrent weights. after, mask as lstm_backward. Returns dh_0.
-TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n, Tensor dh,
-                               OptTensor after, OptTensor mask) {
+TensorList gru_before_backward(Tensor gates, Tensor rh, OptTensor w_rz, OptTensor w_n, Tensor dh,
+                               OptTensor after, OptTensor mask, OptTensor packed_rz,
+                               OptTensor packed_n) {
   const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  const StepB bw_rz{w_rz, packed_rz}, bw_n{w_n, packed_n};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_before_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -590,7 +691,7 @@ TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n,
         }
       }
       Tensor drh = at::empty({B, H}, dh.options());
-      step_mm(drh, Tensor(), gt.narrow(-1, 2 * H, H), w_n);
+      step_mm(drh, Tensor(), gt.narrow(-1, 2 * H, H), bw_n);
       Tensor direct = at::empty({B, H}, dh.options());
       const S* dr = drh.data_ptr<S>();
       S* di = direct.data_ptr<S>();
@@ -604,7 +705,7 @@ TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n,
           di[k] = d[k] * z[j] + (bp != nullptr ? bp[k] : S(0)) + dr[k] * r[j];
         }
       }
-      step_mm(direct, direct, rt, w_rz);
+      step_mm(direct, direct, rt, bw_rz);
       dh = direct;
     }
   });
@@ -615,15 +716,16 @@ TensorList gru_before_backward(Tensor gates, Tensor rh, Tensor w_rz, Tensor w_n,
 // bias), receives u, n; h (T + 1, B, H); wt (H, 2H); mask as lstm_forward. As
 // MinimalGRUKernel.forward_step: u, n = sigma, tanh of (xp_t + h_{t-1} W_hh^T),
 // h_t = h_{t-1} + u (n - h_{t-1}).
-void minimal_gru_forward(Tensor gates, Tensor h, Tensor wt, OptTensor mask) {
+void minimal_gru_forward(Tensor gates, Tensor h, OptTensor wt, OptTensor mask, OptTensor packed) {
   const int64_t T = gates.size(0), B = gates.size(1), H = h.size(2);
+  const StepB fw{wt, packed};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_minimal_gru_forward", [&] {
     using S = scalar_t;
     const bool* m = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
     for (int64_t t = 0; t < T; ++t) {
       Tensor gt = gates.select(0, t);
       Tensor ht = h.select(0, t);
-      step_mm(gt, gt, ht, wt);
+      step_mm(gt, gt, ht, fw);
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* hn = h.select(0, t + 1).data_ptr<S>();
@@ -633,11 +735,9 @@ void minimal_gru_forward(Tensor gates, Tensor h, Tensor wt, OptTensor mask) {
         const S* hr = hp + b * H;
         S* out = hn + b * H;
         const bool inside = m == nullptr || m[t * B + b];
-        for (int64_t j = 0; j < H; ++j) {
-          u[j] = sigmoid(u[j]);
-          n[j] = std::tanh(n[j]);
-          out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
-        }
+        sigmoid_row(u, u, nullptr, H);
+        tanh_row(n, n, nullptr, H);
+        for (int64_t j = 0; j < H; ++j) out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
       }
     }
   });
@@ -647,9 +747,10 @@ void minimal_gru_forward(Tensor gates, Tensor h, Tensor wt, OptTensor mask) {
 // hold MinimalGRUKernel.start_backward's factors u(1 - u)(n - h_{t-1}) and u(1 - n^2), which
 // each step multiplies by dL/dh_t (making dL/dgates); u (T, B, H) the update gates; w (2H, H).
 // after, mask as lstm_backward. Returns dh_0.
-TensorList minimal_gru_backward(Tensor gates, Tensor u, Tensor w, Tensor dh, OptTensor after,
-                                OptTensor mask) {
+TensorList minimal_gru_backward(Tensor gates, Tensor u, OptTensor w, Tensor dh, OptTensor after,
+                                OptTensor mask, OptTensor packed) {
   const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
+  const StepB bw{w, packed};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_minimal_gru_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -669,7 +770,7 @@ TensorList minimal_gru_backward(Tensor gates, Tensor u, Tensor w, Tensor dh, Opt
           di[k] = d[k] - d[k] * ur[k] + (bp != nullptr ? bp[k] : S(0));
         }
       }
-      step_mm(direct, direct, gt, w);
+      step_mm(direct, direct, gt, bw);
       dh = direct;
     }
   });
@@ -885,12 +986,13 @@ TensorList gated_scan_backward(int64_t kind, const Tensor& A, const Tensor& c, c
 
 // step_mm for Python: out = addend + a @ b as the loops here make each step's product
 // (StepNorms recomputes the forward's products with it, bit for bit)
-void step_mm_py(Tensor out, OptTensor addend, Tensor a, Tensor b) {
-  step_mm(out, addend.has_value() ? *addend : Tensor(), a, b);
+void step_mm_py(Tensor out, OptTensor addend, Tensor a, OptTensor b, OptTensor packed) {
+  step_mm(out, addend.has_value() ? *addend : Tensor(), a, StepB{b, packed});
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_mm", &step_mm_py, "one step's product as the loops make it");
+  m.attr("SMALL_MM_ROWS") = SMALL_MM_ROWS;
   m.def("gated_scan_forward", &gated_scan_forward,
         "scan engine: the scan cells' gates and c_t = a_t * c_{t-1} + b_t in one pass");
   m.def("gated_scan_backward", &gated_scan_backward,

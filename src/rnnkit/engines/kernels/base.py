@@ -33,9 +33,13 @@ from rnnkit.gemm import StepWeight
 
 _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
-#: the largest batch x hidden size that runs on the compiled loops (measured with
-#: benchmarks/bench_fused.py: they win below ~1024 and lose above)
+#: the largest batch x hidden size whose backward loop runs compiled, and whose forward loop
+#: does; measured with benchmarks/bench_fused.py (each loop's compiled time against its
+#: Python loop's). The forward's activations are vectorised there (one pass over a step's
+#: gates), so it wins at every batch measured; the backward's single-threaded pass loses to
+#: ATen's two-thread calls past a few hundred values.
 FUSED_MAX = 512
+FUSED_FORWARD_MAX = 1 << 62
 
 
 # -- the registry -----------------------------------------------------------------------------
@@ -288,7 +292,8 @@ class StepNorms:
                 if loops is None:
                     weight.addmm(None, x, out=a)
                 else:
-                    loops.step_mm(a, None, x, weight.b)
+                    loops.step_mm(a, None, x, weight.b_for(loops.SMALL_MM_ROWS),
+                                  weight.packed)
 
     def backward(self, t: int, dy: Tensor) -> Tensor:
         """The gradient of step ``t``'s input from that of its output (stored in the buffer
@@ -394,13 +399,15 @@ class Kernel:
     def forward_step(self, t: int) -> None:
         raise NotImplementedError
 
-    def compiled_loops(self):
-        """The compiled loops module when they suit this run: a ``fused`` kernel on the CPU,
-        float32 or float64, a contiguous input projection and a small batch (``FUSED_MAX``
-        values of h per step), where a step's dozen tensor calls cost more in dispatch than in
-        arithmetic; else None."""
+    def compiled_loops(self, backward: bool = False):
+        """The compiled loops module when they suit this run's forward (or ``backward``) loop:
+        a ``fused`` kernel on the CPU, float32 or float64, a contiguous input projection and
+        at most ``FUSED_FORWARD_MAX`` (``FUSED_MAX``) values of h per step, where a step's
+        dozen tensor calls cost more than one fused pass; else None."""
         g = self.gates
-        if not (self.fused and self.B * self.H <= FUSED_MAX and g.device.type == "cpu"
+        values = self.B * self.H  # of h, a step
+        if not (self.fused and values <= (FUSED_MAX if backward else FUSED_FORWARD_MAX)
+                and g.device.type == "cpu"
                 and g.dtype in (torch.float32, torch.float64) and g.is_contiguous()):
             return None
         return compiled.loops()

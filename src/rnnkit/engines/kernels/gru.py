@@ -148,19 +148,21 @@ class GRUAfterKernel(_GRUKernel):
             return super().forward_loop(mask)
         mask = None if mask is None else mask.contiguous()
         self.forward_loops = loops
-        self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, self.fw.b,
+        wt = self.fw.b_for(loops.SMALL_MM_ROWS)
+        self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, wt,
                                        self.b_hh, mask, self.norm.buf if self.ln else None,
-                                       self.g_hh, LN_EPS)
+                                       self.g_hh, LN_EPS, self.fw.packed)
         if self.ln:  # for a backward pass in Python
             self.norm.adopt(self.norm.steps, *self.stats)
 
     def backward_loop(self, grads, afters, mask):
-        loops = self.compiled_loops()
+        loops = self.compiled_loops(backward=True)
         if loops is None:
             return super().backward_loop(grads, afters, mask)
         stats = (self.stats or self.norm.moments()) if self.ln else []
         out = loops.gru_backward(self.gh_hmn, self.gates, self.w_hh, grads[0], afters[0], mask,
-                                 self.norm.buf if self.ln else None, self.g_hh, stats)
+                                 self.norm.buf if self.ln else None, self.g_hh, stats,
+                                 self.bw.packed)
         if self.ln:  # the sum StepNorms would have made of its per-step list
             self.norm.dweights = [out[1]]
         return out[:1]
@@ -272,22 +274,26 @@ class GRUBeforeKernel(_GRUKernel):
         tanh_into(n, n)
         self._blend(t, h, n)
 
-    def compiled_loops(self):
-        return None if self.ln else super().compiled_loops()  # they have no layer norm here
+    def compiled_loops(self, backward=False):
+        return None if self.ln else super().compiled_loops(backward)  # no layer norm there
 
     def forward_loop(self, mask):
         loops = self.compiled_loops()
         if loops is None:
             return super().forward_loop(mask)
-        loops.gru_before_forward(self.gates, self.state_seqs[0], self.rh_hmn, self.fw_rz.b,
-                                 self.fw_n.b, None if mask is None else mask.contiguous())
+        rows = loops.SMALL_MM_ROWS
+        loops.gru_before_forward(self.gates, self.state_seqs[0], self.rh_hmn,
+                                 self.fw_rz.b_for(rows), self.fw_n.b_for(rows),
+                                 None if mask is None else mask.contiguous(),
+                                 self.fw_rz.packed, self.fw_n.packed)
 
     def backward_loop(self, grads, afters, mask):
-        loops = self.compiled_loops()
+        loops = self.compiled_loops(backward=True)
         if loops is None:
             return super().backward_loop(grads, afters, mask)
         return loops.gru_before_backward(self.gates, self.rh_hmn, self.w_rz, self.w_n, grads[0],
-                                         afters[0], None if mask is None else mask.contiguous())
+                                         afters[0], None if mask is None else mask.contiguous(),
+                                         self.bw_rz.packed, self.bw_n.packed)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads
@@ -380,15 +386,17 @@ class MinimalGRUKernel(Kernel):
         loops = self.compiled_loops()
         if loops is None:
             return super().forward_loop(mask)
-        loops.minimal_gru_forward(self.gates, self.state_seqs[0], self.fw.b,
-                                  None if mask is None else mask.contiguous())
+        loops.minimal_gru_forward(self.gates, self.state_seqs[0],
+                                  self.fw.b_for(loops.SMALL_MM_ROWS),
+                                  None if mask is None else mask.contiguous(), self.fw.packed)
 
     def backward_loop(self, grads, afters, mask):
-        loops = self.compiled_loops()
+        loops = self.compiled_loops(backward=True)
         if loops is None:
             return super().backward_loop(grads, afters, mask)
         return loops.minimal_gru_backward(self.gates, self.u, self.w_hh, grads[0], afters[0],
-                                          None if mask is None else mask.contiguous())
+                                          None if mask is None else mask.contiguous(),
+                                          self.bw.packed)
 
     def backward_step(self, t, grads, base):
         (dh,) = grads

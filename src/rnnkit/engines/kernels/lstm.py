@@ -134,15 +134,17 @@ class LSTMKernel(Kernel):
         ln = self.ln
         mask = None if mask is None else mask.contiguous()
         self.forward_loops = loops
-        self.stats = loops.lstm_forward(self.gates, *self.state_seqs, self.fw.b, self.tanh_c,
+        wt = self.fw.b_for(loops.SMALL_MM_ROWS)
+        self.stats = loops.lstm_forward(self.gates, *self.state_seqs, wt, self.tanh_c,
                                         mask, self.norm_h.buf if ln else None, self.g_hh,
-                                        self.g_c, self.b_c, LN_EPS, self.peephole)
+                                        self.g_c, self.b_c, LN_EPS, self.peephole,
+                                        self.fw.packed)
         if ln:  # for a backward pass in Python
             self.norm_h.adopt(self.norm_h.steps, *self.stats[:2])
             self.norm_c.adopt(self.state_steps[1][1:], *self.stats[2:])
 
     def backward_loop(self, grads, afters, mask):
-        loops = self.compiled_loops()
+        loops = self.compiled_loops(backward=True)
         if loops is None or not (self.dh_to_dc.is_contiguous() and self.forget.is_contiguous()):
             return super().backward_loop(grads, afters, mask)
         ln = self.ln
@@ -152,7 +154,7 @@ class LSTMKernel(Kernel):
             stats = self.stats or [*nh.moments(), *nc.moments()]
         out = loops.lstm_backward(self.dgates, self.dh_to_dc, self.forget, self.w_hh, *grads,
                                   *afters, mask, self.state_seqs[1], nh.buf if ln else None,
-                                  self.g_hh, self.g_c, self.b_c, stats)
+                                  self.g_hh, self.g_c, self.b_c, stats, self.bw.packed)
         if ln:  # the sums StepNorms would have made of its per-step lists
             nh.dweights, nc.dweights, nc.dbiases = [out[2]], [out[3]], out[4:]
         return out[:2]
