@@ -359,11 +359,15 @@ class StepWeight:
             self._b = self._bt.t().contiguous()
         return self._b
 
-    def b_for(self, small_rows: int) -> Tensor | None:
-        """``B`` for a caller that multiplies up to ``small_rows`` rows by it itself and
-        passes more to oneDNN (the compiled step loops): None where oneDNN takes every
-        product, so that a transposed ``B`` is never made for nothing."""
-        return None if self.packed is not None and self.rows > small_rows else self.b
+    def b_for(self, makes_itself: Callable[[int, int, int], bool]) -> Tensor | None:
+        """``B`` for a caller that makes the (m, k) x (k, n) products for which
+        ``makes_itself(m, k, n)`` holds and passes the others to oneDNN (the compiled step
+        loops): None where oneDNN takes every product, so that a transposed ``B`` is never
+        made for nothing."""
+        k, n = (self._bt.shape[1], self._bt.shape[0]) if self._b is None else self._b.shape
+        if self.packed is not None and not makes_itself(self.rows, k, n):
+            return None
+        return self.b
 
     def addmm(self, base: Tensor | None, a: Tensor, out: Tensor | None = None,
               bias: Tensor | None = None, *, copy: bool = True) -> Tensor:

@@ -153,15 +153,24 @@ RNNKIT_CLONES void small_mm(double* y, int64_t ldy, const double* a, int64_t lda
   small_mm_body<double>(y, ldy, a, lda, b, m, k, n);
 }
 
-// At most this many rows go through small_mm; more go to ATen. Measured (tenth session, AMD
-// EPYC, AVX-512, 2 threads): small_mm 2.6 against ATen's 5.0 us at 1 x 128 -> 512, 7.4 against
-// 14.5 at 4 x 128 -> 512, 52.9 against 68.9 at 1 x 512 -> 2048, level at 16 rows.
+// At most this many rows, and this many multiply-adds, go through small_mm; more go to oneDNN
+// or ATen (two threads). Measured (eleventh session, AMD EPYC, AVX-512, 2 threads):
+// small_mm 2.6 against ATen's 5.0 us at 1 x 128 -> 512, 7.4 against 15.0 at 4 x 128 -> 512,
+// 54 against 71 at 1 x 512 -> 2048 (1M multiply-adds), even at 8 x 256 -> 1024 (2M), 116
+// against 89 at 16 x 256 -> 1024 (4M); in whole forward loops (benchmarks/bench_fused.py)
+// 1.3-1.9x the Python loops' time at 4-16 x 512 -> 2048, whose 4 MiB weight one core reads
+// from past its cache every step.
 constexpr int64_t SMALL_MM_ROWS = 16;
+constexpr int64_t SMALL_MM_WORK = int64_t(1) << 21;
+
+bool uses_small_mm(int64_t m, int64_t k, int64_t n) {
+  return m <= SMALL_MM_ROWS && m * k * n <= SMALL_MM_WORK;
+}
 
 // A loop's recurrent weight as its per-step products read it: b (k, n) contiguous, for
 // small_mm and ATen, and, where the kernels chose oneDNN for this batch's products
 // (rnnkit.gemm.StepWeight), packed: b^T in oneDNN's layout (mkldnn::_reorder_linear_weight).
-// b may be absent when packed is given and the batch is past SMALL_MM_ROWS (the kernels then
+// b may be absent when packed is given and small_mm does not take the product (the kernels then
 // never make the contiguous b: rnnkit.gemm.StepWeight.loops_operands).
 struct StepB {
   const OptTensor& b;
@@ -193,7 +202,8 @@ Tensor onednn_mm(const Tensor& a, const Tensor& packed, const Tensor& bias, cons
 // small_mm, past them oneDNN where the weight is packed for it, else ATen.
 void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w) {
   const int64_t m = a.size(0), k = a.size(1);
-  if (w.packed.has_value() && (m > SMALL_MM_ROWS || !w.b.has_value())) {
+  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
+  if (w.packed.has_value() && (!uses_small_mm(m, k, n) || !w.b.has_value())) {
     const bool bias = addend.defined() && addend.dim() == 1;
     out.copy_(onednn_mm(a, *w.packed, bias ? addend : Tensor(),
                         bias || !addend.defined() ? Tensor() : addend));
@@ -201,8 +211,7 @@ void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w)
   }
   TORCH_CHECK(w.b.has_value(), "step_mm: no dense weight for a product of ", m, " rows");
   const Tensor& b = *w.b;
-  const int64_t n = b.size(1);
-  const bool small = m <= SMALL_MM_ROWS && out.stride(1) == 1 && a.stride(1) == 1 &&
+  const bool small = uses_small_mm(m, k, n) && out.stride(1) == 1 && a.stride(1) == 1 &&
                      b.is_contiguous();
   if (!small) {
     if (!addend.defined()) {
@@ -992,7 +1001,8 @@ void step_mm_py(Tensor out, OptTensor addend, Tensor a, OptTensor b, OptTensor p
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_mm", &step_mm_py, "one step's product as the loops make it");
-  m.attr("SMALL_MM_ROWS") = SMALL_MM_ROWS;
+  m.def("uses_small_mm", &uses_small_mm,
+        "whether the loops make an (m, k) x (k, n) step product themselves");
   m.def("gated_scan_forward", &gated_scan_forward,
         "scan engine: the scan cells' gates and c_t = a_t * c_{t-1} + b_t in one pass");
   m.def("gated_scan_backward", &gated_scan_backward,

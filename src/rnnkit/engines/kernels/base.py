@@ -35,10 +35,10 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 
 #: the largest batch x hidden size whose backward loop runs compiled, and whose forward loop
 #: does; measured with benchmarks/bench_fused.py (each loop's compiled time against its
-#: Python loop's). The forward's activations are vectorised there (one pass over a step's
-#: gates), so it wins at every batch measured; the backward's single-threaded pass loses to
-#: ATen's two-thread calls past a few hundred values.
-FUSED_MAX = 512
+#: Python loop's; RESULTS.md). The forward's activations are vectorised there (one pass over
+#: a step's gates), so it wins at every size measured (0.3-0.95x); the backward, without
+#: transcendentals, wins up to about a thousand values (0.6-0.9x) and is even past them.
+FUSED_MAX = 1024
 FUSED_FORWARD_MAX = 1 << 62
 
 
@@ -292,7 +292,7 @@ class StepNorms:
                 if loops is None:
                     weight.addmm(None, x, out=a)
                 else:
-                    loops.step_mm(a, None, x, weight.b_for(loops.SMALL_MM_ROWS),
+                    loops.step_mm(a, None, x, weight.b_for(loops.uses_small_mm),
                                   weight.packed)
 
     def backward(self, t: int, dy: Tensor) -> Tensor:

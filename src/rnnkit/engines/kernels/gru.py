@@ -148,7 +148,7 @@ class GRUAfterKernel(_GRUKernel):
             return super().forward_loop(mask)
         mask = None if mask is None else mask.contiguous()
         self.forward_loops = loops
-        wt = self.fw.b_for(loops.SMALL_MM_ROWS)
+        wt = self.fw.b_for(loops.uses_small_mm)
         self.stats = loops.gru_forward(self.gates, self.state_seqs[0], self.gh_hmn, wt,
                                        self.b_hh, mask, self.norm.buf if self.ln else None,
                                        self.g_hh, LN_EPS, self.fw.packed)
@@ -281,9 +281,9 @@ class GRUBeforeKernel(_GRUKernel):
         loops = self.compiled_loops()
         if loops is None:
             return super().forward_loop(mask)
-        rows = loops.SMALL_MM_ROWS
+        small = loops.uses_small_mm
         loops.gru_before_forward(self.gates, self.state_seqs[0], self.rh_hmn,
-                                 self.fw_rz.b_for(rows), self.fw_n.b_for(rows),
+                                 self.fw_rz.b_for(small), self.fw_n.b_for(small),
                                  None if mask is None else mask.contiguous(),
                                  self.fw_rz.packed, self.fw_n.packed)
 
@@ -387,7 +387,7 @@ class MinimalGRUKernel(Kernel):
         if loops is None:
             return super().forward_loop(mask)
         loops.minimal_gru_forward(self.gates, self.state_seqs[0],
-                                  self.fw.b_for(loops.SMALL_MM_ROWS),
+                                  self.fw.b_for(loops.uses_small_mm),
                                   None if mask is None else mask.contiguous(), self.fw.packed)
 
     def backward_loop(self, grads, afters, mask):

@@ -134,7 +134,7 @@ class LSTMKernel(Kernel):
         ln = self.ln
         mask = None if mask is None else mask.contiguous()
         self.forward_loops = loops
-        wt = self.fw.b_for(loops.SMALL_MM_ROWS)
+        wt = self.fw.b_for(loops.uses_small_mm)
         self.stats = loops.lstm_forward(self.gates, *self.state_seqs, wt, self.tanh_c,
                                         mask, self.norm_h.buf if ln else None, self.g_hh,
                                         self.g_c, self.b_c, LN_EPS, self.peephole,
