@@ -336,7 +336,8 @@ def test_compiled_loops_at_large_batches_equal_python_loops(compiled_loops, cell
     if backend == "onednn" and not gemm.onednn_available():
         pytest.skip("this torch has no oneDNN")
     torch.manual_seed(5)
-    monkeypatch.setattr(base, "FUSED_MAX", 10 ** 6)  # the compiled loops at every batch
+    for name in ("FUSED_FORWARD_MAX", "FUSED_MAX", "FUSED_LN_MAX"):  # compiled at any size
+        monkeypatch.setattr(base, name, 10 ** 6)
     x = torch.randn(24, 9, 3)
     lengths = torch.randint(1, 10, (24,))
     layer = build_layer(cell_id, "bptt", 3, 6, seed=4, batch_first=True).float()

@@ -38,7 +38,10 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 #: Python loop's; RESULTS.md). The forward's activations are vectorised there (one pass over
 #: a step's gates), so it wins at every size measured (0.3-0.95x); the backward, without
 #: transcendentals, wins up to about a thousand values (0.6-0.9x) and is even past them.
+#: The layer-normalised cells' backward, with two more row passes a step in Python, wins up
+#: to 8,192 values (0.8-0.95x).
 FUSED_MAX = 1024
+FUSED_LN_MAX = 8192
 FUSED_FORWARD_MAX = 1 << 62
 
 
@@ -402,12 +405,14 @@ class Kernel:
     def compiled_loops(self, backward: bool = False):
         """The compiled loops module when they suit this run's forward (or ``backward``) loop:
         a ``fused`` kernel on the CPU, float32 or float64, a contiguous input projection and
-        at most ``FUSED_FORWARD_MAX`` (``FUSED_MAX``) values of h per step, where a step's
-        dozen tensor calls cost more than one fused pass; else None."""
+        at most ``FUSED_FORWARD_MAX`` (backward: ``FUSED_MAX``, with layer norm
+        ``FUSED_LN_MAX``) values of h per step, where a step's dozen tensor calls cost more
+        than one fused pass; else None."""
         g = self.gates
         values = self.B * self.H  # of h, a step
-        if not (self.fused and values <= (FUSED_MAX if backward else FUSED_FORWARD_MAX)
-                and g.device.type == "cpu"
+        most = (FUSED_FORWARD_MAX if not backward
+                else FUSED_LN_MAX if getattr(self, "ln", False) else FUSED_MAX)
+        if not (self.fused and values <= most and g.device.type == "cpu"
                 and g.dtype in (torch.float32, torch.float64) and g.is_contiguous()):
             return None
         return compiled.loops()
