@@ -240,6 +240,21 @@ Tensor step_mm(const Tensor& addend, const Tensor& a, const StepB& w) {
   return out;
 }
 
+// A step's product for a fused pass to read: where oneDNN makes it (as step_mm would), its
+// output a @ b (+ addend when addend is a bias row), which the caller adds to an (m, n) addend
+// itself (one pass over hot rows instead of oneDNN's binary post-op and a copy into out);
+// else out = addend + a @ b is made here and the result is undefined.
+Tensor step_product(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w) {
+  const int64_t m = a.size(0), k = a.size(1);
+  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
+  if (w.packed.has_value() && (!uses_small_mm(m, k, n) || !w.b.has_value())) {
+    const bool bias = addend.defined() && addend.dim() == 1;
+    return onednn_mm(a, *w.packed, bias ? addend : Tensor(), Tensor());
+  }
+  step_mm(out, addend, a, w);
+  return Tensor();
+}
+
 // Layer norm's backward over one row of n values x with gain g (mean m, rstd r):
 // dx = r (dy g - mean(dy g) - xhat mean(dy g xhat)), xhat = (x - m) r, written to dx, which may
 // be x or dy itself; the gain's (and, given db, the shift's) gradients are added to dg (db).
@@ -263,20 +278,27 @@ void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r
   }
 }
 
-// One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm)
-// and receives the gates; with layer norm, a = h_{t-1} W_hh^T is normalised and added first.
+// One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm,
+// or y = h_{t-1} W_hh^T is added first, given) and receives the gates; with layer norm,
+// a = h_{t-1} W_hh^T is normalised and added first (and copied to a_keep, given).
 // With peepholes (p: (3, H), the peephole LSTM's p_i, p_f, p_o; no layer norm):
 // i, f = sigma(. + p_if c_{t-1}), o = sigma(. + p_o c_t), as PeepholeKernel.forward_step.
 template <typename S>
-void forward_step(S* gt, const S* a, const S* g_hh, const S* c_prev, S* c, S* tc, S* h,
-                  const S* h_prev, const S* g_c, const S* b_c, S* mh, S* rh, S* mc, S* rc,
-                  const S* p, const bool* mask, int64_t B, int64_t H, double eps) {
+void forward_step(S* gt, const S* y, const S* a, S* a_keep, const S* g_hh, const S* c_prev,
+                  S* c, S* tc, S* h, const S* h_prev, const S* g_c, const S* b_c, S* mh, S* rh,
+                  S* mc, S* rc, const S* p, const bool* mask, int64_t B, int64_t H,
+                  double eps) {
   const int64_t G = 4 * H;
   for (int64_t b = 0; b < B; ++b) {
     S* gr = gt + b * G;
     const S* cp = c_prev + b * H;
+    if (y != nullptr) {
+      const S* yr = y + b * G;
+      for (int64_t j = 0; j < G; ++j) gr[j] += yr[j];
+    }
     if (a != nullptr) {
       const S* ar = a + b * G;
+      if (a_keep != nullptr) std::copy(ar, ar + G, a_keep + b * G);
       moments(ar, G, eps, mh + b, rh + b);
       const S m = mh[b], r = rh[b];
       for (int64_t j = 0; j < G; ++j) gr[j] += (ar[j] - m) * r * g_hh[j];
@@ -362,17 +384,20 @@ void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, cons
 
 // GRU (reset after the product, torch.nn.GRU's), one step's elementwise work, all rows.
 // gt (B, 3H) holds x W_ih^T + b_ih and receives r, z, n; gh (row stride 4H) holds the
-// recurrent projection h_{t-1} W_hh^T + b_hh, or with layer norm receives
-// LN(a) g_hh + b_hh of a = h_{t-1} W_hh^T.
+// recurrent projection h_{t-1} W_hh^T + b_hh (or receives it from y (B, 3H), given), or with
+// layer norm receives LN(a) g_hh + b_hh of a = h_{t-1} W_hh^T (a copied to a_keep, given).
 template <typename S>
-void gru_forward_step(S* gt, S* gh, const S* a, const S* g_hh, const S* b_hh, const S* h_prev,
-                      S* h, S* mh, S* rh, const bool* mask, int64_t B, int64_t H, double eps) {
+void gru_forward_step(S* gt, S* gh, const S* y, const S* a, S* a_keep, const S* g_hh,
+                      const S* b_hh, const S* h_prev, S* h, S* mh, S* rh, const bool* mask,
+                      int64_t B, int64_t H, double eps) {
   const int64_t G = 3 * H;
   for (int64_t b = 0; b < B; ++b) {
     S* gr = gt + b * G;
     S* ghr = gh + b * 4 * H;
+    if (y != nullptr) std::copy(y + b * G, y + (b + 1) * G, ghr);
     if (a != nullptr) {
       const S* ar = a + b * G;
+      if (a_keep != nullptr) std::copy(ar, ar + G, a_keep + b * G);
       moments(ar, G, eps, mh + b, rh + b);
       const S m = mh[b], r = rh[b];
       for (int64_t j = 0; j < G; ++j)
@@ -476,15 +501,19 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, OptTensor wt, Tensor t
     for (int64_t t = 0; t < T; ++t) {
       Tensor gt = gates.select(0, t);
       S* a = nullptr;
+      S* a_keep = nullptr;
+      Tensor y;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        step_mm(at_, Tensor(), h.select(0, t), fw);
-        a = at_.data_ptr<S>();
+        y = step_product(at_, Tensor(), h.select(0, t), fw);
+        a = y.defined() ? y.data_ptr<S>() : at_.data_ptr<S>();
+        if (y.defined()) a_keep = at_.data_ptr<S>();
       } else {
-        step_mm(gt, gt, h.select(0, t), fw);
+        y = step_product(gt, gt, h.select(0, t), fw);
       }
       const int64_t s = t * B;
-      forward_step<S>(gt.data_ptr<S>(), a, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
+      forward_step<S>(gt.data_ptr<S>(), y.defined() && !ln ? y.data_ptr<S>() : nullptr, a,
+                      a_keep, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
                       ln ? tc.data_ptr<S>() + s * H : nullptr, hp + (s + B) * H, hp + s * H,
                       ptr_or_null<S>(g_c), ptr_or_null<S>(b_c),
                       ln ? stats[0].data_ptr<S>() + s : nullptr,
@@ -578,15 +607,19 @@ TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, OptTensor wt, OptTens
     for (int64_t t = 0; t < T; ++t) {
       Tensor gh = gh4.select(0, t).narrow(-1, 0, 3 * H);
       S* a = nullptr;
+      S* a_keep = nullptr;
+      Tensor y;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        step_mm(at_, Tensor(), h.select(0, t), fw);
-        a = at_.data_ptr<S>();
+        y = step_product(at_, Tensor(), h.select(0, t), fw);
+        a = y.defined() ? y.data_ptr<S>() : at_.data_ptr<S>();
+        if (y.defined()) a_keep = at_.data_ptr<S>();
       } else {
-        step_mm(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), fw);
+        y = step_product(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), fw);
       }
       const int64_t s = t * B;
-      gru_forward_step<S>(gates.select(0, t).data_ptr<S>(), gh.data_ptr<S>(), a,
+      gru_forward_step<S>(gates.select(0, t).data_ptr<S>(), gh.data_ptr<S>(),
+                          y.defined() && !ln ? y.data_ptr<S>() : nullptr, a, a_keep,
                           ptr_or_null<S>(g_hh), ptr_or_null<S>(b_hh), hp + s * H,
                           hp + (s + B) * H, ln ? stats[0].data_ptr<S>() + s : nullptr,
                           ln ? stats[1].data_ptr<S>() + s : nullptr,
