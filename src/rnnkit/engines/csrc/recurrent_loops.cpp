@@ -681,17 +681,19 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, OptTensor wt_rz, OptT
       Tensor gt = gates.select(0, t);
       Tensor rz = gt.narrow(-1, 0, 2 * H);
       Tensor ht = h.select(0, t);
-      step_mm(rz, rz, ht, fw_rz);
+      const Tensor y = step_product(rz, rz, ht, fw_rz);  // oneDNN's, added here
+      const S* yp = y.defined() ? y.data_ptr<S>() : nullptr;
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* rhp = rh.select(0, t).data_ptr<S>();
       for (int64_t b = 0; b < B; ++b) {
         S* gr = g + b * 3 * H;
-        sigmoid_row(gr, gr, nullptr, 2 * H);
+        sigmoid_row(gr, gr, yp == nullptr ? nullptr : yp + b * 2 * H, 2 * H);
         for (int64_t j = 0; j < H; ++j) rhp[b * 2 * H + j] = gr[j] * hp[b * H + j];
       }
       Tensor n = gt.narrow(-1, 2 * H, H);
-      step_mm(n, n, rh.select(0, t).narrow(-1, 0, H), fw_n);
+      const Tensor yn = step_product(n, n, rh.select(0, t).narrow(-1, 0, H), fw_n);
+      const S* ynp = yn.defined() ? yn.data_ptr<S>() : nullptr;
       S* hn = h.select(0, t + 1).data_ptr<S>();
       for (int64_t b = 0; b < B; ++b) {
         S* gr = g + b * 3 * H;
@@ -700,7 +702,7 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, OptTensor wt_rz, OptT
         const S* hr = hp + b * H;
         S* out = hn + b * H;
         const bool inside = m == nullptr || m[t * B + b];
-        tanh_row(nr, nr, nullptr, H);
+        tanh_row(nr, nr, ynp == nullptr ? nullptr : ynp + b * H, H);
         for (int64_t j = 0; j < H; ++j) out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
       }
     }
@@ -767,7 +769,8 @@ void minimal_gru_forward(Tensor gates, Tensor h, OptTensor wt, OptTensor mask, O
     for (int64_t t = 0; t < T; ++t) {
       Tensor gt = gates.select(0, t);
       Tensor ht = h.select(0, t);
-      step_mm(gt, gt, ht, fw);
+      const Tensor y = step_product(gt, gt, ht, fw);  // oneDNN's, added here
+      const S* yp = y.defined() ? y.data_ptr<S>() : nullptr;
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* hn = h.select(0, t + 1).data_ptr<S>();
@@ -777,8 +780,8 @@ void minimal_gru_forward(Tensor gates, Tensor h, OptTensor wt, OptTensor mask, O
         const S* hr = hp + b * H;
         S* out = hn + b * H;
         const bool inside = m == nullptr || m[t * B + b];
-        sigmoid_row(u, u, nullptr, H);
-        tanh_row(n, n, nullptr, H);
+        sigmoid_row(u, u, yp == nullptr ? nullptr : yp + b * 2 * H, H);
+        tanh_row(n, n, yp == nullptr ? nullptr : yp + b * 2 * H + H, H);
         for (int64_t j = 0; j < H; ++j) out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
       }
     }
