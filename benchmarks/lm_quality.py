@@ -255,7 +255,8 @@ def _word_lm(name: str):
 
 def _child_rate(name: str, variant: str, steps: int, threads: int) -> float:
     """Tokens per second of the word LM ``name`` in a fresh process: ``variant`` "now" (with
-    rnnkit.allocator's settings) or "before" (ATen, whole logits, the C library's settings)."""
+    rnnkit.allocator's settings) or "before" (ATen, whole logits, the C library's settings,
+    the Python step loops past batch x hidden = 512)."""
     out = subprocess.run([sys.executable, __file__, "--child", f"{name}|{variant}", "--steps",
                           str(steps), "--threads", str(threads)], capture_output=True,
                          text=True, check=True)
@@ -271,6 +272,11 @@ def _child(spec: str, steps: int) -> float:
     model, batches = _word_lm(name)
     if variant == "now":
         return _train_rate(model, batches, steps)
+    from rnnkit.engines.kernels import base
+
+    # the compiled loops' reach before issue 15: batch x hidden <= 512 both ways (the word
+    # LM's 32 x 384 ran the Python loops)
+    base.FUSED_FORWARD_MAX = base.FUSED_MAX = base.FUSED_LN_MAX = 512
     with gemm.forced("aten"):
         return _train_rate(UnfusedLoss(model), batches, steps)
 

@@ -178,6 +178,29 @@ def test_the_choice_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
     assert len(calls) == 5
 
 
+def test_a_measurement_leaves_the_random_state_as_it_was(tmp_path, monkeypatch):
+    """The first run on a machine measures its products (random operands) and a later run
+    reads the cache: both must draw the same dropout masks. A StepWeight's measurement on an
+    empty cache leaves torch's random stream where it was."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(gemm._state, "choices", None)
+    measured = []
+
+    def fake_measure(run_aten, run_onednn):
+        measured.append(1)
+        run_aten(), run_onednn()  # both make their random operands
+        return "aten"
+
+    monkeypatch.setattr(gemm, "measure", fake_measure)
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    with gemm.forced(None):
+        gemm.StepWeight(torch.randn(256, 1024, generator=torch.Generator().manual_seed(1)), 32)
+    assert measured == [1]
+    torch.testing.assert_close(torch.rand(5), expected, rtol=0, atol=0)
+
+
 def test_size_classes():
     assert [gemm.size_class(x) for x in (1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 129, 2240, 23278)] \
         == [1, 2, 3, 4, 6, 6, 8, 8, 12, 128, 192, 3072, 24576]

@@ -191,11 +191,15 @@ def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object]) ->
 
 def remembered(key: str, choose_now: Callable[[], str]) -> str:
     """The choice stored under ``key`` for this machine, else ``choose_now()``, stored (in
-    memory and in the machine's cache file) for next time."""
+    memory and in the machine's cache file) for next time. ``choose_now`` runs with torch's
+    CPU random state saved and restored: a measurement's random operands must not move the
+    dropout masks of the run that happens to measure (a first run on a machine trained
+    differently from the same run with the cache warm)."""
     choices = _choices()
     value = choices.get(key)
     if value is None:
-        value = choices[key] = choose_now()
+        with torch.random.fork_rng(devices=[]):
+            value = choices[key] = choose_now()
         _save()
     return value
 
