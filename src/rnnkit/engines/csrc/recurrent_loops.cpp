@@ -106,14 +106,29 @@ void tanh_row(double* y, const double* x, const double* add, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] = std::tanh(add == nullptr ? x[j] : x[j] + add[j]);
 }
 
+// Sums over a row in kLanes partial sums, so that the loop vectorises (one running sum is a
+// chain of dependent adds the compiler may not reorder: at 32 rows of 768 the layer norms'
+// sums were most of a GRU-LN step).
+constexpr int kLanes = 16;
+
+// sum over j < n of f(j)
+template <typename S, typename F>
+inline S lane_sum(int64_t n, const F& f) {
+  S acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += f(j + l);
+  S sum = 0;
+  for (; j < n; ++j) sum += f(j);
+  for (int l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
+}
+
 // mean and 1 / sqrt(biased variance + eps) of x[0:n], two passes
 template <typename S>
 inline void moments(const S* x, int64_t n, double eps, S* mean, S* rstd) {
-  S sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += x[j];
-  const S m = sum / S(n);
-  S var = 0;
-  for (int64_t j = 0; j < n; ++j) var += (x[j] - m) * (x[j] - m);
+  const S m = lane_sum<S>(n, [x](int64_t j) { return x[j]; }) / S(n);
+  const S var = lane_sum<S>(n, [x, m](int64_t j) { return (x[j] - m) * (x[j] - m); });
   *mean = m;
   *rstd = S(1) / std::sqrt(var / S(n) + S(eps));
 }
@@ -277,17 +292,14 @@ Tensor step_product(Tensor& out, const Tensor& addend, const Tensor& a, const St
 template <typename S>
 void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r, const S* g,
                              S* dg, S* db) {
-  S s1 = 0, s2 = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const S xhat = (x[j] - m) * r;
-    const S dyw = dy[j] * g[j];
-    s1 += dyw;
-    s2 += dyw * xhat;
-    dg[j] += dy[j] * xhat;
-    if (db != nullptr) db[j] += dy[j];
+  for (int64_t j = 0; j < n; ++j) dg[j] += dy[j] * ((x[j] - m) * r);
+  if (db != nullptr) {
+    for (int64_t j = 0; j < n; ++j) db[j] += dy[j];
   }
-  s1 /= S(n);
-  s2 /= S(n);
+  const S s1 = lane_sum<S>(n, [dy, g](int64_t j) { return dy[j] * g[j]; }) / S(n);
+  const S s2 = lane_sum<S>(n, [dy, g, x, m, r](int64_t j) {
+                 return dy[j] * g[j] * ((x[j] - m) * r);
+               }) / S(n);
   for (int64_t j = 0; j < n; ++j) {
     const S xhat = (x[j] - m) * r;
     dx[j] = r * (dy[j] * g[j] - s1 - xhat * s2);
