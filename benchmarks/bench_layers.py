@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     ap.add_argument("--targets", action="store_true",
                     help="print PASS/FAIL against the targets of issue 15")
+    ap.add_argument("--malloc", choices=["system", "keep"], default="system",
+                    help="keep: glibc keeps freed memory for reuse (rnnkit.allocator, as the "
+                         "rnnkit command runs) for every candidate of the timing runs; "
+                         "default: the C library's settings")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -470,7 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.shapes, args.repeats, args.warmup, args.min_time = [QUICK_SHAPE], 1, 1, 0.0
     torch.set_num_threads(args.threads)
-    print(f"# {gemm.describe()}; {gemm.ENV}={os.environ.get(gemm.ENV, 'auto')}")
+    if args.malloc == "keep":
+        from rnnkit import allocator
+
+        allocator.keep_freed_memory()
+    print(f"# {gemm.describe()}; {gemm.ENV}={os.environ.get(gemm.ENV, 'auto')}; "
+          f"malloc: {args.malloc}")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
           f"time-major input; median of {args.repeats} interleaved repeats; ratios to "
           f"{BASELINE} (forward+backward, and forward-only under no_grad); peak memory: the "
