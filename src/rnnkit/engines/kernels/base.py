@@ -36,8 +36,9 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 #: the largest batch x hidden size whose backward loop runs compiled, and whose forward loop
 #: does; measured with benchmarks/bench_fused.py (each loop's compiled time against its
 #: Python loop's; RESULTS.md). The forward's activations are vectorised there (one pass over
-#: a step's gates), so it wins at every size measured (0.3-0.95x); the backward, without
-#: transcendentals, wins up to about a thousand values (0.6-0.9x) and is even past them.
+#: a step's gates), so it wins at nearly every size measured (0.3-0.98x; 1.00-1.06 at three
+#: of 105); the backward, without transcendentals, wins up to about a thousand values
+#: (0.5-0.9x) and is even past them.
 #: The layer-normalised cells' backward, with two more row passes a step in Python, wins up
 #: to 8,192 values (0.8-0.95x).
 FUSED_MAX = 1024
