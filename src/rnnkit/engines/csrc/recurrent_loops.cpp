@@ -5,11 +5,11 @@
 // These compute what LSTMKernel / GRUAfterKernel .forward_step and .backward_step in
 // rnnkit/engines/bptt.py compute, on the same buffers, leaving them as the Python loops leave
 // them (tests/test_engines.py compares the two). A step is one product (small_mm below, or
-// ATen's GEMM past 16 rows) plus one loop over the batch rows here, instead of a dozen ATen
-// calls: at small batches each of those costs a
-// few microseconds of dispatch and setup for a few hundred numbers of arithmetic. The
-// transcendental functions here are scalar, so at large batches the vectorised ATen calls of
-// the Python loops are faster; bptt.py chooses (Kernel._loops).
+// oneDNN's or ATen's GEMM past it) plus one loop over the batch rows here, instead of a dozen
+// ATen calls, each of which costs a few microseconds of dispatch and setup; the float32
+// activations are vectorised (sigmoid_row, tanh_row). The kernels choose where these loops
+// run (Kernel.compiled_loops: FUSED_FORWARD_MAX, FUSED_MAX, FUSED_LN_MAX in
+// engines/kernels/base.py, measured with benchmarks/bench_fused.py).
 //
 // Shapes: T steps, B batch rows, H hidden units, G = 4H; gate order i, f, g, o; every tensor
 // contiguous. Layer norm (Ba et al. 2016) as rnnkit's LSTMCell: the recurrent term
@@ -202,10 +202,17 @@ bool uses_small_mm(int64_t m, int64_t k, int64_t n) {
 // small_mm and ATen, and, where the kernels chose oneDNN for this batch's products
 // (rnnkit.gemm.StepWeight), packed: b^T in oneDNN's layout (mkldnn::_reorder_linear_weight).
 // b may be absent when packed is given and small_mm does not take the product (the kernels then
-// never make the contiguous b: rnnkit.gemm.StepWeight.loops_operands).
+// never make the contiguous b: rnnkit.gemm.StepWeight.b_for).
 struct StepB {
   const OptTensor& b;
   const OptTensor& packed;
+
+  int64_t n() const { return b.has_value() ? b->size(1) : packed->size(0); }
+
+  // whether oneDNN makes an (m, k) product by this weight
+  bool onednn(int64_t m, int64_t k) const {
+    return packed.has_value() && (!b.has_value() || !uses_small_mm(m, k, n()));
+  }
 };
 
 // oneDNN's product a @ w^T (+ bias (n), or + other (m, n) as a binary post-op), on a weight
@@ -229,12 +236,11 @@ Tensor onednn_mm(const Tensor& a, const Tensor& packed, const Tensor& bias, cons
 }
 
 // out (m, n) = addend + a (m, k) @ b (k, n): addend is out itself (accumulate), one (n) row
-// added to every row (a bias), an (m, n) tensor, or undefined (zero). Up to SMALL_MM_ROWS rows
-// small_mm, past them oneDNN where the weight is packed for it, else ATen.
+// added to every row (a bias), an (m, n) tensor, or undefined (zero). small_mm where
+// uses_small_mm, else oneDNN where the weight is packed for it, else ATen.
 void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w) {
-  const int64_t m = a.size(0), k = a.size(1);
-  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
-  if (w.packed.has_value() && (!uses_small_mm(m, k, n) || !w.b.has_value())) {
+  const int64_t m = a.size(0), k = a.size(1), n = w.n();
+  if (w.onednn(m, k)) {
     const bool bias = addend.defined() && addend.dim() == 1;
     out.copy_(onednn_mm(a, *w.packed, bias ? addend : Tensor(),
                         bias || !addend.defined() ? Tensor() : addend));
@@ -265,8 +271,7 @@ void step_mm(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w)
 
 // addend + a @ b as a new tensor (addend (m, n) or undefined)
 Tensor step_mm(const Tensor& addend, const Tensor& a, const StepB& w) {
-  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
-  Tensor out = at::empty({a.size(0), n}, a.options());
+  Tensor out = at::empty({a.size(0), w.n()}, a.options());
   step_mm(out, addend.defined() ? addend.contiguous() : addend, a, w);
   return out;
 }
@@ -276,14 +281,22 @@ Tensor step_mm(const Tensor& addend, const Tensor& a, const StepB& w) {
 // itself (one pass over hot rows instead of oneDNN's binary post-op and a copy into out);
 // else out = addend + a @ b is made here and the result is undefined.
 Tensor step_product(Tensor& out, const Tensor& addend, const Tensor& a, const StepB& w) {
-  const int64_t m = a.size(0), k = a.size(1);
-  const int64_t n = w.b.has_value() ? w.b->size(1) : w.packed->size(0);
-  if (w.packed.has_value() && (!uses_small_mm(m, k, n) || !w.b.has_value())) {
+  if (w.onednn(a.size(0), a.size(1))) {
     const bool bias = addend.defined() && addend.dim() == 1;
     return onednn_mm(a, *w.packed, bias ? addend : Tensor(), Tensor());
   }
   step_mm(out, addend, a, w);
   return Tensor();
+}
+
+// A layer-normalised step's recurrent term a = h_{t-1} W_hh^T (B, G), into buf (the step's
+// slice of a_hh): returns where a step function reads it (oneDNN's output, or buf itself)
+// and sets keep to buf when the step function must copy it there.
+template <typename S>
+const S* ln_step_input(Tensor& buf, const Tensor& h_prev, const StepB& w, Tensor& y, S** keep) {
+  y = step_product(buf, Tensor(), h_prev, w);
+  *keep = y.defined() ? buf.data_ptr<S>() : nullptr;
+  return y.defined() ? y.data_ptr<S>() : buf.data_ptr<S>();
 }
 
 // Layer norm's backward over one row of n values x with gain g (mean m, rstd r):
@@ -528,14 +541,12 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, OptTensor wt, Tensor t
     S* cp = c.data_ptr<S>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor gt = gates.select(0, t);
-      S* a = nullptr;
+      const S* a = nullptr;
       S* a_keep = nullptr;
       Tensor y;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        y = step_product(at_, Tensor(), h.select(0, t), fw);
-        a = y.defined() ? y.data_ptr<S>() : at_.data_ptr<S>();
-        if (y.defined()) a_keep = at_.data_ptr<S>();
+        a = ln_step_input<S>(at_, h.select(0, t), fw, y, &a_keep);
       } else {
         y = step_product(gt, gt, h.select(0, t), fw);
       }
@@ -634,14 +645,12 @@ TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, OptTensor wt, OptTens
     S* hp = h.data_ptr<S>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor gh = gh4.select(0, t).narrow(-1, 0, 3 * H);
-      S* a = nullptr;
+      const S* a = nullptr;
       S* a_keep = nullptr;
       Tensor y;
       if (ln) {
         Tensor at_ = a_hh->select(0, t);
-        y = step_product(at_, Tensor(), h.select(0, t), fw);
-        a = y.defined() ? y.data_ptr<S>() : at_.data_ptr<S>();
-        if (y.defined()) a_keep = at_.data_ptr<S>();
+        a = ln_step_input<S>(at_, h.select(0, t), fw, y, &a_keep);
       } else {
         y = step_product(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), fw);
       }

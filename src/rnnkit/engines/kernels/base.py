@@ -365,6 +365,9 @@ class Kernel:
     #: True when engines/csrc/recurrent_loops.cpp has this kernel's loops (its forward_loop
     #: and backward_loop then call them through :meth:`compiled_loops`)
     fused: ClassVar[bool] = False
+    #: True when the kernel runs a layer-normalised cell (set by the kernels that have one):
+    #: its compiled backward reaches FUSED_LN_MAX instead of FUSED_MAX
+    ln: bool = False
     #: the layer norms' per-step means and rstds, (T, B, 1) each, when the compiled forward
     #: loop ran (its backward loop reads them); None otherwise
     stats: list[Tensor] | None = None
@@ -412,7 +415,7 @@ class Kernel:
         g = self.gates
         values = self.B * self.H  # of h, a step
         most = (FUSED_FORWARD_MAX if not backward
-                else FUSED_LN_MAX if getattr(self, "ln", False) else FUSED_MAX)
+                else FUSED_LN_MAX if self.ln else FUSED_MAX)
         if not (self.fused and values <= most and g.device.type == "cpu"
                 and g.dtype in (torch.float32, torch.float64) and g.is_contiguous()):
             return None
