@@ -9,11 +9,11 @@ backwards::
     g<t> = dL/dc<t> + a<t+1> * g<t+1>        dL/db<t> = g<t>     dL/da<t> = g<t> * c<t-1>
     dL/dc<0> = a<1> * g<1>
 
-On the CPU (:class:`GatedScan`) the gates are activated by ATen's vectorised sigmoid / tanh
-over the whole sequence, then one compiled pass (``gated_scan_forward`` in
-engines/csrc/recurrent_loops.cpp) forms ``a`` and ``b`` and runs the recurrence, and one pass
-back (``gated_scan_backward``) gives the gradient of every gate's pre-activation: no (T, B, H)
-intermediate is stored but the activated gates and ``c``. Elsewhere (CUDA), or without a
+On the CPU (:class:`GatedScan`) one compiled pass (``gated_scan_forward`` in
+engines/csrc/recurrent_loops.cpp) activates the gates (a vectorised sigmoid), forms ``a`` and
+``b`` and runs the recurrence, and one pass back (``gated_scan_backward``) gives the gradient
+of every gate's pre-activation: no (T, B, H) intermediate is stored but the activated gates
+and ``c``. Elsewhere (CUDA), or without a
 compiler, the cell's :meth:`~rnnkit.cells.scan.ScanCell.coefficients` by autograd and
 :class:`LinearScan`, a torch-op loop of one fused multiply-add per step with the hand-written
 backward above, so the same code runs on every device. Memory is linear in T. Padding is
@@ -111,20 +111,6 @@ def _scripted_scan():
 _KINDS: dict[type[RecurrentCell], int] = {MinGRUCell: 0, MinLSTMCell: 1, QRNNCell: 2}
 
 
-def _activate(kind: int, P: Tensor) -> Tensor:
-    """The gates of pre-activations ``P`` (T, B, G H), a new tensor: minGRU sigma(z) and the
-    candidate's pre-activation, minLSTM sigma(f), sigma(i) and the candidate's, QRNN the
-    sigmoid of all three (the kernels take tanh(z) from sigma(z): ATen's tanh is several times
-    slower than its sigmoid)."""
-    if kind == 2:
-        return torch.sigmoid(P)
-    gates = P.shape[-1] // (2 if kind == 0 else 3) * (kind + 1)
-    A = torch.empty(P.shape, dtype=P.dtype, device=P.device)
-    torch.sigmoid(P[..., :gates], out=A[..., :gates])
-    A[..., gates:] = P[..., gates:]
-    return A
-
-
 class GatedScan(Function):
     """A scan cell's gates and recurrence from its pre-activations ``P`` (T, B, G H): ``c``
     (T, B, H) and for the QRNN ``h = o * c``, in the compiled loops (CPU, float32/float64).
@@ -135,10 +121,10 @@ class GatedScan(Function):
     def forward(ctx, kind: int, P: Tensor, c0: Tensor, h0: Tensor | None,
                 lengths: Tensor | None, positive: bool):
         loops = compiled.loops()
-        A = _activate(kind, P)
         lens = torch.Tensor() if lengths is None else lengths
-        out = loops.gated_scan_forward(kind, A, c0.contiguous(),
-                                       h0 if h0 is not None else torch.Tensor(), lens, positive)
+        A, *out = loops.gated_scan_forward(kind, P.contiguous(), c0.contiguous(),
+                                           h0 if h0 is not None else torch.Tensor(), lens,
+                                           positive)
         ctx.kind, ctx.positive = kind, positive
         ctx.save_for_backward(A, out[0], c0, lens)
         return tuple(out) if kind == 2 else out[0]

@@ -863,14 +863,15 @@ TensorList minimal_gru_backward(Tensor gates, Tensor u, OptTensor w, Tensor dh, 
 // cells' coefficients and the recurrence c_t = a_t * c_{t-1} + b_t in one pass forward, and
 // its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
 // the B x H independent columns: each thread takes a block of columns through all T steps.
-// The gates arrive activated by ATen (vectorised sigmoid / tanh over the whole sequence), so
-// the loops here are arithmetic only. What they compute is what rnnkit/cells/scan.py's
-// coefficients and carried compute (tests/test_scan.py compares them):
+// The gates arrive as pre-activations P (one GEMM's output): each row piece is activated
+// (activate_piece, the vectorised sigmoid) into A, which the backward pass reads, and used
+// while it is in cache. What they compute is what rnnkit/cells/scan.py's coefficients and
+// carried compute (tests/test_scan.py compares them):
 //   kind 0, minGRU  (s, v): a = 1 - s,        b = s * v~
 //   kind 1, minLSTM (f, i, v): a = f / (f + i), b = i / (f + i) * v~
 //   kind 2, QRNN    (s, f, o): a = f,          b = (1 - f) * z,   h = o * c
-// where for the QRNN every gate arrives as a sigmoid (one contiguous pass; ATen's tanh is
-// several times slower) and z = tanh(p) = (2s - 1) / (2s^2 - 2s + 1) from s = sigmoid(p).
+// where for the QRNN every gate is activated as a sigmoid (one contiguous pass) and
+// z = tanh(p) = (2s - 1) / (2s^2 - 2s + 1) from s = sigmoid(p).
 // v~ = v, or with `positive` Feng et al.'s g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0).
 // Steps t >= lengths[b] are padding: a = 1, b = 0 (c carried) and h carried.
 namespace {
@@ -881,16 +882,25 @@ inline S tanh_of_sigmoid(S s) {
   return (S(2) * s - S(1)) / (S(2) * s * s - S(2) * s + S(1));
 }
 
-template <typename S>
-inline S cand(S v, bool positive) {
-  return positive ? (v >= S(0) ? v + S(0.5) : sigmoid(v)) : v;
+// Feng et al.'s g and its slope, `Positive` a template argument; in float32 the sigmoid is
+// the vectorised one and both branches are computed, so that a loop over a row vectorises
+inline __attribute__((always_inline)) float scan_sigmoid(float v) {
+  return 1.0f / (1.0f + exp_row_value(-v));
+}
+inline double scan_sigmoid(double v) { return sigmoid(v); }
+
+template <typename S, bool Positive>
+inline __attribute__((always_inline)) S cand_value(S v) {
+  if (!Positive) return v;
+  const S s = scan_sigmoid(v);
+  return v >= S(0) ? v + S(0.5) : s;
 }
 
-template <typename S>
-inline S cand_grad(S v, bool positive) {
-  if (!positive || v >= S(0)) return S(1);
-  const S s = sigmoid(v);
-  return s * (S(1) - s);
+template <typename S, bool Positive>
+inline __attribute__((always_inline)) S cand_slope(S v) {
+  if (!Positive) return S(1);
+  const S s = scan_sigmoid(v);
+  return v >= S(0) ? S(1) : s * (S(1) - s);
 }
 
 // calls f(b, j0, j1) for the row pieces of columns [lo, hi) of B rows of H
@@ -903,43 +913,176 @@ inline void for_rows(int64_t lo, int64_t hi, int64_t H, const F& f) {
   }
 }
 
+// The activated gates a of one row piece [j0, j1) of a step from its pre-activations p: the
+// sigmoid of the first 1 (minGRU), 2 (minLSTM) or 3 (QRNN) blocks of H, the candidate's
+// pre-activation copied (the kernels apply g or nothing to it themselves).
+template <typename S, int Kind>
+inline __attribute__((always_inline)) void activate_piece(
+    const S* __restrict__ p, S* __restrict__ a, int64_t H, int64_t j0, int64_t j1) {
+  constexpr int gates = Kind + 1, blocks = Kind == 0 ? 2 : 3;
+  for (int k = 0; k < blocks; ++k) {
+    const S* pk = p + k * H;
+    S* ak = a + k * H;
+    if (k < gates) {
+      for (int64_t j = j0; j < j1; ++j) ak[j] = scan_sigmoid(pk[j]);
+    } else {
+      for (int64_t j = j0; j < j1; ++j) ak[j] = pk[j];
+    }
+  }
+}
+
+// One row piece [j0, j1) of a step, forward: its gates g activated from p, then c_t (and h_t
+// for the QRNN) from c_{t-1}. Each pointer is the start of its own row (restrict: nothing
+// overlaps), so that the loops vectorise; the float32 versions are compiled for each x86-64
+// level (RNNKIT_CLONES), `positive` is a template argument (no branch inside a loop).
+template <typename S, int Kind, bool Positive>
+inline __attribute__((always_inline)) void forward_piece(
+    const S* __restrict__ p, S* __restrict__ g, const S* __restrict__ prev,
+    S* __restrict__ ct, S* __restrict__ ht, int64_t H, int64_t j0, int64_t j1) {
+  activate_piece<S, Kind>(p, g, H, j0, j1);
+  if (Kind == 0) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S s = g[j];
+      ct[j] = (S(1) - s) * prev[j] + s * cand_value<S, Positive>(g[H + j]);
+    }
+  } else if (Kind == 1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S f = g[j], i = g[H + j], r = S(1) / (f + i);
+      ct[j] = f * r * prev[j] + i * r * cand_value<S, Positive>(g[2 * H + j]);
+    }
+  } else {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S f = g[H + j];
+      const S cj = f * prev[j] + (S(1) - f) * tanh_of_sigmoid(g[j]);
+      ct[j] = cj;
+      ht[j] = g[2 * H + j] * cj;
+    }
+  }
+}
+
+// The same piece backward: the gates' gradients d from g_t = dc_t + gc (gc: the gradient
+// carried from step t + 1, updated in place to what step t - 1 receives), and for the QRNN
+// the carried dL/dh hc (zeroed: h_{t-1} reaches h_t through c only).
+template <typename S, int Kind, bool Positive>
+inline __attribute__((always_inline)) void backward_piece(
+    const S* __restrict__ g, const S* __restrict__ prev, const S* __restrict__ ct,
+    const S* __restrict__ dc, const S* __restrict__ dh, S* __restrict__ d, S* __restrict__ gc,
+    S* __restrict__ hc, int64_t H, int64_t j0, int64_t j1) {
+  if (Kind == 0) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S s = g[j], v = g[H + j], gt = dc[j] + gc[j];
+      d[j] = gt * (cand_value<S, Positive>(v) - prev[j]) * s * (S(1) - s);
+      d[H + j] = gt * s * cand_slope<S, Positive>(v);
+      gc[j] = (S(1) - s) * gt;
+    }
+  } else if (Kind == 1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S f = g[j], i = g[H + j], v = g[2 * H + j], r = S(1) / (f + i);
+      const S gt = dc[j] + gc[j];
+      const S da = gt * prev[j], dr = gt * cand_value<S, Positive>(v);
+      d[j] = (da - dr) * i * r * r * f * (S(1) - f);
+      d[H + j] = (dr - da) * f * r * r * i * (S(1) - i);
+      d[2 * H + j] = gt * i * r * cand_slope<S, Positive>(v);
+      gc[j] = f * r * gt;
+    }
+  } else {
+    for (int64_t j = j0; j < j1; ++j) {
+      const S z = tanh_of_sigmoid(g[j]), f = g[H + j], o = g[2 * H + j];
+      const S dht = dh[j] + hc[j];
+      const S gt = dc[j] + gc[j] + dht * o;
+      d[j] = gt * (S(1) - f) * (S(1) - z * z);
+      d[H + j] = gt * (prev[j] - z) * f * (S(1) - f);
+      d[2 * H + j] = dht * ct[j] * o * (S(1) - o);
+      gc[j] = f * gt;
+      hc[j] = S(0);
+    }
+  }
+}
+
+// kind and positive to the template arguments of the pieces
+// (prev == nullptr: a padding step, the gates activated only)
 template <typename S>
-void gated_forward_cols(int kind, const S* A, const S* c0, const S* h0, const int64_t* len,
-                        bool positive, S* c, S* h, int64_t T, int64_t B, int64_t H,
-                        int64_t lo, int64_t hi) {
+inline __attribute__((always_inline)) void forward_piece_of(
+    int kind, bool positive, const S* p, S* g, const S* prev, S* ct, S* ht, int64_t H,
+    int64_t j0, int64_t j1) {
+  if (prev == nullptr) {
+    kind == 0   ? activate_piece<S, 0>(p, g, H, j0, j1)
+    : kind == 1 ? activate_piece<S, 1>(p, g, H, j0, j1)
+                : activate_piece<S, 2>(p, g, H, j0, j1);
+  } else if (kind == 0) {
+    positive ? forward_piece<S, 0, true>(p, g, prev, ct, ht, H, j0, j1)
+             : forward_piece<S, 0, false>(p, g, prev, ct, ht, H, j0, j1);
+  } else if (kind == 1) {
+    positive ? forward_piece<S, 1, true>(p, g, prev, ct, ht, H, j0, j1)
+             : forward_piece<S, 1, false>(p, g, prev, ct, ht, H, j0, j1);
+  } else {
+    forward_piece<S, 2, false>(p, g, prev, ct, ht, H, j0, j1);
+  }
+}
+
+template <typename S>
+inline __attribute__((always_inline)) void backward_piece_of(
+    int kind, bool positive, const S* g, const S* prev, const S* ct, const S* dc, const S* dh,
+    S* d, S* gc, S* hc, int64_t H, int64_t j0, int64_t j1) {
+  if (kind == 0) {
+    positive ? backward_piece<S, 0, true>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
+             : backward_piece<S, 0, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+  } else if (kind == 1) {
+    positive ? backward_piece<S, 1, true>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
+             : backward_piece<S, 1, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+  } else {
+    backward_piece<S, 2, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+  }
+}
+
+RNNKIT_CLONES void scan_forward_piece(int kind, bool positive, const float* p, float* g,
+                                      const float* prev, float* ct, float* ht, int64_t H,
+                                      int64_t j0, int64_t j1) {
+  forward_piece_of<float>(kind, positive, p, g, prev, ct, ht, H, j0, j1);
+}
+
+void scan_forward_piece(int kind, bool positive, const double* p, double* g,
+                        const double* prev, double* ct, double* ht, int64_t H, int64_t j0,
+                        int64_t j1) {
+  forward_piece_of<double>(kind, positive, p, g, prev, ct, ht, H, j0, j1);
+}
+
+RNNKIT_CLONES void scan_backward_piece(int kind, bool positive, const float* g,
+                                       const float* prev, const float* ct, const float* dc,
+                                       const float* dh, float* d, float* gc, float* hc,
+                                       int64_t H, int64_t j0, int64_t j1) {
+  backward_piece_of<float>(kind, positive, g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+}
+
+void scan_backward_piece(int kind, bool positive, const double* g, const double* prev,
+                         const double* ct, const double* dc, const double* dh, double* d,
+                         double* gc, double* hc, int64_t H, int64_t j0, int64_t j1) {
+  backward_piece_of<double>(kind, positive, g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+}
+
+// P (T, B, G) the gates' pre-activations, A (T, B, G) their activations (written)
+template <typename S>
+void gated_forward_cols(int kind, const S* P, S* A, const S* c0, const S* h0,
+                        const int64_t* len, bool positive, S* c, S* h, int64_t T, int64_t B,
+                        int64_t H, int64_t lo, int64_t hi) {
   const int64_t N = B * H, G = (kind == 0 ? 2 : 3) * H;
   for (int64_t t = 0; t < T; ++t) {
     for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
       const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
       S* ct = c + t * N + b * H;
+      S* ht = h != nullptr ? h + t * N + b * H : nullptr;
+      const int64_t gate_row = (t * B + b) * G;
       if (len != nullptr && t >= len[b]) {  // padding: carried
+        scan_forward_piece(kind, positive, P + gate_row, A + gate_row, nullptr, ct, ht, H, j0,
+                           j1);
         for (int64_t j = j0; j < j1; ++j) ct[j] = prev[j];
         if (h != nullptr) {
           const S* hp = (t ? h + (t - 1) * N : h0) + b * H;
-          S* ht = h + t * N + b * H;
           for (int64_t j = j0; j < j1; ++j) ht[j] = hp[j];
         }
         return;
       }
-      const S* g = A + (t * B + b) * G;
-      if (kind == 0) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const S s = g[j];
-          ct[j] = (S(1) - s) * prev[j] + s * cand(g[H + j], positive);
-        }
-      } else if (kind == 1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const S f = g[j], i = g[H + j], r = S(1) / (f + i);
-          ct[j] = f * r * prev[j] + i * r * cand(g[2 * H + j], positive);
-        }
-      } else {
-        S* ht = h + t * N + b * H;
-        for (int64_t j = j0; j < j1; ++j) {
-          const S f = g[H + j];
-          ct[j] = f * prev[j] + (S(1) - f) * tanh_of_sigmoid(g[j]);
-          ht[j] = g[2 * H + j] * ct[j];
-        }
-      }
+      scan_forward_piece(kind, positive, P + gate_row, A + gate_row, prev, ct, ht, H, j0, j1);
     });
   }
 }
@@ -961,48 +1104,19 @@ void gated_backward_cols(int kind, const S* A, const S* c, const S* c0, const in
     for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
       const int64_t row = t * N + b * H;
       S* gc = carry + b * H;
+      S* hc = hcarry != nullptr ? hcarry + b * H : nullptr;
       S* d = dA + (t * B + b) * G;
       if (len != nullptr && t >= len[b]) {  // padding: a = 1, b = 0; h carried
         for (int64_t j = j0; j < j1; ++j) gc[j] += dc[row + j];
-        if (hcarry != nullptr)
-          for (int64_t j = j0; j < j1; ++j) hcarry[b * H + j] += dh[row + j];
+        if (hc != nullptr)
+          for (int64_t j = j0; j < j1; ++j) hc[j] += dh[row + j];
         for (int64_t k = 0; k < G; k += H)
           for (int64_t j = j0; j < j1; ++j) d[k + j] = S(0);
         return;
       }
-      const S* g = A + (t * B + b) * G;
       const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
-      if (kind == 0) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const S s = g[j], v = g[H + j], gt = dc[row + j] + gc[j];
-          d[j] = gt * (cand(v, positive) - prev[j]) * s * (S(1) - s);
-          d[H + j] = gt * s * cand_grad(v, positive);
-          gc[j] = (S(1) - s) * gt;
-        }
-      } else if (kind == 1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const S f = g[j], i = g[H + j], v = g[2 * H + j], r = S(1) / (f + i);
-          const S gt = dc[row + j] + gc[j];
-          const S da = gt * prev[j], dr = gt * cand(v, positive);
-          d[j] = (da - dr) * i * r * r * f * (S(1) - f);
-          d[H + j] = (dr - da) * f * r * r * i * (S(1) - i);
-          d[2 * H + j] = gt * i * r * cand_grad(v, positive);
-          gc[j] = f * r * gt;
-        }
-      } else {
-        S* hc = hcarry + b * H;
-        const S* ct = c + row;
-        for (int64_t j = j0; j < j1; ++j) {
-          const S z = tanh_of_sigmoid(g[j]), f = g[H + j], o = g[2 * H + j];
-          const S dht = dh[row + j] + hc[j];
-          const S gt = dc[row + j] + gc[j] + dht * o;
-          d[j] = gt * (S(1) - f) * (S(1) - z * z);
-          d[H + j] = gt * (prev[j] - z) * f * (S(1) - f);
-          d[2 * H + j] = dht * ct[j] * o * (S(1) - o);
-          gc[j] = f * gt;
-          hc[j] = S(0);
-        }
-      }
+      scan_backward_piece(kind, positive, A + (t * B + b) * G, prev, c + row, dc + row,
+                          dh != nullptr ? dh + row : nullptr, d, gc, hc, H, j0, j1);
     });
   }
 }
@@ -1011,30 +1125,35 @@ constexpr int64_t kScanGrain = 2048;
 
 }  // namespace
 
-// A (T, B, G) activated gates, c0 (B, H), h0 (B, H) for the QRNN (else undefined), lengths
-// (B,) int64 or undefined: {c} or, for the QRNN, {c, h}, (T, B, H) each.
-TensorList gated_scan_forward(int64_t kind, const Tensor& A, const Tensor& c0, const Tensor& h0,
+// P (T, B, G) the gates' pre-activations, c0 (B, H), h0 (B, H) for the QRNN (else
+// undefined), lengths (B,) int64 or undefined: {A (T, B, G) the activated gates (what
+// gated_scan_backward takes), c} or, for the QRNN, {A, c, h}, (T, B, H) each.
+TensorList gated_scan_forward(int64_t kind, const Tensor& P, const Tensor& c0, const Tensor& h0,
                               const Tensor& lengths, bool positive) {
-  TORCH_CHECK(A.is_contiguous() && c0.is_contiguous(), "gated_scan_forward: contiguous tensors");
-  const int64_t T = A.size(0), B = A.size(1), H = c0.size(-1);
+  TORCH_CHECK(P.is_contiguous() && c0.is_contiguous(), "gated_scan_forward: contiguous tensors");
+  const int64_t T = P.size(0), B = P.size(1), H = c0.size(-1);
+  TORCH_CHECK(P.size(2) == (kind == 0 ? 2 : 3) * H, "gated_scan_forward: P of ", P.size(2),
+              " columns for a hidden size of ", H);
   const bool qrnn = kind == 2;
-  auto c = at::empty({T, B, H}, A.options());
+  auto A = at::empty_like(P);
+  auto c = at::empty({T, B, H}, P.options());
   Tensor h = qrnn ? at::empty({T, B, H}, A.options()) : Tensor();
   const Tensor h0c = qrnn ? h0.contiguous() : Tensor();
   const Tensor lens = lengths.defined() ? lengths.to(at::kLong).contiguous() : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_scan_forward", [&] {
-    const scalar_t* pA = A.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gated_scan_forward", [&] {
+    const scalar_t* pP = P.data_ptr<scalar_t>();
+    scalar_t* pA = A.data_ptr<scalar_t>();
     const scalar_t* p0 = c0.data_ptr<scalar_t>();
     const scalar_t* ph0 = qrnn ? h0c.data_ptr<scalar_t>() : nullptr;
     const int64_t* pl = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
     scalar_t* pc = c.data_ptr<scalar_t>();
     scalar_t* ph = qrnn ? h.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B * H, kScanGrain, [&](int64_t lo, int64_t hi) {
-      gated_forward_cols<scalar_t>(int(kind), pA, p0, ph0, pl, positive, pc, ph, T, B, H, lo,
-                                   hi);
+      gated_forward_cols<scalar_t>(int(kind), pP, pA, p0, ph0, pl, positive, pc, ph, T, B, H,
+                                   lo, hi);
     });
   });
-  TensorList out = {c};
+  TensorList out = {A, c};
   if (qrnn) out.push_back(h);
   return out;
 }
