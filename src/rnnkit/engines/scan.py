@@ -11,9 +11,9 @@ backwards::
 
 On the CPU (:class:`GatedScan`) one compiled pass (``gated_scan_forward`` in
 engines/csrc/recurrent_loops.cpp) activates the gates (a vectorised sigmoid), forms ``a`` and
-``b`` and runs the recurrence, and one pass back (``gated_scan_backward``) gives the gradient
-of every gate's pre-activation: no (T, B, H) intermediate is stored but the activated gates
-and ``c``. Elsewhere (CUDA), or without a
+``b`` and runs the recurrence, and one pass back (``gated_scan_backward``) activates them
+again and gives the gradient of every gate's pre-activation: nothing is stored but the
+pre-activations and ``c``. Elsewhere (CUDA), or without a
 compiler, the cell's :meth:`~rnnkit.cells.scan.ScanCell.coefficients` by autograd and
 :class:`LinearScan`, a torch-op loop of one fused multiply-add per step with the hand-written
 backward above, so the same code runs on every device. Memory is linear in T. Padding is
@@ -122,18 +122,18 @@ class GatedScan(Function):
                 lengths: Tensor | None, positive: bool):
         loops = compiled.loops()
         lens = torch.Tensor() if lengths is None else lengths
-        A, *out = loops.gated_scan_forward(kind, P.contiguous(), c0.contiguous(),
-                                           h0 if h0 is not None else torch.Tensor(), lens,
-                                           positive)
+        P = P.contiguous()
+        out = loops.gated_scan_forward(kind, P, c0.contiguous(),
+                                       h0 if h0 is not None else torch.Tensor(), lens, positive)
         ctx.kind, ctx.positive = kind, positive
-        ctx.save_for_backward(A, out[0], c0, lens)
+        ctx.save_for_backward(P, out[0], c0, lens)
         return tuple(out) if kind == 2 else out[0]
 
     @staticmethod
     def backward(ctx, dc: Tensor, dh: Tensor | None = None):
-        A, c, c0, lens = ctx.saved_tensors
+        P, c, c0, lens = ctx.saved_tensors
         grads = compiled.loops().gated_scan_backward(
-            ctx.kind, A, c, c0.contiguous(), lens, ctx.positive, dc,
+            ctx.kind, P, c, c0.contiguous(), lens, ctx.positive, dc,
             dh if dh is not None else torch.Tensor())
         dh0 = grads[2] if ctx.kind == 2 else None
         return None, grads[0], grads[1], dh0, None, None

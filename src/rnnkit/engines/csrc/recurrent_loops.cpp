@@ -863,31 +863,27 @@ TensorList minimal_gru_backward(Tensor gates, Tensor u, OptTensor w, Tensor dh, 
 // cells' coefficients and the recurrence c_t = a_t * c_{t-1} + b_t in one pass forward, and
 // its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
 // the B x H independent columns: each thread takes a block of columns through all T steps.
-// The gates arrive as pre-activations P (one GEMM's output): each row piece is activated
-// (activate_piece, the vectorised sigmoid) into A, which the backward pass reads, and used
-// while it is in cache. What they compute is what rnnkit/cells/scan.py's coefficients and
-// carried compute (tests/test_scan.py compares them):
+// The gates arrive as pre-activations P (one GEMM's output) and are activated where they are
+// used (gate_values, the vectorised sigmoid), forward and again backward: nothing of the
+// size of P is written but the gradient (an activated copy of P cost a fresh 50 MB mapping a
+// call at (256, 32, 512, 512)). What they compute is what rnnkit/cells/scan.py's coefficients
+// and carried compute (tests/test_scan.py compares them):
 //   kind 0, minGRU  (s, v): a = 1 - s,        b = s * v~
 //   kind 1, minLSTM (f, i, v): a = f / (f + i), b = i / (f + i) * v~
 //   kind 2, QRNN    (s, f, o): a = f,          b = (1 - f) * z,   h = o * c
-// where for the QRNN every gate is activated as a sigmoid (one contiguous pass) and
-// z = tanh(p) = (2s - 1) / (2s^2 - 2s + 1) from s = sigmoid(p).
+// where for the QRNN z = tanh(p_z), f = sigmoid(p_f), o = sigmoid(p_o).
 // v~ = v, or with `positive` Feng et al.'s g(v) = v + 1/2 (v >= 0), sigmoid(v) (v < 0).
 // Steps t >= lengths[b] are padding: a = 1, b = 0 (c carried) and h carried.
 namespace {
 
-// tanh(p) from s = sigmoid(p): tanh(p) = 2 sigmoid(2p) - 1, sigmoid(2p) = s^2 / (s^2 + (1-s)^2)
-template <typename S>
-inline S tanh_of_sigmoid(S s) {
-  return (S(2) * s - S(1)) / (S(2) * s * s - S(2) * s + S(1));
-}
-
-// Feng et al.'s g and its slope, `Positive` a template argument; in float32 the sigmoid is
-// the vectorised one and both branches are computed, so that a loop over a row vectorises
+// The activations (in float32 the vectorised ones), Feng et al.'s g and its slope, `Positive`
+// a template argument; both branches of g are computed, so that a loop over a row vectorises
 inline __attribute__((always_inline)) float scan_sigmoid(float v) {
   return 1.0f / (1.0f + exp_row_value(-v));
 }
 inline double scan_sigmoid(double v) { return sigmoid(v); }
+inline __attribute__((always_inline)) float scan_tanh(float v) { return tanh_row_value(v); }
+inline double scan_tanh(double v) { return std::tanh(v); }
 
 template <typename S, bool Positive>
 inline __attribute__((always_inline)) S cand_value(S v) {
@@ -913,49 +909,30 @@ inline void for_rows(int64_t lo, int64_t hi, int64_t H, const F& f) {
   }
 }
 
-// The activated gates a of one row piece [j0, j1) of a step from its pre-activations p: the
-// sigmoid of the first 1 (minGRU), 2 (minLSTM) or 3 (QRNN) blocks of H, the candidate's
-// pre-activation copied (the kernels apply g or nothing to it themselves).
-template <typename S, int Kind>
-inline __attribute__((always_inline)) void activate_piece(
-    const S* __restrict__ p, S* __restrict__ a, int64_t H, int64_t j0, int64_t j1) {
-  constexpr int gates = Kind + 1, blocks = Kind == 0 ? 2 : 3;
-  for (int k = 0; k < blocks; ++k) {
-    const S* pk = p + k * H;
-    S* ak = a + k * H;
-    if (k < gates) {
-      for (int64_t j = j0; j < j1; ++j) ak[j] = scan_sigmoid(pk[j]);
-    } else {
-      for (int64_t j = j0; j < j1; ++j) ak[j] = pk[j];
-    }
-  }
-}
-
-// One row piece [j0, j1) of a step, forward: its gates g activated from p, then c_t (and h_t
-// for the QRNN) from c_{t-1}. Each pointer is the start of its own row (restrict: nothing
-// overlaps), so that the loops vectorise; the float32 versions are compiled for each x86-64
-// level (RNNKIT_CLONES), `positive` is a template argument (no branch inside a loop).
+// One row piece [j0, j1) of a step, forward: c_t (and h_t for the QRNN) from c_{t-1} and the
+// gates' pre-activations p of that row. Each pointer is the start of its own row (restrict:
+// nothing overlaps), so that the loops vectorise; the float32 versions are compiled for each
+// x86-64 level (RNNKIT_CLONES), `positive` is a template argument (no branch inside a loop).
 template <typename S, int Kind, bool Positive>
 inline __attribute__((always_inline)) void forward_piece(
-    const S* __restrict__ p, S* __restrict__ g, const S* __restrict__ prev,
-    S* __restrict__ ct, S* __restrict__ ht, int64_t H, int64_t j0, int64_t j1) {
-  activate_piece<S, Kind>(p, g, H, j0, j1);
+    const S* __restrict__ p, const S* __restrict__ prev, S* __restrict__ ct,
+    S* __restrict__ ht, int64_t H, int64_t j0, int64_t j1) {
   if (Kind == 0) {
     for (int64_t j = j0; j < j1; ++j) {
-      const S s = g[j];
-      ct[j] = (S(1) - s) * prev[j] + s * cand_value<S, Positive>(g[H + j]);
+      const S s = scan_sigmoid(p[j]);
+      ct[j] = (S(1) - s) * prev[j] + s * cand_value<S, Positive>(p[H + j]);
     }
   } else if (Kind == 1) {
     for (int64_t j = j0; j < j1; ++j) {
-      const S f = g[j], i = g[H + j], r = S(1) / (f + i);
-      ct[j] = f * r * prev[j] + i * r * cand_value<S, Positive>(g[2 * H + j]);
+      const S f = scan_sigmoid(p[j]), i = scan_sigmoid(p[H + j]), r = S(1) / (f + i);
+      ct[j] = f * r * prev[j] + i * r * cand_value<S, Positive>(p[2 * H + j]);
     }
   } else {
     for (int64_t j = j0; j < j1; ++j) {
-      const S f = g[H + j];
-      const S cj = f * prev[j] + (S(1) - f) * tanh_of_sigmoid(g[j]);
+      const S f = scan_sigmoid(p[H + j]);
+      const S cj = f * prev[j] + (S(1) - f) * scan_tanh(p[j]);
       ct[j] = cj;
-      ht[j] = g[2 * H + j] * cj;
+      ht[j] = scan_sigmoid(p[2 * H + j]) * cj;
     }
   }
 }
@@ -965,19 +942,20 @@ inline __attribute__((always_inline)) void forward_piece(
 // the carried dL/dh hc (zeroed: h_{t-1} reaches h_t through c only).
 template <typename S, int Kind, bool Positive>
 inline __attribute__((always_inline)) void backward_piece(
-    const S* __restrict__ g, const S* __restrict__ prev, const S* __restrict__ ct,
+    const S* __restrict__ p, const S* __restrict__ prev, const S* __restrict__ ct,
     const S* __restrict__ dc, const S* __restrict__ dh, S* __restrict__ d, S* __restrict__ gc,
     S* __restrict__ hc, int64_t H, int64_t j0, int64_t j1) {
   if (Kind == 0) {
     for (int64_t j = j0; j < j1; ++j) {
-      const S s = g[j], v = g[H + j], gt = dc[j] + gc[j];
+      const S s = scan_sigmoid(p[j]), v = p[H + j], gt = dc[j] + gc[j];
       d[j] = gt * (cand_value<S, Positive>(v) - prev[j]) * s * (S(1) - s);
       d[H + j] = gt * s * cand_slope<S, Positive>(v);
       gc[j] = (S(1) - s) * gt;
     }
   } else if (Kind == 1) {
     for (int64_t j = j0; j < j1; ++j) {
-      const S f = g[j], i = g[H + j], v = g[2 * H + j], r = S(1) / (f + i);
+      const S f = scan_sigmoid(p[j]), i = scan_sigmoid(p[H + j]), v = p[2 * H + j];
+      const S r = S(1) / (f + i);
       const S gt = dc[j] + gc[j];
       const S da = gt * prev[j], dr = gt * cand_value<S, Positive>(v);
       d[j] = (da - dr) * i * r * r * f * (S(1) - f);
@@ -987,7 +965,8 @@ inline __attribute__((always_inline)) void backward_piece(
     }
   } else {
     for (int64_t j = j0; j < j1; ++j) {
-      const S z = tanh_of_sigmoid(g[j]), f = g[H + j], o = g[2 * H + j];
+      const S z = scan_tanh(p[j]), f = scan_sigmoid(p[H + j]);
+      const S o = scan_sigmoid(p[2 * H + j]);
       const S dht = dh[j] + hc[j];
       const S gt = dc[j] + gc[j] + dht * o;
       d[j] = gt * (S(1) - f) * (S(1) - z * z);
@@ -1000,23 +979,18 @@ inline __attribute__((always_inline)) void backward_piece(
 }
 
 // kind and positive to the template arguments of the pieces
-// (prev == nullptr: a padding step, the gates activated only)
 template <typename S>
 inline __attribute__((always_inline)) void forward_piece_of(
-    int kind, bool positive, const S* p, S* g, const S* prev, S* ct, S* ht, int64_t H,
-    int64_t j0, int64_t j1) {
-  if (prev == nullptr) {
-    kind == 0   ? activate_piece<S, 0>(p, g, H, j0, j1)
-    : kind == 1 ? activate_piece<S, 1>(p, g, H, j0, j1)
-                : activate_piece<S, 2>(p, g, H, j0, j1);
-  } else if (kind == 0) {
-    positive ? forward_piece<S, 0, true>(p, g, prev, ct, ht, H, j0, j1)
-             : forward_piece<S, 0, false>(p, g, prev, ct, ht, H, j0, j1);
+    int kind, bool positive, const S* p, const S* prev, S* ct, S* ht, int64_t H, int64_t j0,
+    int64_t j1) {
+  if (kind == 0) {
+    positive ? forward_piece<S, 0, true>(p, prev, ct, ht, H, j0, j1)
+             : forward_piece<S, 0, false>(p, prev, ct, ht, H, j0, j1);
   } else if (kind == 1) {
-    positive ? forward_piece<S, 1, true>(p, g, prev, ct, ht, H, j0, j1)
-             : forward_piece<S, 1, false>(p, g, prev, ct, ht, H, j0, j1);
+    positive ? forward_piece<S, 1, true>(p, prev, ct, ht, H, j0, j1)
+             : forward_piece<S, 1, false>(p, prev, ct, ht, H, j0, j1);
   } else {
-    forward_piece<S, 2, false>(p, g, prev, ct, ht, H, j0, j1);
+    forward_piece<S, 2, false>(p, prev, ct, ht, H, j0, j1);
   }
 }
 
@@ -1035,16 +1009,15 @@ inline __attribute__((always_inline)) void backward_piece_of(
   }
 }
 
-RNNKIT_CLONES void scan_forward_piece(int kind, bool positive, const float* p, float* g,
+RNNKIT_CLONES void scan_forward_piece(int kind, bool positive, const float* p,
                                       const float* prev, float* ct, float* ht, int64_t H,
                                       int64_t j0, int64_t j1) {
-  forward_piece_of<float>(kind, positive, p, g, prev, ct, ht, H, j0, j1);
+  forward_piece_of<float>(kind, positive, p, prev, ct, ht, H, j0, j1);
 }
 
-void scan_forward_piece(int kind, bool positive, const double* p, double* g,
-                        const double* prev, double* ct, double* ht, int64_t H, int64_t j0,
-                        int64_t j1) {
-  forward_piece_of<double>(kind, positive, p, g, prev, ct, ht, H, j0, j1);
+void scan_forward_piece(int kind, bool positive, const double* p, const double* prev,
+                        double* ct, double* ht, int64_t H, int64_t j0, int64_t j1) {
+  forward_piece_of<double>(kind, positive, p, prev, ct, ht, H, j0, j1);
 }
 
 RNNKIT_CLONES void scan_backward_piece(int kind, bool positive, const float* g,
@@ -1060,21 +1033,18 @@ void scan_backward_piece(int kind, bool positive, const double* g, const double*
   backward_piece_of<double>(kind, positive, g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
 }
 
-// P (T, B, G) the gates' pre-activations, A (T, B, G) their activations (written)
+// P (T, B, G) the gates' pre-activations
 template <typename S>
-void gated_forward_cols(int kind, const S* P, S* A, const S* c0, const S* h0,
-                        const int64_t* len, bool positive, S* c, S* h, int64_t T, int64_t B,
-                        int64_t H, int64_t lo, int64_t hi) {
+void gated_forward_cols(int kind, const S* P, const S* c0, const S* h0, const int64_t* len,
+                        bool positive, S* c, S* h, int64_t T, int64_t B, int64_t H,
+                        int64_t lo, int64_t hi) {
   const int64_t N = B * H, G = (kind == 0 ? 2 : 3) * H;
   for (int64_t t = 0; t < T; ++t) {
     for_rows(lo, hi, H, [&](int64_t b, int64_t j0, int64_t j1) {
       const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
       S* ct = c + t * N + b * H;
       S* ht = h != nullptr ? h + t * N + b * H : nullptr;
-      const int64_t gate_row = (t * B + b) * G;
       if (len != nullptr && t >= len[b]) {  // padding: carried
-        scan_forward_piece(kind, positive, P + gate_row, A + gate_row, nullptr, ct, ht, H, j0,
-                           j1);
         for (int64_t j = j0; j < j1; ++j) ct[j] = prev[j];
         if (h != nullptr) {
           const S* hp = (t ? h + (t - 1) * N : h0) + b * H;
@@ -1082,16 +1052,16 @@ void gated_forward_cols(int kind, const S* P, S* A, const S* c0, const S* h0,
         }
         return;
       }
-      scan_forward_piece(kind, positive, P + gate_row, A + gate_row, prev, ct, ht, H, j0, j1);
+      scan_forward_piece(kind, positive, P + (t * B + b) * G, prev, ct, ht, H, j0, j1);
     });
   }
 }
 
 // dc, dh: the gradients reaching the c and h sequences (dh only for the QRNN); dA: the
-// gradients of the gates' pre-activations (T, B, G); carry (B, H): dL/dc_0 on return, and
+// gradients of the gates' pre-activations P (T, B, G); carry (B, H): dL/dc_0 on return, and
 // hcarry dL/dh_0 (QRNN).
 template <typename S>
-void gated_backward_cols(int kind, const S* A, const S* c, const S* c0, const int64_t* len,
+void gated_backward_cols(int kind, const S* P, const S* c, const S* c0, const int64_t* len,
                          bool positive, const S* dc, const S* dh, S* dA, S* carry, S* hcarry,
                          int64_t T, int64_t B, int64_t H, int64_t lo, int64_t hi) {
   const int64_t N = B * H, G = (kind == 0 ? 2 : 3) * H;
@@ -1115,7 +1085,7 @@ void gated_backward_cols(int kind, const S* A, const S* c, const S* c0, const in
         return;
       }
       const S* prev = (t ? c + (t - 1) * N : c0) + b * H;
-      scan_backward_piece(kind, positive, A + (t * B + b) * G, prev, c + row, dc + row,
+      scan_backward_piece(kind, positive, P + (t * B + b) * G, prev, c + row, dc + row,
                           dh != nullptr ? dh + row : nullptr, d, gc, hc, H, j0, j1);
     });
   }
@@ -1126,8 +1096,7 @@ constexpr int64_t kScanGrain = 2048;
 }  // namespace
 
 // P (T, B, G) the gates' pre-activations, c0 (B, H), h0 (B, H) for the QRNN (else
-// undefined), lengths (B,) int64 or undefined: {A (T, B, G) the activated gates (what
-// gated_scan_backward takes), c} or, for the QRNN, {A, c, h}, (T, B, H) each.
+// undefined), lengths (B,) int64 or undefined: {c} or, for the QRNN, {c, h}, (T, B, H) each.
 TensorList gated_scan_forward(int64_t kind, const Tensor& P, const Tensor& c0, const Tensor& h0,
                               const Tensor& lengths, bool positive) {
   TORCH_CHECK(P.is_contiguous() && c0.is_contiguous(), "gated_scan_forward: contiguous tensors");
@@ -1135,46 +1104,46 @@ TensorList gated_scan_forward(int64_t kind, const Tensor& P, const Tensor& c0, c
   TORCH_CHECK(P.size(2) == (kind == 0 ? 2 : 3) * H, "gated_scan_forward: P of ", P.size(2),
               " columns for a hidden size of ", H);
   const bool qrnn = kind == 2;
-  auto A = at::empty_like(P);
   auto c = at::empty({T, B, H}, P.options());
-  Tensor h = qrnn ? at::empty({T, B, H}, A.options()) : Tensor();
+  Tensor h = qrnn ? at::empty({T, B, H}, P.options()) : Tensor();
   const Tensor h0c = qrnn ? h0.contiguous() : Tensor();
   const Tensor lens = lengths.defined() ? lengths.to(at::kLong).contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gated_scan_forward", [&] {
     const scalar_t* pP = P.data_ptr<scalar_t>();
-    scalar_t* pA = A.data_ptr<scalar_t>();
     const scalar_t* p0 = c0.data_ptr<scalar_t>();
     const scalar_t* ph0 = qrnn ? h0c.data_ptr<scalar_t>() : nullptr;
     const int64_t* pl = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
     scalar_t* pc = c.data_ptr<scalar_t>();
     scalar_t* ph = qrnn ? h.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B * H, kScanGrain, [&](int64_t lo, int64_t hi) {
-      gated_forward_cols<scalar_t>(int(kind), pP, pA, p0, ph0, pl, positive, pc, ph, T, B, H,
-                                   lo, hi);
+      gated_forward_cols<scalar_t>(int(kind), pP, p0, ph0, pl, positive, pc, ph, T, B, H, lo,
+                                   hi);
     });
   });
-  TensorList out = {A, c};
+  TensorList out = {c};
   if (qrnn) out.push_back(h);
   return out;
 }
 
-// The gradients: {dA (T, B, G) of the gates' pre-activations, dL/dc0 (B, H)} and for the QRNN
-// dL/dh0 (B, H); dc, dh (T, B, H) the gradients reaching c and h (dh: QRNN only).
-TensorList gated_scan_backward(int64_t kind, const Tensor& A, const Tensor& c, const Tensor& c0,
+// The gradients: {dA (T, B, G) of the gates' pre-activations P, dL/dc0 (B, H)} and for the
+// QRNN dL/dh0 (B, H); dc, dh (T, B, H) the gradients reaching c and h (dh: QRNN only).
+TensorList gated_scan_backward(int64_t kind, const Tensor& P, const Tensor& c, const Tensor& c0,
                                const Tensor& lengths, bool positive, const Tensor& dc,
                                const Tensor& dh) {
-  const int64_t T = A.size(0), B = A.size(1), H = c0.size(-1);
+  TORCH_CHECK(P.is_contiguous() && c.is_contiguous() && c0.is_contiguous(),
+              "gated_scan_backward: contiguous tensors");
+  const int64_t T = P.size(0), B = P.size(1), H = c0.size(-1);
   const bool qrnn = kind == 2;
   const Tensor dcc = dc.contiguous(), dhc = qrnn ? dh.contiguous() : Tensor();
   const Tensor lens = lengths.defined() ? lengths.to(at::kLong).contiguous() : Tensor();
-  auto dA = at::empty_like(A);
+  auto dA = at::empty_like(P);
   auto carry = at::empty_like(c0);
   Tensor hcarry = qrnn ? at::empty_like(c0) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_scan_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "gated_scan_backward", [&] {
     const int64_t* pl = lens.defined() ? lens.data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, B * H, kScanGrain, [&](int64_t lo, int64_t hi) {
       gated_backward_cols<scalar_t>(
-          int(kind), A.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+          int(kind), P.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
           pl, positive, dcc.data_ptr<scalar_t>(), qrnn ? dhc.data_ptr<scalar_t>() : nullptr,
           dA.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(),
           qrnn ? hcarry.data_ptr<scalar_t>() : nullptr, T, B, H, lo, hi);
