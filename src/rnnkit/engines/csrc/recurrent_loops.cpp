@@ -61,12 +61,16 @@ inline __attribute__((always_inline)) float exp_row_value(float x) {
   return p * __builtin_bit_cast(float, bits);
 }
 
+inline __attribute__((always_inline)) float sigmoid_row_value(float x) {
+  return 1.0f / (1.0f + exp_row_value(-x));
+}
+
 // y[j] = sigmoid(x[j] + add[j]) (add may be null); y may be x
 RNNKIT_CLONES void sigmoid_row(float* y, const float* x, const float* add, int64_t n) {
   if (add == nullptr) {
-    for (int64_t j = 0; j < n; ++j) y[j] = 1.0f / (1.0f + exp_row_value(-x[j]));
+    for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_row_value(x[j]);
   } else {
-    for (int64_t j = 0; j < n; ++j) y[j] = 1.0f / (1.0f + exp_row_value(-(x[j] + add[j])));
+    for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_row_value(x[j] + add[j]);
   }
 }
 
@@ -864,7 +868,7 @@ TensorList minimal_gru_backward(Tensor gates, Tensor u, OptTensor w, Tensor dh, 
 // its gradient (g_t = dL/dc_t + a_{t+1} * g_{t+1}) with the gates' in one pass backward, over
 // the B x H independent columns: each thread takes a block of columns through all T steps.
 // The gates arrive as pre-activations P (one GEMM's output) and are activated where they are
-// used (gate_values, the vectorised sigmoid), forward and again backward: nothing of the
+// used (scan_sigmoid / scan_tanh, vectorised in float32), forward and again backward: nothing of the
 // size of P is written but the gradient (an activated copy of P cost a fresh 50 MB mapping a
 // call at (256, 32, 512, 512)). What they compute is what rnnkit/cells/scan.py's coefficients
 // and carried compute (tests/test_scan.py compares them):
@@ -879,7 +883,7 @@ namespace {
 // The activations (in float32 the vectorised ones), Feng et al.'s g and its slope, `Positive`
 // a template argument; both branches of g are computed, so that a loop over a row vectorises
 inline __attribute__((always_inline)) float scan_sigmoid(float v) {
-  return 1.0f / (1.0f + exp_row_value(-v));
+  return sigmoid_row_value(v);
 }
 inline double scan_sigmoid(double v) { return sigmoid(v); }
 inline __attribute__((always_inline)) float scan_tanh(float v) { return tanh_row_value(v); }
@@ -996,16 +1000,16 @@ inline __attribute__((always_inline)) void forward_piece_of(
 
 template <typename S>
 inline __attribute__((always_inline)) void backward_piece_of(
-    int kind, bool positive, const S* g, const S* prev, const S* ct, const S* dc, const S* dh,
+    int kind, bool positive, const S* p, const S* prev, const S* ct, const S* dc, const S* dh,
     S* d, S* gc, S* hc, int64_t H, int64_t j0, int64_t j1) {
   if (kind == 0) {
-    positive ? backward_piece<S, 0, true>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
-             : backward_piece<S, 0, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+    positive ? backward_piece<S, 0, true>(p, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
+             : backward_piece<S, 0, false>(p, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
   } else if (kind == 1) {
-    positive ? backward_piece<S, 1, true>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
-             : backward_piece<S, 1, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+    positive ? backward_piece<S, 1, true>(p, prev, ct, dc, dh, d, gc, hc, H, j0, j1)
+             : backward_piece<S, 1, false>(p, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
   } else {
-    backward_piece<S, 2, false>(g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+    backward_piece<S, 2, false>(p, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
   }
 }
 
@@ -1020,17 +1024,17 @@ void scan_forward_piece(int kind, bool positive, const double* p, const double* 
   forward_piece_of<double>(kind, positive, p, prev, ct, ht, H, j0, j1);
 }
 
-RNNKIT_CLONES void scan_backward_piece(int kind, bool positive, const float* g,
+RNNKIT_CLONES void scan_backward_piece(int kind, bool positive, const float* p,
                                        const float* prev, const float* ct, const float* dc,
                                        const float* dh, float* d, float* gc, float* hc,
                                        int64_t H, int64_t j0, int64_t j1) {
-  backward_piece_of<float>(kind, positive, g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+  backward_piece_of<float>(kind, positive, p, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
 }
 
-void scan_backward_piece(int kind, bool positive, const double* g, const double* prev,
+void scan_backward_piece(int kind, bool positive, const double* p, const double* prev,
                          const double* ct, const double* dc, const double* dh, double* d,
                          double* gc, double* hc, int64_t H, int64_t j0, int64_t j1) {
-  backward_piece_of<double>(kind, positive, g, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
+  backward_piece_of<double>(kind, positive, p, prev, ct, dc, dh, d, gc, hc, H, j0, j1);
 }
 
 // P (T, B, G) the gates' pre-activations
