@@ -1,4 +1,5 @@
-"""The cross-entropy of a full-softmax decoder without its logits: ``linear_cross_entropy``.
+"""The cross-entropy of a decoder without its logits: ``linear_cross_entropy`` (a full
+softmax) and ``adaptive_cross_entropy`` (an adaptive softmax, Grave et al. 2017).
 
 A word-level language model's decoder turns N = batch x steps rows of D features into N x V
 logits (2,048 x 33,278 floats, 272 MB, for WikiText-2 at 32 x 64 tokens), then log-softmax
@@ -14,12 +15,21 @@ the loss is computed, chunk by chunk.
 
     loss = linear_cross_entropy(h, decoder.weight, decoder.bias, targets)
     # == F.cross_entropy(F.linear(h, decoder.weight, decoder.bias), targets), to fp32 rounding
+
+An adaptive softmax's loss is a sum of such cross-entropies: the head's over every row (the
+shortlist's words and one class per tail cluster) and each cluster's over its rows, after the
+cluster's projection; ``adaptive_cross_entropy`` computes it so, with the weights of a
+``torch.nn.AdaptiveLogSoftmaxWithLoss``, whose own forward makes every cluster's log-softmax
+whole and reads and writes it again in the backward pass (a third of a WikiText-2 model's
+step: benchmarks/RESULTS.md, thirteenth session).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from rnnkit import gemm
@@ -57,20 +67,25 @@ def _loss_and_grads(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Ten
     for s in starts:
         hc, tc, kc = h[s:s + step], targets[s:s + step], keep[s:s + step]
         logits = _chunk_logits(hc, weight, bias)  # (m, V)
-        lse = torch.logsumexp(logits, 1)
         safe = torch.where(kc, tc, 0).unsqueeze(1)
         picked = logits.gather(1, safe).squeeze(1)
+        top = logits.amax(1)
+        # one fused pass makes the softmax (torch.exp alone is slower on some CPUs: MKL's
+        # vector maths); the log-sum-exp comes from its largest entry, exp(top - lse) >= 1/V,
+        # which never underflows
+        grad = torch.softmax(logits, 1)
+        lse = top - grad.amax(1).log()
         total += torch.where(kc, lse - picked, 0).sum()
-        if dh is None and dw is None and db is None:
+        if not any(need):
             continue
-        grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
         grad.scatter_add_(1, safe, torch.full_like(picked, -1.0).unsqueeze(1))
-        grad.mul_(kc.unsqueeze(1))  # ignored rows give no gradient
+        if not bool(kc.all()):
+            grad.mul_(kc.unsqueeze(1))  # ignored rows give no gradient
         grad = grad.to(h.dtype)
         if dh is not None:
             gemm.mm(grad, weight, kind="dgrad", out=dh[s:s + step])
-        if dw is not None:  # accumulated in place (ATen: oneDNN has no in-place form)
-            dw.addmm_(grad.t(), hc)
+        if dw is not None:  # accumulated in place (ATen: oneDNN has no in-place form, and
+            dw.addmm_(grad.t(), hc)  # is slower with the transposed chunk: 22 against 16 ms)
         if db is not None:
             db += grad.sum(0)
     return total, keep.sum(), dh, dw, db
@@ -135,4 +150,52 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, bias: Tensor | None, targets
     return total if scale is None else total * scale
 
 
-__all__ = ["CHUNK_ELEMENTS", "linear_cross_entropy"]
+def adaptive_cross_entropy(h: Tensor, adaptive: nn.AdaptiveLogSoftmaxWithLoss, targets: Tensor,
+                           *, ignore_index: int = -100, reduction: str = "mean",
+                           chunk_rows: int | None = None) -> Tensor:
+    """``adaptive(h, targets).loss`` (for ``reduction="mean"``) of an
+    ``nn.AdaptiveLogSoftmaxWithLoss`` without the log-softmax of its head or any cluster:
+    the head's and each cluster's cross-entropy by :func:`linear_cross_entropy`.
+
+    Args:
+        h: features (N, D), D = ``adaptive.in_features``.
+        adaptive: the module whose head and tail weights are used (its forward is not).
+        targets: (N,) word ids in [0, ``adaptive.n_classes``); ``ignore_index`` rows add
+            nothing.
+        reduction: ``"mean"`` over the rows not ignored (0 when every row is) or ``"sum"``.
+        chunk_rows: rows per chunk of every cross-entropy (default: as there).
+
+    Returns the loss, a scalar (float32; float64 for float64 inputs), to rounding that of
+    the module's forward; differentiable once in ``h`` and the module's weights."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if h.dim() != 2 or targets.shape != h.shape[:1] or h.shape[1] != adaptive.in_features:
+        raise ValueError(f"expected h (N, {adaptive.in_features}) and targets (N,); got "
+                         f"{tuple(h.shape)}, {tuple(targets.shape)}")
+    keep = targets != ignore_index
+    bad = keep & ((targets < 0) | (targets >= adaptive.n_classes))
+    if bad.any():
+        raise ValueError(f"targets must lie in [0, {adaptive.n_classes - 1}] (or be "
+                         f"ignore_index={ignore_index}); got {targets[bad][0].item()}")
+    head_targets = targets.clone()
+    cutoffs = adaptive.cutoffs  # the shortlist's end, every cluster's, n_classes
+    total: Tensor | int = 0
+    for i, (low, high) in enumerate(itertools.pairwise(cutoffs)):
+        rows = (keep & (targets >= low) & (targets < high)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        head_targets[rows] = adaptive.shortlist_size + i  # the cluster's class in the head
+        project, out = adaptive.tail[i]
+        total = total + linear_cross_entropy(project(h.index_select(0, rows)), out.weight,
+                                             out.bias, targets[rows] - low, reduction="sum",
+                                             chunk_rows=chunk_rows)
+    head = adaptive.head
+    total = linear_cross_entropy(h, head.weight, head.bias, head_targets,
+                                 ignore_index=ignore_index, reduction="sum",
+                                 chunk_rows=chunk_rows) + total
+    if reduction == "sum":
+        return total
+    return total / keep.sum().clamp(min=1).to(total.dtype)
+
+
+__all__ = ["CHUNK_ELEMENTS", "adaptive_cross_entropy", "linear_cross_entropy"]
