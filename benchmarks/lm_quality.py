@@ -143,11 +143,12 @@ class UnfusedLoss(nn.Module):
         return nn.functional.cross_entropy(logits, y.reshape(-1), ignore_index=-100), out.state
 
 
-def _train_rate(model: nn.Module, batches: list, steps: int) -> float:
-    """Tokens per second of ``steps`` training steps (stateful, clipped, AdamW)."""
+def _train_rate(model: nn.Module, batches: list, steps: int, fused: bool = False) -> float:
+    """Tokens per second of ``steps`` training steps (stateful, clipped, AdamW; torch's fused
+    AdamW with ``fused``, as the ``rnnkit`` command's ``build_optimizer`` picks on the CPU)."""
     from rnnkit.layers import detach_states
 
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, fused=fused or None)
     state = None
     x, y = batches[0]
     loss, state = model.loss(x, y, state)  # warm-up
@@ -229,8 +230,8 @@ def throughput(args: argparse.Namespace) -> list[dict]:
             before.append(_child_rate(name, "before", steps, args.threads))
         a, b = statistics.median(now), statistics.median(before)
         rows.append({"part": f"word LM V={V} 2x{H} B={B} T={T}, {name}: as the rnnkit command "
-                             "runs it (rnnkit.allocator) against the code before issue 15 "
-                             "(ATen, whole logits, glibc's malloc settings)",
+                             "runs it (rnnkit.allocator, fused AdamW) against the code before "
+                             "issue 15 (ATen, whole logits, glibc's malloc settings)",
                      "value": f"{a:,.0f} vs {b:,.0f} tok/s = {a / b:.2f}x",
                      "target": ">= 1.7", "ok": "yes" if a / b >= 1.7 else "no",
                      "note": f"median of {args.repeats} x {steps} steps, a process each"})
@@ -260,8 +261,9 @@ def _word_lm(name: str):
 
 def _child_rate(name: str, variant: str, steps: int, threads: int) -> float:
     """Tokens per second of the word LM ``name`` in a fresh process: ``variant`` "now" (with
-    rnnkit.allocator's settings) or "before" (ATen, whole logits, the C library's settings,
-    the Python step loops past batch x hidden = 512)."""
+    rnnkit.allocator's settings and the fused AdamW the command's trainer uses) or "before"
+    (ATen, whole logits, the C library's settings, the Python step loops past batch x hidden
+    = 512, torch's default AdamW)."""
     out = subprocess.run([sys.executable, __file__, "--child", f"{name}|{variant}", "--steps",
                           str(steps), "--threads", str(threads)], capture_output=True,
                          text=True, check=True)
@@ -276,7 +278,7 @@ def _child(spec: str, steps: int) -> float:
         allocator.keep_freed_memory()
     model, batches = _word_lm(name)
     if variant == "now":
-        return _train_rate(model, batches, steps)
+        return _train_rate(model, batches, steps, fused=True)
     from rnnkit.engines.kernels import base
 
     # the compiled loops' reach before issue 15: batch x hidden <= 512 both ways (the word
