@@ -14,6 +14,7 @@ from rnnkit.training import checkpoint as ckpt
 from rnnkit.training.loop import TrainConfig
 from rnnkit.training.options import train_config
 from rnnkit.training.schedule import Schedule
+from rnnkit.training.task import build_optimizer
 
 
 def test_tied_weights_are_stored_once_and_come_back_tied(tmp_path):
@@ -61,6 +62,56 @@ def test_optimizer_state_round_trip_is_exact(tmp_path, make):
         m(x).pow(2).sum().backward()
         o.step()
     assert torch.equal(model.weight, clone.weight) and torch.equal(model.bias, clone.bias)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_build_optimizer_is_fused_and_takes_an_earlier_runs_state(tmp_path, optimizer):
+    """The trainer's optimizer is torch's fused one on the CPU; its steps equal the default
+    implementation's to float32 rounding, and the state of a run written before (by the
+    default implementation) loads into it and goes on as that run would have."""
+    config = TrainConfig(optimizer=optimizer, lr=1e-2, weight_decay=0.1, momentum=0.9)
+
+    def steps(model, opt, n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            opt.zero_grad()
+            model(torch.randn(5, 4, generator=gen)).pow(2).sum().backward()
+            opt.step()
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    plain_model = torch.nn.Linear(4, 3)
+    plain_model.load_state_dict(model.state_dict())
+    opt = build_optimizer(model, config)
+    assert opt.defaults["fused"] is True
+    kind = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    assert type(opt) is kind
+    extra = {"momentum": 0.9} if optimizer == "sgd" else {}
+    plain = kind(plain_model.parameters(), lr=1e-2, weight_decay=0.1, **extra)
+    assert not plain.defaults.get("fused")
+    steps(model, opt, 3, seed=1)
+    steps(plain_model, plain, 3, seed=1)
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # an earlier run's optimizer state (unfused) resumes in the fused optimizer
+    resumed_model = torch.nn.Linear(4, 3)
+    resumed_model.load_state_dict(plain_model.state_dict())
+    resumed = build_optimizer(resumed_model, config)
+    tensors, saved = ckpt.optimizer_state(plain)
+    ckpt.save_tensors(tmp_path / "o.safetensors", tensors)
+    ckpt.save_json(tmp_path / "o.json", saved)
+    ckpt.load_optimizer_state(resumed, ckpt.load_tensors(tmp_path / "o.safetensors"),
+                              ckpt.load_json(tmp_path / "o.json"), "o.json")
+    assert resumed.param_groups[0]["fused"] is True  # the implementation it was built with
+    steps(resumed_model, resumed, 2, seed=2)
+    steps(plain_model, plain, 2, seed=2)
+    for a, b in zip(resumed_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_build_optimizer_is_not_fused_off_its_devices():
+    model = torch.nn.Linear(4, 3, device="meta")
+    assert not build_optimizer(model, TrainConfig()).defaults.get("fused")
 
 
 def test_nested_states_flatten_and_come_back():

@@ -244,9 +244,17 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor]
     return tensors, {"param_groups": sd["param_groups"], "state": plain}
 
 
+#: Param-group keys that say how torch computes a step, not what the step is: a resumed run
+#: keeps the implementation its optimizer was built with (``build_optimizer``'s fused one),
+#: whatever the run that saved the state used.
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor],
                          plain: dict, source: str) -> None:
-    """Inverse of :func:`optimizer_state`."""
+    """Inverse of :func:`optimizer_state`; the optimizer's own :data:`IMPLEMENTATION_KEYS`
+    are kept (torch's ``load_state_dict`` would take the saved ones)."""
+    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
     try:
         state: dict[int, dict] = {int(pid): dict(v) for pid, v in plain["state"].items()}
         for name, t in tensors.items():
@@ -256,6 +264,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{source}: optimizer state does not fit this optimizer "
                               f"({err})") from None
+    for group, keys in zip(optimizer.param_groups, chosen):
+        group.update(keys)
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict]:
