@@ -355,6 +355,39 @@ def test_compiled_loops_at_large_batches_equal_python_loops(compiled_loops, cell
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell_id", ["lstm", "lstm-ln", "peephole", "gru-after",
+                                     "gru-after-ln", "gru-before", "gru-simple"])
+def test_compiled_loops_over_two_threads_equal_one(compiled_loops, cell_id, monkeypatch
+                                                    ) -> None:
+    """Past row_grain rows a step's elementwise work is split over the threads, the layer
+    norms' gain and shift gradients summed a partial row per thread: outputs and every
+    gradient on two threads as on one (float64, padding, initial states). The one test
+    that runs two threads: it checks the split, and times nothing."""
+    from rnnkit.engines.kernels import base
+
+    for name in ("FUSED_FORWARD_MAX", "FUSED_MAX", "FUSED_LN_MAX"):  # compiled at any size
+        monkeypatch.setattr(base, name, 10 ** 6)
+    H = 16
+    batch = 2 * compiled_loops.loops().row_grain(2 * H) + 3  # two shares at every width
+    torch.manual_seed(6)
+    x = torch.randn(batch, 5, 3, dtype=torch.float64)
+    lengths = torch.randint(1, 6, (batch,))
+    layer = build_layer(cell_id, "bptt", 3, H, seed=4, batch_first=True).double()
+    state = _split_states(layer, [s.double() for s in flat(random_state(layer, batch))])
+    spy = _Spy(compiled_loops.loops())
+    monkeypatch.setitem(compiled_loops._state, "module", spy)
+    one = _run_layer(layer, x, state, lengths)
+    torch.set_num_threads(2)
+    try:
+        two = _run_layer(layer, x, state, lengths)
+    finally:
+        torch.set_num_threads(1)
+    kind = _loops_name(cell_id)
+    assert f"{kind}_forward" in spy.called and f"{kind}_backward" in spy.called, spy.called
+    for a, b in zip(two[0] + two[1], one[0] + one[1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
 # -- dispatch by exact type: a subclass that changes step is never run by its parent's kernel --
 class _ScaledLSTMCell(LSTMCell):
     """An LSTM whose output is halved: a changed step that no fast engine knows."""

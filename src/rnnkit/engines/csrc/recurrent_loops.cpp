@@ -67,9 +67,13 @@ inline __attribute__((always_inline)) float sigmoid_row_value(float x) {
 
 // y[j] = sigmoid(x[j] + add[j]) (add may be null); y may be x
 RNNKIT_CLONES void sigmoid_row(float* y, const float* x, const float* add, int64_t n) {
+  // y is x or apart from it, never a shifted overlap: no runtime alias check, which an
+  // in-place call (y == x) would fail, leaving the scalar loop
   if (add == nullptr) {
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_row_value(x[j]);
   } else {
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) y[j] = sigmoid_row_value(x[j] + add[j]);
   }
 }
@@ -94,9 +98,13 @@ inline __attribute__((always_inline)) float tanh_row_value(float x) {
 
 // y[j] = tanh(x[j] + add[j]) (add may be null); y may be x
 RNNKIT_CLONES void tanh_row(float* y, const float* x, const float* add, int64_t n) {
+  // y is x or apart from it, never a shifted overlap: no runtime alias check, which an
+  // in-place call (y == x) would fail, leaving the scalar loop
   if (add == nullptr) {
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) y[j] = tanh_row_value(x[j]);
   } else {
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) y[j] = tanh_row_value(x[j] + add[j]);
   }
 }
@@ -323,7 +331,35 @@ void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r
   }
 }
 
-// One step's elementwise work, all rows. gt holds x W_ih^T + b (+ W_hh h with no layer norm,
+// -- a step's rows over the threads --------------------------------------------------------------
+// A step's elementwise work runs over its batch rows [b0, b1) in at::parallel_for's threads
+// once each thread's share holds at least kRowGrain gate values (rows are independent; at
+// small batches it runs inline, on the calling thread). The GEMMs between the steps use both
+// threads already; without this the other one waited through every step's elementwise pass.
+// Sums over rows (the layer norms' gain and shift gradients) go to one partial row per thread
+// (RowPartials), summed in thread order at the end: on one thread, the sums of a single loop.
+constexpr int64_t kRowGrain = 8192;
+
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, kRowGrain / width); }
+
+template <typename F>
+void over_rows(int64_t B, int64_t width, const F& f) {
+  at::parallel_for(0, B, row_grain(width), f);
+}
+
+// n values per thread, zeroed: the calling thread's row by mine(), their sum by total().
+struct RowPartials {
+  Tensor rows;
+  RowPartials(int64_t n, const at::TensorOptions& opts)
+      : rows(at::zeros({at::get_num_threads(), n}, opts)) {}
+  template <typename S>
+  S* mine() const {
+    return rows.data_ptr<S>() + at::get_thread_num() * rows.size(1);
+  }
+  Tensor total() const { return rows.sum(0); }
+};
+
+// One step's elementwise work, rows [b0, b1). gt holds x W_ih^T + b (+ W_hh h with no layer norm,
 // or y = h_{t-1} W_hh^T is added first, given) and receives the gates; with layer norm,
 // a = h_{t-1} W_hh^T is normalised and added first (and copied to a_keep, given).
 // With peepholes (p: (3, H), the peephole LSTM's p_i, p_f, p_o; no layer norm):
@@ -331,10 +367,10 @@ void layer_norm_backward_row(const S* dy, const S* x, S* dx, int64_t n, S m, S r
 template <typename S>
 void forward_step(S* gt, const S* y, const S* a, S* a_keep, const S* g_hh, const S* c_prev,
                   S* c, S* tc, S* h, const S* h_prev, const S* g_c, const S* b_c, S* mh, S* rh,
-                  S* mc, S* rc, const S* p, const bool* mask, int64_t B, int64_t H,
-                  double eps) {
+                  S* mc, S* rc, const S* p, const bool* mask, int64_t b0, int64_t b1,
+                  int64_t H, double eps) {
   const int64_t G = 4 * H;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     S* gr = gt + b * G;
     const S* cp = c_prev + b * H;
     if (y != nullptr) {
@@ -388,18 +424,18 @@ void forward_step(S* gt, const S* y, const S* a, S* a_keep, const S* g_hh, const
   }
 }
 
-// One step's elementwise backward, all rows, given dh, dc (the gradients of h_t, c_t that
+// One step's elementwise backward, rows [b0, b1), given dh, dc (the gradients of h_t, c_t that
 // reach the gates: zero for rows outside their sequence). dg holds the step's gate factors
 // and receives dL/d(gate pre-activation); with layer norm, a (the recurrent term's input)
 // receives its gradient and the gain (and shift) gradients are added to dg_hh, dg_c, db_c.
-// dc_prev receives dL/dc_{t-1} through this step.
+// dc_prev receives dL/dc_{t-1} through this step; dct is scratch of H values.
 template <typename S>
 void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, const S* c, S* a,
                    const S* g_hh, const S* mh, const S* rh, const S* g_c, const S* mc,
-                   const S* rc, S* dg_hh, S* dg_c, S* db_c, S* dc_prev, S* dct, int64_t B,
-                   int64_t H) {
+                   const S* rc, S* dg_hh, S* dg_c, S* db_c, S* dc_prev, S* dct, int64_t b0,
+                   int64_t b1, int64_t H) {
   const int64_t G = 4 * H;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     const S* dhr = dh + b * H;
     const S* dcr = dc + b * H;
     const S* kr = k + b * H;
@@ -427,16 +463,16 @@ void backward_step(const S* dh, const S* dc, const S* k, const S* f, S* dg, cons
   }
 }
 
-// GRU (reset after the product, torch.nn.GRU's), one step's elementwise work, all rows.
+// GRU (reset after the product, torch.nn.GRU's), one step's elementwise work, rows [b0, b1).
 // gt (B, 3H) holds x W_ih^T + b_ih and receives r, z, n; gh (row stride 4H) holds the
 // recurrent projection h_{t-1} W_hh^T + b_hh (or receives it from y (B, 3H), given), or with
 // layer norm receives LN(a) g_hh + b_hh of a = h_{t-1} W_hh^T (a copied to a_keep, given).
 template <typename S>
 void gru_forward_step(S* gt, S* gh, const S* y, const S* a, S* a_keep, const S* g_hh,
                       const S* b_hh, const S* h_prev, S* h, S* mh, S* rh, const bool* mask,
-                      int64_t B, int64_t H, double eps) {
+                      int64_t b0, int64_t b1, int64_t H, double eps) {
   const int64_t G = 3 * H;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     S* gr = gt + b * G;
     S* ghr = gh + b * 4 * H;
     if (y != nullptr) std::copy(y + b * G, y + (b + 1) * G, ghr);
@@ -461,16 +497,16 @@ void gru_forward_step(S* gt, S* gh, const S* y, const S* a, S* a_keep, const S* 
   }
 }
 
-// GRU backward, one step, all rows: d4 (row stride 4H) holds the step's four factors
+// GRU backward, one step, rows [b0, b1): d4 (row stride 4H) holds the step's four factors
 // (GRUAfterKernel.start_backward) and receives them times dh: d loss / d gh and, last, d loss
 // / d n's pre-activation; direct receives dh z (+ base). With layer norm, a (the recurrent
 // term's input) receives its gradient and the gain gradient is added to dg_hh.
 template <typename S>
 void gru_backward_step(const S* dh, S* d4, const S* gates, const S* base, S* direct, S* a,
-                       const S* g_hh, const S* mh, const S* rh, S* dg_hh, int64_t B,
-                       int64_t H) {
+                       const S* g_hh, const S* mh, const S* rh, S* dg_hh, int64_t b0,
+                       int64_t b1, int64_t H) {
   const int64_t G = 3 * H;
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     const S* dhr = dh + b * H;
     S* dr = d4 + b * 4 * H;
     const S* z = gates + b * G + H;
@@ -555,15 +591,18 @@ TensorList lstm_forward(Tensor gates, Tensor h, Tensor c, OptTensor wt, Tensor t
         y = step_product(gt, gt, h.select(0, t), fw);
       }
       const int64_t s = t * B;
-      forward_step<S>(gt.data_ptr<S>(), y.defined() && !ln ? y.data_ptr<S>() : nullptr, a,
-                      a_keep, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
-                      ln ? tc.data_ptr<S>() + s * H : nullptr, hp + (s + B) * H, hp + s * H,
-                      ptr_or_null<S>(g_c), ptr_or_null<S>(b_c),
-                      ln ? stats[0].data_ptr<S>() + s : nullptr,
-                      ln ? stats[1].data_ptr<S>() + s : nullptr,
-                      ln ? stats[2].data_ptr<S>() + s : nullptr,
-                      ln ? stats[3].data_ptr<S>() + s : nullptr, ptr_or_null<S>(peephole),
-                      m == nullptr ? nullptr : m + s, B, H, eps);
+      S* gp = gt.data_ptr<S>();
+      const S* yp = y.defined() && !ln ? y.data_ptr<S>() : nullptr;
+      over_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+        forward_step<S>(gp, yp, a, a_keep, ptr_or_null<S>(g_hh), cp + s * H, cp + (s + B) * H,
+                        ln ? tc.data_ptr<S>() + s * H : nullptr, hp + (s + B) * H, hp + s * H,
+                        ptr_or_null<S>(g_c), ptr_or_null<S>(b_c),
+                        ln ? stats[0].data_ptr<S>() + s : nullptr,
+                        ln ? stats[1].data_ptr<S>() + s : nullptr,
+                        ln ? stats[2].data_ptr<S>() + s : nullptr,
+                        ln ? stats[3].data_ptr<S>() + s : nullptr, ptr_or_null<S>(peephole),
+                        m == nullptr ? nullptr : m + s, b0, b1, H, eps);
+      });
     }
   });
   return stats;
@@ -586,13 +625,10 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, OptTensor w, Tensor 
   const int64_t T = dgates.size(0), B = dgates.size(1), H = k.size(2);
   const StepB bw{w, packed};
   const bool ln = a_hh.has_value();
-  Tensor dg_hh, dg_c, db_c;
-  if (ln) {
-    dg_hh = at::zeros({4 * H}, dgates.options());
-    dg_c = at::zeros({H}, dgates.options());
-    if (b_c.has_value()) db_c = at::zeros({H}, dgates.options());
-  }
-  Tensor dct = at::empty({H}, dgates.options());
+  const auto opts = dgates.options();
+  // the gains' and shift's gradients, a partial row per thread; dct, scratch per thread
+  const RowPartials dg_hh(ln ? 4 * H : 0, opts), dg_c(ln ? H : 0, opts),
+      db_c(ln && b_c.has_value() ? H : 0, opts), dct(H, opts);
   AT_DISPATCH_FLOATING_TYPES(dgates.scalar_type(), "rnnkit_lstm_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -603,15 +639,19 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, OptTensor w, Tensor 
       Tensor dg = dgates.select(0, t);
       Tensor dc_prev = at::empty_like(dc);
       const int64_t s = t * B;
-      backward_step<S>(
-          dh.data_ptr<S>(), dc.data_ptr<S>(), k.data_ptr<S>() + s * H, f.data_ptr<S>() + s * H,
-          dg.data_ptr<S>(), ln ? c.data_ptr<S>() + (s + B) * H : nullptr,
-          ln ? a_hh->data_ptr<S>() + s * 4 * H : nullptr, ptr_or_null<S>(g_hh),
-          ln ? stats[0].data_ptr<S>() + s : nullptr, ln ? stats[1].data_ptr<S>() + s : nullptr,
-          ptr_or_null<S>(g_c), ln ? stats[2].data_ptr<S>() + s : nullptr,
-          ln ? stats[3].data_ptr<S>() + s : nullptr, ln ? dg_hh.data_ptr<S>() : nullptr,
-          ln ? dg_c.data_ptr<S>() : nullptr, db_c.defined() ? db_c.data_ptr<S>() : nullptr,
-          dc_prev.data_ptr<S>(), dct.data_ptr<S>(), B, H);
+      over_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+        backward_step<S>(
+            dh.data_ptr<S>(), dc.data_ptr<S>(), k.data_ptr<S>() + s * H,
+            f.data_ptr<S>() + s * H, dg.data_ptr<S>(),
+            ln ? c.data_ptr<S>() + (s + B) * H : nullptr,
+            ln ? a_hh->data_ptr<S>() + s * 4 * H : nullptr, ptr_or_null<S>(g_hh),
+            ln ? stats[0].data_ptr<S>() + s : nullptr,
+            ln ? stats[1].data_ptr<S>() + s : nullptr, ptr_or_null<S>(g_c),
+            ln ? stats[2].data_ptr<S>() + s : nullptr,
+            ln ? stats[3].data_ptr<S>() + s : nullptr, ln ? dg_hh.mine<S>() : nullptr,
+            ln ? dg_c.mine<S>() : nullptr, db_c.rows.size(1) ? db_c.mine<S>() : nullptr,
+            dc_prev.data_ptr<S>(), dct.mine<S>(), b0, b1, H);
+      });
       const Tensor dpre = ln ? a_hh->select(0, t) : dg;
       dh = step_mm(base, dpre, bw);
       dc = base_c.defined() ? dc_prev + base_c : dc_prev;
@@ -619,9 +659,9 @@ TensorList lstm_backward(Tensor dgates, Tensor k, Tensor f, OptTensor w, Tensor 
   });
   TensorList out = {dh, dc};
   if (ln) {
-    out.push_back(dg_hh);
-    out.push_back(dg_c);
-    if (db_c.defined()) out.push_back(db_c);
+    out.push_back(dg_hh.total());
+    out.push_back(dg_c.total());
+    if (b_c.has_value()) out.push_back(db_c.total());
   }
   return out;
 }
@@ -659,12 +699,15 @@ TensorList gru_forward(Tensor gates, Tensor h, Tensor gh4, OptTensor wt, OptTens
         y = step_product(gh, b_hh.has_value() ? *b_hh : Tensor(), h.select(0, t), fw);
       }
       const int64_t s = t * B;
-      gru_forward_step<S>(gates.select(0, t).data_ptr<S>(), gh.data_ptr<S>(),
-                          y.defined() && !ln ? y.data_ptr<S>() : nullptr, a, a_keep,
-                          ptr_or_null<S>(g_hh), ptr_or_null<S>(b_hh), hp + s * H,
-                          hp + (s + B) * H, ln ? stats[0].data_ptr<S>() + s : nullptr,
-                          ln ? stats[1].data_ptr<S>() + s : nullptr,
-                          m == nullptr ? nullptr : m + s, B, H, eps);
+      S* gp = gates.select(0, t).data_ptr<S>();
+      const S* yp = y.defined() && !ln ? y.data_ptr<S>() : nullptr;
+      over_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+        gru_forward_step<S>(gp, gh.data_ptr<S>(), yp, a, a_keep, ptr_or_null<S>(g_hh),
+                            ptr_or_null<S>(b_hh), hp + s * H, hp + (s + B) * H,
+                            ln ? stats[0].data_ptr<S>() + s : nullptr,
+                            ln ? stats[1].data_ptr<S>() + s : nullptr,
+                            m == nullptr ? nullptr : m + s, b0, b1, H, eps);
+      });
     }
   });
   return stats;
@@ -681,26 +724,29 @@ TensorList gru_backward(Tensor gh4, Tensor gates, OptTensor w, Tensor dh, OptTen
   const int64_t T = gates.size(0), B = gates.size(1), H = dh.size(1);
   const StepB bw{w, packed};
   const bool ln = a_hh.has_value();
-  Tensor dg_hh = ln ? at::zeros({3 * H}, gates.options()) : Tensor();
+  const RowPartials dg_hh(ln ? 3 * H : 0, gates.options());  // a partial row per thread
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_backward", [&] {
     using S = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
       const Tensor base = step_start(dh, mask, after, t);  // added to dL/dh_{t-1}
       Tensor direct = at::empty_like(dh);
       const int64_t s = t * B;
-      gru_backward_step<S>(dh.data_ptr<S>(), gh4.data_ptr<S>() + s * 4 * H,
-                           gates.data_ptr<S>() + s * 3 * H,
-                           base.defined() ? base.data_ptr<S>() : nullptr, direct.data_ptr<S>(),
-                           ln ? a_hh->data_ptr<S>() + s * 3 * H : nullptr, ptr_or_null<S>(g_hh),
-                           ln ? stats[0].data_ptr<S>() + s : nullptr,
-                           ln ? stats[1].data_ptr<S>() + s : nullptr,
-                           ln ? dg_hh.data_ptr<S>() : nullptr, B, H);
+      over_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+        gru_backward_step<S>(dh.data_ptr<S>(), gh4.data_ptr<S>() + s * 4 * H,
+                             gates.data_ptr<S>() + s * 3 * H,
+                             base.defined() ? base.data_ptr<S>() : nullptr,
+                             direct.data_ptr<S>(),
+                             ln ? a_hh->data_ptr<S>() + s * 3 * H : nullptr,
+                             ptr_or_null<S>(g_hh), ln ? stats[0].data_ptr<S>() + s : nullptr,
+                             ln ? stats[1].data_ptr<S>() + s : nullptr,
+                             ln ? dg_hh.mine<S>() : nullptr, b0, b1, H);
+      });
       const Tensor dpre = ln ? a_hh->select(0, t) : gh4.select(0, t).narrow(-1, 0, 3 * H);
       dh = step_mm(direct, dpre, bw);
     }
   });
   TensorList out = {dh};
-  if (ln) out.push_back(dg_hh);
+  if (ln) out.push_back(dg_hh.total());
   return out;
 }
 
@@ -727,25 +773,30 @@ void gru_before_forward(Tensor gates, Tensor h, Tensor rh, OptTensor wt_rz, OptT
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* rhp = rh.select(0, t).data_ptr<S>();
-      for (int64_t b = 0; b < B; ++b) {
-        S* gr = g + b * 3 * H;
-        sigmoid_row(gr, gr, yp == nullptr ? nullptr : yp + b * 2 * H, 2 * H);
-        for (int64_t j = 0; j < H; ++j) rhp[b * 2 * H + j] = gr[j] * hp[b * H + j];
-      }
+      over_rows(B, 2 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          S* gr = g + b * 3 * H;
+          sigmoid_row(gr, gr, yp == nullptr ? nullptr : yp + b * 2 * H, 2 * H);
+          for (int64_t j = 0; j < H; ++j) rhp[b * 2 * H + j] = gr[j] * hp[b * H + j];
+        }
+      });
       Tensor n = gt.narrow(-1, 2 * H, H);
       const Tensor yn = step_product(n, n, rh.select(0, t).narrow(-1, 0, H), fw_n);
       const S* ynp = yn.defined() ? yn.data_ptr<S>() : nullptr;
       S* hn = h.select(0, t + 1).data_ptr<S>();
-      for (int64_t b = 0; b < B; ++b) {
-        S* gr = g + b * 3 * H;
-        const S* z = gr + H;
-        S* nr = gr + 2 * H;
-        const S* hr = hp + b * H;
-        S* out = hn + b * H;
-        const bool inside = m == nullptr || m[t * B + b];
-        tanh_row(nr, nr, ynp == nullptr ? nullptr : ynp + b * H, H);
-        for (int64_t j = 0; j < H; ++j) out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
-      }
+      over_rows(B, H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          S* gr = g + b * 3 * H;
+          const S* z = gr + H;
+          S* nr = gr + 2 * H;
+          const S* hr = hp + b * H;
+          S* out = hn + b * H;
+          const bool inside = m == nullptr || m[t * B + b];
+          tanh_row(nr, nr, ynp == nullptr ? nullptr : ynp + b * H, H);
+          for (int64_t j = 0; j < H; ++j)
+            out[j] = inside ? nr[j] + z[j] * (hr[j] - nr[j]) : hr[j];
+        }
+      });
     }
   });
 }
@@ -815,16 +866,19 @@ void minimal_gru_forward(Tensor gates, Tensor h, OptTensor wt, OptTensor mask, O
       S* g = gt.data_ptr<S>();
       const S* hp = ht.data_ptr<S>();
       S* hn = h.select(0, t + 1).data_ptr<S>();
-      for (int64_t b = 0; b < B; ++b) {
-        S* u = g + b * 2 * H;
-        S* n = u + H;
-        const S* hr = hp + b * H;
-        S* out = hn + b * H;
-        const bool inside = m == nullptr || m[t * B + b];
-        sigmoid_row(u, u, yp == nullptr ? nullptr : yp + b * 2 * H, H);
-        tanh_row(n, n, yp == nullptr ? nullptr : yp + b * 2 * H + H, H);
-        for (int64_t j = 0; j < H; ++j) out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
-      }
+      over_rows(B, 2 * H, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          S* u = g + b * 2 * H;
+          S* n = u + H;
+          const S* hr = hp + b * H;
+          S* out = hn + b * H;
+          const bool inside = m == nullptr || m[t * B + b];
+          sigmoid_row(u, u, yp == nullptr ? nullptr : yp + b * 2 * H, H);
+          tanh_row(n, n, yp == nullptr ? nullptr : yp + b * 2 * H + H, H);
+          for (int64_t j = 0; j < H; ++j)
+            out[j] = inside ? hr[j] + u[j] * (n[j] - hr[j]) : hr[j];
+        }
+      });
     }
   });
 }
@@ -1166,6 +1220,8 @@ void step_mm_py(Tensor out, OptTensor addend, Tensor a, OptTensor b, OptTensor p
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step_mm", &step_mm_py, "one step's product as the loops make it");
+  m.def("row_grain", &row_grain,
+        "the fewest batch rows of a width a thread's share of a step's elementwise work holds");
   m.def("uses_small_mm", &uses_small_mm,
         "whether the loops make an (m, k) x (k, n) step product themselves");
   m.def("gated_scan_forward", &gated_scan_forward,
