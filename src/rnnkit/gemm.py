@@ -111,14 +111,18 @@ def applies(*tensors: Tensor) -> bool:
 
 @functools.cache
 def _cpu() -> str:
-    """The CPU's model name (/proc/cpuinfo, else what platform says)."""
+    """The CPU's model name (/proc/cpuinfo, else what platform says) and the widest vector
+    instructions torch's kernels use on it (``torch.backends.cpu.get_cpu_capability()``): one
+    model name covers VMs with and without AVX-512, whose GEMMs differ by 2x."""
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def machine() -> str:
