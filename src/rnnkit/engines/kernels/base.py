@@ -38,11 +38,13 @@ _LN_BACKWARD = torch.ops.aten.native_layer_norm_backward
 #: Python loop's; RESULTS.md). The forward's activations are vectorised there (one pass over
 #: a step's gates), so it wins at nearly every size measured (0.3-0.98x; 1.00-1.06 at three
 #: of 105); the backward, without transcendentals, wins up to about a thousand values
-#: (0.5-0.9x) and is even past them.
-#: The layer-normalised cells' backward, with two more row passes a step in Python, wins up
-#: to 8,192 values (0.8-0.95x).
-FUSED_MAX = 1024
-FUSED_LN_MAX = 8192
+#: (0.5-0.9x) and was even past them while the compiled loops ran on one thread. Built with
+#: OpenMP (each step's rows split over the threads; fourteenth session, AMD EPYC with AVX2,
+#: 2 threads, T = 64, 9 repeats) it is 0.92-0.96x for the LSTM, peephole, reset-before and
+#: simplified GRU at 5,120-13,000 values, 0.96-1.00x at 20,800, and even for the GRU
+#: (0.99-1.06x); with layer norm 0.81-0.95x up to 16,384 values (0.90-0.99 at 32,768).
+FUSED_MAX = 16384
+FUSED_LN_MAX = 16384
 FUSED_FORWARD_MAX = 1 << 62
 
 
