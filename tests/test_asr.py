@@ -17,7 +17,7 @@ from rnnkit.data.audio import read_audio, read_manifest, write_wav
 from rnnkit.data.digits import DIGITS
 from rnnkit.data.features import FeatureConfig, LogMel, mel_filterbank
 from rnnkit.errors import DataError
-from rnnkit.generation.ctc import PrefixBeamSearch, beam_ids, greedy_ids
+from rnnkit.generation.ctc import Lexicon, PrefixBeamSearch, beam_ids, greedy_ids
 from rnnkit.metrics.wer import error_counts
 
 jiwer = pytest.importorskip("jiwer")
@@ -248,6 +248,83 @@ def test_a_language_model_changes_the_output():
     lp = probs.clamp_min(1e-9).log()
     assert beam_ids(lp, beam=4) == [1, 3]
     assert beam_ids(lp, beam=4, lm=_FakeLM(), lm_weight=1.0) == [1, 2]
+
+
+def _in_lexicon(labels, words, space, complete):
+    """Whether ``labels`` begins a space-separated sequence of ``words`` (with ``complete``:
+    is one, or is empty), by splitting at the spaces (not by the Lexicon's trie)."""
+    if not labels:
+        return True
+    *whole, last = (tuple(p) for p in _split(labels, space))
+    if not all(p in words for p in whole):  # a leading or double space leaves an empty one
+        return False
+    return last in words if complete else any(w[:len(last)] == last for w in words)
+
+
+def _split(labels, space):
+    out, cur = [], []
+    for s in labels:
+        if s == space:
+            out.append(cur)
+            cur = []
+        else:
+            cur.append(s)
+    return [*out, cur]
+
+
+def test_a_lexicon_search_sums_the_alignments_of_the_words_only():
+    """With a lexicon and a beam wide enough to keep everything, the search keeps exactly
+    the label sequences that begin a sequence of the words, each scored by the sum over
+    all its alignments; its best is the most probable whole sequence of words."""
+    torch.manual_seed(1)
+    T, V, space = 6, 4, 3
+    words = {(1, 2), (2,), (1, 1)}
+    lexicon = Lexicon(sorted(words), space)
+    for _ in range(3):
+        lp = torch.log_softmax(torch.randn(T, V) * 1.5, -1).double()
+        exact: dict = {}
+        for path in itertools.product(range(V), repeat=T):
+            p = math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+            exact[_collapse(path)] = exact.get(_collapse(path), 0.0) + p
+        search = PrefixBeamSearch(beam=10_000, prune=-1e9, lexicon=lexicon)
+        search.advance(lp)
+        scored = dict(search.scored())
+        allowed = {k for k in exact if _in_lexicon(k, words, space, complete=False)}
+        assert set(scored) == allowed and len(allowed) < len(exact)
+        for labels in allowed:
+            assert scored[labels] == pytest.approx(math.log(exact[labels]), abs=1e-9)
+        whole = {k: v for k, v in exact.items() if _in_lexicon(k, words, space, complete=True)}
+        assert tuple(search.best()) == max(whole, key=whole.get)
+
+
+def test_a_lexicon_turns_a_misspelling_into_the_word():
+    # the posteriors of test_the_end_of_transcript_term...: alone the search writes 1 2 (a
+    # word cut short); knowing only the words 1 2 2 and 3, it writes 1 2 2
+    probs = torch.tensor([[0.05, 0.85, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05],
+                          [0.3, 0.05, 0.6, 0.05], [0.4, 0.05, 0.5, 0.05]])
+    lp = probs.log()
+    assert beam_ids(lp, beam=8) == [1, 2]
+    assert beam_ids(lp, beam=8, lexicon=Lexicon([(1, 2, 2), (3,)])) == [1, 2, 2]
+    with pytest.raises(ValueError, match="at least one word"):
+        Lexicon([])
+    with pytest.raises(ValueError, match="no space"):
+        Lexicon([(1, 3)], space=3)
+
+
+def test_read_lexicon_names_the_line_of_a_word_the_model_cannot_write(tmp_path):
+    from rnnkit.models.asr import ASRConfig
+    from rnnkit.tasks import asr
+
+    config = ASRConfig(alphabet=list(" ab"))
+    (tmp_path / "ok.txt").write_text("ab ba\nab\n\nb\n")
+    lexicon = asr.read_lexicon(tmp_path / "ok.txt", config)
+    assert lexicon.words == {(2, 3), (3, 2), (3,)} and lexicon.space == 1
+    (tmp_path / "bad.txt").write_text("ab\nba abc\n")
+    with pytest.raises(DataError, match=r"bad.txt:2.*'abc'.*'c'"):
+        asr.read_lexicon(tmp_path / "bad.txt", config)
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"empty\.txt.*whitespace"):
+        asr.read_lexicon(tmp_path / "empty.txt", config)
 
 
 def test_decoding_in_chunks_equals_decoding_at_once():

@@ -54,7 +54,7 @@ train = common.train_handler(asr.train, ASROptions)
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--beam --lm --lm-weight --word-bonus``."""
+    """``--beam --lm --lm-weight --word-bonus --lexicon``."""
     d = parser.add_argument_group("decoding")
     d.add_argument("--beam", type=int, default=1, metavar="K",
                    help="prefix beam search with K prefixes (default 1 without --lm: greedy)")
@@ -63,6 +63,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weight of the LM's log-probabilities (default 0.5)")
     d.add_argument("--word-bonus", type=float, default=0.0, metavar="B",
                    help="added to a hypothesis's score for each word (default 0)")
+    d.add_argument("--lexicon", metavar="F",
+                   help="a file of words (whitespace-separated): the beam search writes "
+                        "only these (default beam 8)")
 
 
 def _decoder_options(args: argparse.Namespace) -> dict:
@@ -70,10 +73,10 @@ def _decoder_options(args: argparse.Namespace) -> dict:
         raise RnnkitError(f"--beam must be a positive int, got {args.beam}")
     if args.lm is None and (args.lm_weight != 0.5 or args.word_bonus != 0.0):
         raise RnnkitError("--lm-weight and --word-bonus need --lm DIR")
-    if args.lm is not None and args.beam == 1:
-        args.beam = 8  # fusion needs hypotheses to choose among
+    if (args.lm is not None or args.lexicon is not None) and args.beam == 1:
+        args.beam = 8  # fusion and a lexicon need hypotheses to choose among
     return {"beam": args.beam, "lm": args.lm, "lm_weight": args.lm_weight,
-            "word_bonus": args.word_bonus}
+            "word_bonus": args.word_bonus, "lexicon": args.lexicon}
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,11 @@ log P_LM(end | prefix)``, so that a prefix the LM would not end with (a word cut
 to keep every prefix, the best prefix is the most probable label sequence (tests compare it
 with the sum over all alignments).
 
+With a :class:`Lexicon` (flashlight's lexicon decoder, Kaldi's L), a prefix grows only into
+the words of a closed vocabulary: a character only where it continues some word, a space only
+after a whole word, and a finished transcript must end in one; a misspelling ("thre") is
+never written, the nearest word the posteriors allow is.
+
 Both decoders are incremental (:meth:`PrefixBeamSearch.advance` takes the next steps), so a
 streaming decode that feeds chunks ends in exactly the state of a whole-utterance decode.
 """
@@ -143,6 +148,42 @@ def _index_state(state: object, i: int) -> object:
     return map_states(lambda s: s[i:i + 1], state)
 
 
+class Lexicon:
+    """A closed vocabulary for :class:`PrefixBeamSearch`: the words as symbol-id sequences.
+
+    Args:
+        words: each word's symbol ids (no space inside a word); at least one, none empty.
+        space: the space's symbol id, which separates words; None when the alphabet has no
+            space (a transcript is then one word).
+    """
+
+    def __init__(self, words: Sequence[Sequence[int]], space: int | None = None) -> None:
+        self.words = {tuple(w) for w in words}
+        if not self.words or () in self.words:
+            raise ValueError("a lexicon needs at least one word, and no empty one")
+        if space is not None and any(space in w for w in self.words):
+            raise ValueError("a lexicon's words hold no space")
+        self.space = space
+        self.prefixes = {w[:i] for w in self.words for i in range(len(w) + 1)}
+
+    def _last_word(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        """The symbols of ``prefix`` after its last space (the word being written)."""
+        if self.space is None or self.space not in prefix:
+            return prefix
+        return prefix[len(prefix) - prefix[::-1].index(self.space):]
+
+    def allows(self, prefix: tuple[int, ...], c: int) -> bool:
+        """Whether ``prefix`` (itself allowed) may grow by symbol ``c``."""
+        word = self._last_word(prefix)
+        if c == self.space:
+            return word in self.words
+        return (*word, c) in self.prefixes
+
+    def complete(self, prefix: tuple[int, ...]) -> bool:
+        """Whether ``prefix`` ends in a whole word (or is empty: nothing said)."""
+        return not prefix or self._last_word(prefix) in self.words
+
+
 class PrefixBeamSearch:
     """The CTC prefix beam search over steps given a chunk at a time.
 
@@ -155,14 +196,15 @@ class PrefixBeamSearch:
         space: the space's symbol id (None: no word bonus).
         prune: symbols less likely than this log-probability at a step are not tried
             (the blank and the prefix's last symbol always are).
+        lexicon: a :class:`Lexicon`, or None (any label sequence).
     """
 
     def __init__(self, beam: int = 8, blank: int = 0, lm: CharLMScorer | None = None,
                  lm_weight: float = 0.5, word_bonus: float = 0.0, space: int | None = None,
-                 prune: float = -12.0) -> None:
+                 prune: float = -12.0, lexicon: Lexicon | None = None) -> None:
         if beam < 1:
             raise ValueError(f"beam must be a positive int, got {beam}")
-        self.beam, self.blank, self.lm = beam, blank, lm
+        self.beam, self.blank, self.lm, self.lexicon = beam, blank, lm, lexicon
         self.lm_weight, self.word_bonus, self.space, self.prune = (lm_weight, word_bonus,
                                                                    space, prune)
         # prefix -> (log p_b, log p_nb, log of the LM and word-bonus terms)
@@ -203,6 +245,8 @@ class PrefixBeamSearch:
             if last is not None:  # the last symbol repeated, merged: the prefix stays
                 e[1] = _logaddexp(e[1], pnb + row[last])
             for c in candidates if last is None or last in candidates else [*candidates, last]:
+                if self.lexicon is not None and not self.lexicon.allows(prefix, c):
+                    continue
                 p = row[c]
                 grown = (*prefix, c)
                 g = entry(grown, extra + self._extension(prefix, c))
@@ -218,12 +262,15 @@ class PrefixBeamSearch:
 
     def scored(self) -> list[tuple[tuple[int, ...], float]]:
         """The prefixes kept, best first, with their scores as finished transcripts (log p of
-        the alignments + the LM and word-bonus terms + the LM's end term)."""
+        the alignments + the LM and word-bonus terms + the LM's end term). With a lexicon,
+        those ending in a whole word come first (the others only where none does: audio
+        cut off mid-word, or a partial hypothesis of a stream)."""
         if self.lm is not None:  # what the next step would compute first: the same batch
             self.lm.prepare(list(self.beams))
         out = [(p, _logaddexp(pb, pnb) + extra + self._end(p))
                for p, (pb, pnb, extra) in self.beams.items()]
-        return sorted(out, key=lambda x: x[1], reverse=True)
+        lex = self.lexicon
+        return sorted(out, key=lambda x: (lex is None or lex.complete(x[0]), x[1]), reverse=True)
 
     def _end(self, prefix: tuple[int, ...]) -> float:
         return 0.0 if self.lm is None else self.lm_weight * self.lm.end_logp(prefix)

@@ -30,7 +30,13 @@ from rnnkit.data.audio import Utterance, change_speed, read_audio, read_manifest
 from rnnkit.data.features import FeatureConfig, LogMel, normalise, spec_augment
 from rnnkit.data.padding import length_batches
 from rnnkit.errors import DataError, RnnkitError, note, warn
-from rnnkit.generation.ctc import CharLMScorer, GreedyStream, PrefixBeamSearch, greedy_ids
+from rnnkit.generation.ctc import (
+    CharLMScorer,
+    GreedyStream,
+    Lexicon,
+    PrefixBeamSearch,
+    greedy_ids,
+)
 from rnnkit.metrics.wer import ErrorCounts, error_counts
 from rnnkit.models.asr import BLANK, AcousticModel, ASRConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
@@ -363,13 +369,35 @@ def log_probs_of(model: AcousticModel, frames: list[Tensor], batch_size: int = 6
 Decoder = Callable[[], "GreedyStream | PrefixBeamSearch"]
 
 
+def read_lexicon(path: str | Path, config: ASRConfig) -> Lexicon:
+    """The words of the UTF-8 file ``path`` (separated by whitespace, any number a line; a
+    repeat is one word) as a :class:`~rnnkit.generation.ctc.Lexicon` over the model's
+    alphabet. A character the model cannot write is a :class:`DataError` naming the line."""
+    from rnnkit.data.text import read_text
+
+    ids = config.char_ids
+    words: dict[str, list[int]] = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        for w in line.split():
+            unknown = sorted({c for c in w if c not in ids})
+            if unknown:
+                raise DataError(f"the word {w!r} has characters the model does not know: "
+                                f"{''.join(unknown)!r} (its alphabet: "
+                                f"{''.join(sorted(ids))!r})", path, n)
+            words.setdefault(w, [ids[c] for c in w])
+    return Lexicon(list(words.values()), ids.get(" "))
+
+
 def make_decoder(model: AcousticModel, beam: int = 1, lm: str | Path | None = None,
-                 lm_weight: float = 0.5, word_bonus: float = 0.0) -> Decoder:
-    """A factory of incremental decoders: greedy (``beam`` 1, no LM) or the prefix beam
-    search with the character LM of run directory ``lm`` fused in."""
+                 lm_weight: float = 0.5, word_bonus: float = 0.0,
+                 lexicon: str | Path | None = None) -> Decoder:
+    """A factory of incremental decoders: greedy (``beam`` 1, no LM, no lexicon) or the
+    prefix beam search, with the character LM of run directory ``lm`` fused in and the
+    words of the file ``lexicon`` (:func:`read_lexicon`) the only ones it writes."""
     if beam < 1:
         raise RnnkitError(f"--beam must be a positive int, got {beam}")
-    if lm is None and beam == 1:
+    words = None if lexicon is None else read_lexicon(lexicon, model.config)
+    if lm is None and words is None and beam == 1:
         return GreedyStream
     scorer_args = None
     if lm is not None:
@@ -388,7 +416,7 @@ def make_decoder(model: AcousticModel, beam: int = 1, lm: str | Path | None = No
     def new() -> PrefixBeamSearch:
         scorer = None if scorer_args is None else CharLMScorer(*scorer_args)
         return PrefixBeamSearch(beam=beam, blank=BLANK, lm=scorer, lm_weight=lm_weight,
-                                word_bonus=word_bonus, space=space)
+                                word_bonus=word_bonus, space=space, lexicon=words)
     return new
 
 
@@ -483,12 +511,13 @@ def whole_file(model: AcousticModel, path: str, decoder: Decoder | None = None) 
 
 def evaluate_manifest(run_dir: str | Path, manifest: str, *, beam: int = 1,
                       lm: str | None = None, lm_weight: float = 0.5, word_bonus: float = 0.0,
+                      lexicon: str | None = None,
                       batch_size: int = 64, device: str = "cpu") -> dict:
     """WER, CER and their operations on a manifest, with the real-time factor."""
     model, _ = load(run_dir, device)
     utts = read_manifest(manifest)
     encode_texts(utts, model.config)  # characters it cannot score: before any work
-    decoder = make_decoder(model, beam, lm, lm_weight, word_bonus)
+    decoder = make_decoder(model, beam, lm, lm_weight, word_bonus, lexicon)
     result = transcribe(model, utts, batch_size, decoder)
     refs = [u.text for u in utts]
     words: ErrorCounts = error_counts(refs, result.texts, "word")
@@ -503,4 +532,5 @@ def evaluate_manifest(run_dir: str | Path, manifest: str, *, beam: int = 1,
 __all__ = ["ASRData", "ASROptions", "ASRTask", "DEFAULT_TRAIN", "Featurizer",
            "STREAMING_DELAY", "TASK", "Transcription", "ctc_steps_needed", "decode_frames",
            "encode_texts", "evaluate_manifest", "load", "log_probs_of", "make_decoder",
+           "read_lexicon",
            "stream", "train", "transcribe", "whole_file"]
