@@ -161,15 +161,23 @@ def _collapse(path, blank=0):
     return tuple(out)
 
 
+def _label_probabilities(lp):
+    """Every label sequence's probability under (T, V) log-probabilities, by summing over
+    all V^T paths."""
+    T, V = lp.shape
+    exact: dict = {}
+    for path in itertools.product(range(V), repeat=T):
+        p = math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
+        exact[_collapse(path)] = exact.get(_collapse(path), 0.0) + p
+    return exact
+
+
 def test_prefix_beam_search_equals_the_sum_over_all_alignments():
     torch.manual_seed(0)
     T, V = 5, 3
     for _ in range(3):
         lp = torch.log_softmax(torch.randn(T, V) * 1.5, -1).double()
-        exact: dict = {}
-        for path in itertools.product(range(V), repeat=T):
-            p = math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
-            exact[_collapse(path)] = exact.get(_collapse(path), 0.0) + p
+        exact = _label_probabilities(lp)
         search = PrefixBeamSearch(beam=10_000, prune=-1e9)
         search.advance(lp)
         scored = dict(search.scored())
@@ -282,10 +290,7 @@ def test_a_lexicon_search_sums_the_alignments_of_the_words_only():
     lexicon = Lexicon(sorted(words), space)
     for _ in range(3):
         lp = torch.log_softmax(torch.randn(T, V) * 1.5, -1).double()
-        exact: dict = {}
-        for path in itertools.product(range(V), repeat=T):
-            p = math.exp(sum(float(lp[t, s]) for t, s in enumerate(path)))
-            exact[_collapse(path)] = exact.get(_collapse(path), 0.0) + p
+        exact = _label_probabilities(lp)
         search = PrefixBeamSearch(beam=10_000, prune=-1e9, lexicon=lexicon)
         search.advance(lp)
         scored = dict(search.scored())
