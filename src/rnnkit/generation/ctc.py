@@ -164,20 +164,25 @@ class Lexicon:
         if space is not None and any(space in w for w in self.words):
             raise ValueError("a lexicon's words hold no space")
         self.space = space
-        self.prefixes = {w[:i] for w in self.words for i in range(len(w) + 1)}
+        # each beginning of a word -> the symbols that may follow it (a space after a word)
+        nexts: dict[tuple[int, ...], set[int]] = {}
+        for w in self.words:
+            for i in range(len(w)):
+                nexts.setdefault(w[:i], set()).add(w[i])
+            if space is not None:
+                nexts.setdefault(w, set()).add(space)
+        self._next = {p: frozenset(c) for p, c in nexts.items()}
 
     def _last_word(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
         """The symbols of ``prefix`` after its last space (the word being written)."""
-        if self.space is None or self.space not in prefix:
-            return prefix
-        return prefix[len(prefix) - prefix[::-1].index(self.space):]
+        for i in range(len(prefix) - 1, -1, -1):
+            if prefix[i] == self.space:
+                return prefix[i + 1:]
+        return prefix
 
-    def allows(self, prefix: tuple[int, ...], c: int) -> bool:
-        """Whether ``prefix`` (itself allowed) may grow by symbol ``c``."""
-        word = self._last_word(prefix)
-        if c == self.space:
-            return word in self.words
-        return (*word, c) in self.prefixes
+    def next_symbols(self, prefix: tuple[int, ...]) -> frozenset[int]:
+        """The symbols that ``prefix`` (itself allowed) may grow by."""
+        return self._next.get(self._last_word(prefix), frozenset())
 
     def complete(self, prefix: tuple[int, ...]) -> bool:
         """Whether ``prefix`` ends in a whole word (or is empty: nothing said)."""
@@ -238,6 +243,7 @@ class PrefixBeamSearch:
             return e
 
         for prefix, (pb, pnb, extra) in self.beams.items():
+            allowed = None if self.lexicon is None else self.lexicon.next_symbols(prefix)
             total = _logaddexp(pb, pnb)
             e = entry(prefix, extra)
             e[0] = _logaddexp(e[0], total + p_blank)  # a blank: the prefix stays
@@ -245,7 +251,7 @@ class PrefixBeamSearch:
             if last is not None:  # the last symbol repeated, merged: the prefix stays
                 e[1] = _logaddexp(e[1], pnb + row[last])
             for c in candidates if last is None or last in candidates else [*candidates, last]:
-                if self.lexicon is not None and not self.lexicon.allows(prefix, c):
+                if allowed is not None and c not in allowed:
                     continue
                 p = row[c]
                 grown = (*prefix, c)

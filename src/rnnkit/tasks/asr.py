@@ -135,18 +135,22 @@ class Featurizer:
         return self.normalised(frames), seconds
 
 
+def _encode_text(text: str, ids: dict[str, int], where: str | Path,
+                 line: int | None = None, what: str = "") -> list[int]:
+    """``text``'s output indices; a character outside the alphabet ``ids`` is a
+    :class:`DataError` naming ``where`` (and ``line``), after ``what`` it is."""
+    unknown = sorted({c for c in text if c not in ids})
+    if unknown:
+        raise DataError(f"{what}characters the model does not know: {''.join(unknown)!r} "
+                        f"(its alphabet: {''.join(sorted(ids))!r})", where, line)
+    return [ids[c] for c in text]
+
+
 def encode_texts(utts: Sequence[Utterance], config: ASRConfig) -> list[list[int]]:
     """The output indices of every transcript; a character outside the model's alphabet is
     a :class:`DataError` naming the manifest line."""
     ids = config.char_ids
-    out = []
-    for u in utts:
-        unknown = sorted({c for c in u.text if c not in ids})
-        if unknown:
-            raise DataError(f"characters the model does not know: {''.join(unknown)!r} (its "
-                            f"alphabet: {''.join(sorted(ids))!r})", u.source)
-        out.append([ids[c] for c in u.text])
-    return out
+    return [_encode_text(u.text, ids, u.source) for u in utts]
 
 
 def ctc_steps_needed(ids: Sequence[int]) -> int:
@@ -379,12 +383,8 @@ def read_lexicon(path: str | Path, config: ASRConfig) -> Lexicon:
     words: dict[str, list[int]] = {}
     for n, line in enumerate(read_text(path).splitlines(), 1):
         for w in line.split():
-            unknown = sorted({c for c in w if c not in ids})
-            if unknown:
-                raise DataError(f"the word {w!r} has characters the model does not know: "
-                                f"{''.join(unknown)!r} (its alphabet: "
-                                f"{''.join(sorted(ids))!r})", path, n)
-            words.setdefault(w, [ids[c] for c in w])
+            if w not in words:
+                words[w] = _encode_text(w, ids, path, n, what=f"the word {w!r} has ")
     return Lexicon(list(words.values()), ids.get(" "))
 
 
