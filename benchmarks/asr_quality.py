@@ -13,7 +13,9 @@ model, isolated-digit accuracy, real-time factor, streaming latency.
 3. the transcripts' character LM (``rnnkit train lm --train digits/train.txt --dev
    digits/dev.txt --level char --num-layers 1 --hidden-size 128 --max-minutes 2``);
 4. ``rnnkit evaluate`` on dev, greedy, ``--beam 8`` and ``--beam 8 --lm LM --lm-weight 1.0``
-   (the weight chosen on dev), and on the isolated dev recordings; the real-time factor on
+   (the weight chosen on dev), each beam also with ``--lexicon digits/train.txt`` (the
+   training transcripts' words the only ones written), and on the isolated dev recordings
+   (greedy, beam 8 + LM, beam 8 + lexicon); the real-time factor on
    one thread (reading, features, model and decoding included; after one untimed pass, so
    that the once-per-machine GEMM measurement of rnnkit.gemm is not in it);
 5. the streaming model's latency: each dev file read 100 ms at a time, the seconds each chunk
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
               + (["--isolated-train"] if args.isolated_train else []))
     runs = {"bidirectional": out / "bi", "streaming": out / "uni"}
     fusion = ("--beam", "8", "--lm", str(out / "charlm"), "--lm-weight", "1.0")
+    lexicon = ("--lexicon", str(sets / "train.txt"))  # a closed vocabulary: training's words
     if not args.skip_train:
         for name, run in runs.items():
             extra = ["--unidirectional"] if name == "streaming" else []
@@ -110,10 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, run in runs.items():
         res[name] = {"greedy": evaluate(run, sets / "dev.tsv", args.threads),
                      "beam": evaluate(run, sets / "dev.tsv", args.threads, "--beam", "8"),
-                     "beam + LM": evaluate(run, sets / "dev.tsv", args.threads, *fusion)}
+                     "beam + LM": evaluate(run, sets / "dev.tsv", args.threads, *fusion),
+                     "beam + lexicon": evaluate(run, sets / "dev.tsv", args.threads, "--beam",
+                                                "8", *lexicon),
+                     "beam + lexicon + LM": evaluate(run, sets / "dev.tsv", args.threads,
+                                                     *fusion, *lexicon)}
     bi = runs["bidirectional"]
     isolated = evaluate(bi, sets / "dev-isolated.tsv", args.threads)
     isolated_lm = evaluate(bi, sets / "dev-isolated.tsv", args.threads, *fusion)
+    isolated_lex = evaluate(bi, sets / "dev-isolated.tsv", args.threads, "--beam", "8",
+                            *lexicon)
     # on one thread, after one untimed pass: the first use of a thread count on a machine
     # measures and caches its GEMM choices (rnnkit.gemm), once, inside the decode it times
     evaluate(bi, sets / "dev-isolated.tsv", 1)
@@ -123,20 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     uni = json.loads((runs["streaming"] / "config.json").read_text())["model"]
     delay_ms = uni["delay"] * uni["subsample"] * uni["features"]["hop_ms"]
     wer_bi, wer_uni = res["bidirectional"]["greedy"]["wer"], res["streaming"]["greedy"]["wer"]
+    connected = [(f"connected digits, dev WER, {label}",
+                  f"{100 * res['bidirectional'][key]['wer']:.2f}%", "<= 1.5%",
+                  res["bidirectional"][key]["wer"] <= 0.015)
+                 for key, label in (("greedy", "greedy"), ("beam", "beam 8"),
+                                    ("beam + LM", "beam 8 + char LM"),
+                                    ("beam + lexicon", "beam 8 + lexicon"),
+                                    ("beam + lexicon + LM", "beam 8 + lexicon + char LM"))]
     rows = [
-        ("connected digits, dev WER, greedy", f"{100 * wer_bi:.2f}%", "<= 1.5%", wer_bi <= 0.015),
-        ("connected digits, dev WER, beam 8",
-         f"{100 * res['bidirectional']['beam']['wer']:.2f}%", "<= 1.5%",
-         res["bidirectional"]["beam"]["wer"] <= 0.015),
-        ("connected digits, dev WER, beam 8 + char LM",
-         f"{100 * res['bidirectional']['beam + LM']['wer']:.2f}%", "<= 1.5%",
-         res["bidirectional"]["beam + LM"]["wer"] <= 0.015),
+        *connected,
         ("isolated digits, dev accuracy, greedy",
          f"{100 * isolated['sentence_accuracy']:.2f}%", ">= 98%",
          isolated["sentence_accuracy"] >= 0.98),
         ("isolated digits, dev accuracy, beam 8 + char LM",
          f"{100 * isolated_lm['sentence_accuracy']:.2f}%", ">= 98%",
          isolated_lm["sentence_accuracy"] >= 0.98),
+        ("isolated digits, dev accuracy, beam 8 + lexicon",
+         f"{100 * isolated_lex['sentence_accuracy']:.2f}%", ">= 98%",
+         isolated_lex["sentence_accuracy"] >= 0.98),
         ("real-time factor, 1 thread, dev set", f"{rtf:.4f}", "<= 0.01", rtf <= 0.01),
         ("streaming model, dev WER, greedy", f"{100 * wer_uni:.2f}% "
          f"({wer_uni / max(wer_bi, 1e-9):.2f}x the bidirectional)", "<= 1.5x",
