@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"bidirectional": out / "bi", "streaming": out / "uni"}
     fusion = ("--beam", "8", "--lm", str(out / "charlm"), "--lm-weight", "1.0")
     lexicon = ("--lexicon", str(sets / "train.txt"))  # a closed vocabulary: training's words
+    decodes = {"greedy": (), "beam": ("--beam", "8"), "beam + LM": fusion,
+               "beam + lexicon": ("--beam", "8", *lexicon),
+               "beam + lexicon + LM": (*fusion, *lexicon)}
+    labels = {"greedy": "greedy", "beam": "beam 8", "beam + LM": "beam 8 + char LM",
+              "beam + lexicon": "beam 8 + lexicon",
+              "beam + lexicon + LM": "beam 8 + lexicon + char LM"}
     if not args.skip_train:
         for name, run in runs.items():
             extra = ["--unidirectional"] if name == "streaming" else []
@@ -111,18 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                "--no-progress"])
     res = {}
     for name, run in runs.items():
-        res[name] = {"greedy": evaluate(run, sets / "dev.tsv", args.threads),
-                     "beam": evaluate(run, sets / "dev.tsv", args.threads, "--beam", "8"),
-                     "beam + LM": evaluate(run, sets / "dev.tsv", args.threads, *fusion),
-                     "beam + lexicon": evaluate(run, sets / "dev.tsv", args.threads, "--beam",
-                                                "8", *lexicon),
-                     "beam + lexicon + LM": evaluate(run, sets / "dev.tsv", args.threads,
-                                                     *fusion, *lexicon)}
+        res[name] = {key: evaluate(run, sets / "dev.tsv", args.threads, *extra)
+                     for key, extra in decodes.items()}
     bi = runs["bidirectional"]
-    isolated = evaluate(bi, sets / "dev-isolated.tsv", args.threads)
-    isolated_lm = evaluate(bi, sets / "dev-isolated.tsv", args.threads, *fusion)
-    isolated_lex = evaluate(bi, sets / "dev-isolated.tsv", args.threads, "--beam", "8",
-                            *lexicon)
+    isolated = {key: evaluate(bi, sets / "dev-isolated.tsv", args.threads, *decodes[key])
+                for key in ("greedy", "beam + LM", "beam + lexicon")}
     # on one thread, after one untimed pass: the first use of a thread count on a machine
     # measures and caches its GEMM choices (rnnkit.gemm), once, inside the decode it times
     evaluate(bi, sets / "dev-isolated.tsv", 1)
@@ -132,24 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     uni = json.loads((runs["streaming"] / "config.json").read_text())["model"]
     delay_ms = uni["delay"] * uni["subsample"] * uni["features"]["hop_ms"]
     wer_bi, wer_uni = res["bidirectional"]["greedy"]["wer"], res["streaming"]["greedy"]["wer"]
-    connected = [(f"connected digits, dev WER, {label}",
-                  f"{100 * res['bidirectional'][key]['wer']:.2f}%", "<= 1.5%",
-                  res["bidirectional"][key]["wer"] <= 0.015)
-                 for key, label in (("greedy", "greedy"), ("beam", "beam 8"),
-                                    ("beam + LM", "beam 8 + char LM"),
-                                    ("beam + lexicon", "beam 8 + lexicon"),
-                                    ("beam + lexicon + LM", "beam 8 + lexicon + char LM"))]
     rows = [
-        *connected,
-        ("isolated digits, dev accuracy, greedy",
-         f"{100 * isolated['sentence_accuracy']:.2f}%", ">= 98%",
-         isolated["sentence_accuracy"] >= 0.98),
-        ("isolated digits, dev accuracy, beam 8 + char LM",
-         f"{100 * isolated_lm['sentence_accuracy']:.2f}%", ">= 98%",
-         isolated_lm["sentence_accuracy"] >= 0.98),
-        ("isolated digits, dev accuracy, beam 8 + lexicon",
-         f"{100 * isolated_lex['sentence_accuracy']:.2f}%", ">= 98%",
-         isolated_lex["sentence_accuracy"] >= 0.98),
+        *((f"connected digits, dev WER, {labels[key]}", f"{100 * r['wer']:.2f}%", "<= 1.5%",
+           r["wer"] <= 0.015) for key, r in res["bidirectional"].items()),
+        *((f"isolated digits, dev accuracy, {labels[key]}",
+           f"{100 * r['sentence_accuracy']:.2f}%", ">= 98%", r["sentence_accuracy"] >= 0.98)
+          for key, r in isolated.items()),
         ("real-time factor, 1 thread, dev set", f"{rtf:.4f}", "<= 0.01", rtf <= 0.01),
         ("streaming model, dev WER, greedy", f"{100 * wer_uni:.2f}% "
          f"({wer_uni / max(wer_bi, 1e-9):.2f}x the bidirectional)", "<= 1.5x",
