@@ -12,6 +12,10 @@ from rnnkit.layers import stack
     ("lstm", "none", {}), ("lstm", "residual", {}), ("lstm", "dense", {}),
     ("lstm", "highway", {"layer_norm": True}), ("gru", "residual", {}),
     ("peephole", "none", {}), ("gru-simple", "dense", {}), ("rnn", "none", {}),
+    # the scan cells' inference step (engines.scan.ScanInferenceStep), every window and form
+    ("scan-gru", "residual", {}), ("scan-gru", "none", {"positive": True}),
+    ("scan-lstm", "dense", {}), ("qrnn", "none", {}), ("qrnn", "residual", {"window": 1}),
+    ("qrnn", "dense", {"bias": False}),
 ])
 def test_step_by_step_equals_the_forward(cell, connection, options) -> None:
     torch.set_num_threads(1)
@@ -46,3 +50,15 @@ def test_step_follows_a_weight_change_and_keeps_autograd_when_asked() -> None:
     y, _ = net.step(x.requires_grad_(True))  # autograd on: the layers' own forward
     y.sum().backward()
     assert x.grad is not None and net.layers[0].cell.weight_ih.grad is not None
+
+
+def test_the_scan_cells_decode_on_their_pre_transposed_weights() -> None:
+    from rnnkit.cells import make_cell
+    from rnnkit.engines.kernels import inference_step
+    from rnnkit.engines.scan import ScanInferenceStep
+
+    for name in ("scan-gru", "scan-lstm", "qrnn"):
+        step = inference_step(make_cell(name, 5, 3))
+        assert isinstance(step, ScanInferenceStep)
+        assert step.w.shape == (5 * step.cell.window, step.cell.blocks * 3)
+        assert step.w.is_contiguous()

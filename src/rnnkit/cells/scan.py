@@ -5,9 +5,10 @@ of all steps are one GEMM (a convolution for the QRNN) and the recurrence
     c<t> = a<t> * c<t-1> + b<t>
 
 is a linear scan (engine ``scan``: :mod:`rnnkit.engines.scan`), with no matrix product
-between steps. Each cell states its ``a`` and ``b`` (and an output gate) for a whole sequence in
-:meth:`ScanCell.coefficients`; :meth:`step` applies the same function to one step, so the
-equations are written once.
+between steps. Each cell states its ``a`` and ``b`` (and an output gate) from the gate
+pre-activations in :meth:`ScanCell.activate`, the one place of its equations:
+:meth:`ScanCell.coefficients` applies it to a whole sequence, :meth:`ScanCell.step` and the
+decoding step (:class:`rnnkit.engines.scan.ScanInferenceStep`) to one step.
 
 - :class:`MinGRUCell`, ``scan-gru`` (Feng et al. 2024, "Were RNNs All We Needed?"):
   ``z = sigma(W_z x + b_z)``, ``h~ = W_h x + b_h``, ``a<t> = (1 - z) * a<t-1> + z * h~``;
@@ -73,10 +74,16 @@ class ScanCell(RecurrentCell):
         machine's fastest backend, :func:`rnnkit.gemm.linear`)."""
         return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
 
+    def activate(self, pre: Tensor) -> ScanCoefficients:
+        """``a``, ``b`` and the output gate from the gate pre-activations (..., G H) of
+        :meth:`projections` (the cell's equations, written here once)."""
+        raise NotImplementedError
+
     def coefficients(self, x: Tensor, state: tuple[Tensor, ...], params: Params | None = None
                      ) -> ScanCoefficients:
         """``a``, ``b`` and the output gate of inputs (T, B, I) from ``state``."""
-        raise NotImplementedError
+        p = self.params() if params is None else params
+        return self.activate(self.projections(x, state, p))
 
     @property
     def scanned(self) -> int:
@@ -134,9 +141,8 @@ class MinGRUCell(_MinCell):
     blocks = 2
     gate_kinds: ClassVar[dict[str, str]] = {"update": "sigmoid"}
 
-    def coefficients(self, x, state, params=None):
-        p = self.params() if params is None else params
-        z, h = self.projections(x, state, p).chunk(2, dim=-1)
+    def activate(self, pre):
+        z, h = pre.chunk(2, dim=-1)
         z = torch.sigmoid(z)
         return ScanCoefficients(1 - z, z * self.candidate(h), None)
 
@@ -156,9 +162,8 @@ class MinLSTMCell(_MinCell):
     blocks = 3
     gate_kinds: ClassVar[dict[str, str]] = {"forget": "sigmoid", "input": "sigmoid"}
 
-    def coefficients(self, x, state, params=None):
-        p = self.params() if params is None else params
-        f, i, h = self.projections(x, state, p).chunk(3, dim=-1)
+    def activate(self, pre):
+        f, i, h = pre.chunk(3, dim=-1)
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         total = f + i
         return ScanCoefficients(f / total, i / total * self.candidate(h), None)
@@ -197,9 +202,8 @@ class QRNNCell(ScanCell):
             x = torch.cat([before, x], dim=-1)
         return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
 
-    def coefficients(self, x, state, params=None):
-        p = self.params() if params is None else params
-        z, f, o = self.projections(x, state, p).chunk(3, dim=-1)
+    def activate(self, pre):
+        z, f, o = pre.chunk(3, dim=-1)
         z, f, o = torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
         return ScanCoefficients(f, (1 - f) * z, o)
 
