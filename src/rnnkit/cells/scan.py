@@ -69,10 +69,15 @@ class ScanCell(RecurrentCell):
     def reset_parameters(self) -> None:
         self.reset_uniform()
 
+    def windowed(self, x: Tensor, state: tuple[Tensor, ...]) -> Tensor:
+        """What ``weight_ih`` multiplies at each step: inputs (T, B, I) -> (T, B, I k) (the
+        inputs themselves with a window of 1)."""
+        return x
+
     def projections(self, x: Tensor, state: tuple[Tensor, ...], params: Params) -> Tensor:
         """The gate pre-activations of every step, (T, B, G H), in one GEMM (on the
         machine's fastest backend, :func:`rnnkit.gemm.linear`)."""
-        return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
+        return gemm.linear(self.windowed(x, state), params["weight_ih"], params.get("bias_ih"))
 
     def activate(self, pre: Tensor) -> ScanCoefficients:
         """``a``, ``b`` and the output gate from the gate pre-activations (..., G H) of
@@ -96,13 +101,20 @@ class ScanCell(RecurrentCell):
         ``(h, c)`` (and the last input with a window of 2)."""
         return (c,) if o is None else (o * c, c)
 
+    def advance(self, x_t: Tensor, pre: Tensor, state: tuple[Tensor, ...]
+                ) -> tuple[Tensor, State]:
+        """One step from its gate pre-activations ``pre`` (B, G H): ``c<t> = a<t> * c<t-1> +
+        b<t>`` and the new state, for inputs ``x_t`` (B, I); returns ``(h<t>, state)``."""
+        co = self.activate(pre)
+        c = torch.addcmul(co.b, co.a, state[self.scanned])
+        new = self.carried(x_t, c, co.o)
+        return new[0], from_tuple(self, new)
+
     def step(self, x_t: Tensor, state: State, params: Params | None = None
              ) -> tuple[Tensor, State]:
         s = as_tuple(state)
-        co = self.coefficients(x_t.unsqueeze(0), s, params)
-        c = torch.addcmul(co.b[0], co.a[0], s[self.scanned])
-        new = tuple(q[0] for q in self.carried(x_t.unsqueeze(0), c.unsqueeze(0), co.o))
-        return new[0], from_tuple(self, new)
+        p = self.params() if params is None else params
+        return self.advance(x_t, self.projections(x_t.unsqueeze(0), s, p)[0], s)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + (
@@ -196,11 +208,12 @@ class QRNNCell(ScanCell):
         return (self.hidden_size, self.hidden_size) + ((self.input_size,) if self.window == 2
                                                        else ())
 
-    def projections(self, x, state, params):
-        if self.window == 2:  # [x<t-1>, x<t>]: the state's last input before the first step
-            before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
-            x = torch.cat([before, x], dim=-1)
-        return gemm.linear(x, params["weight_ih"], params.get("bias_ih"))
+    def windowed(self, x, state):
+        if self.window == 1:
+            return x
+        # [x<t-1>, x<t>]: the state's last input before the first step
+        before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
+        return torch.cat([before, x], dim=-1)
 
     def activate(self, pre):
         z, f, o = pre.chunk(3, dim=-1)

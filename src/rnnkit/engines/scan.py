@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple, from_tuple
+from rnnkit.cells.base import Params, RecurrentCell, State, as_tuple
 from rnnkit.cells.scan import MinGRUCell, MinLSTMCell, QRNNCell, ScanCell
 from rnnkit.engines import compiled
 from rnnkit.engines.kernels.base import register_inference
@@ -186,8 +186,9 @@ class ScanInferenceStep:
     """A scan cell's inference step on its pre-transposed weight: ``pre = b + [x<t-1>,] x<t>
     W^T`` with ``W^T`` (I k, G H) contiguous (one row-times-matrix product, as the LSTM's
     :class:`~rnnkit.engines.kernels.lstm.LSTMInferenceStep`), then the cell's own
-    :meth:`~rnnkit.cells.scan.ScanCell.activate` and ``c<t> = a<t> * c<t-1> + b<t>``.
-    Inputs (B, I) and the cell's state; returns ``(h<t>, state)`` as ``cell.step``."""
+    :meth:`~rnnkit.cells.scan.ScanCell.advance` (its ``activate`` and ``c<t> = a<t> *
+    c<t-1> + b<t>``). Inputs (B, I) and the cell's state; returns ``(h<t>, state)`` as
+    ``cell.step``."""
 
     def __init__(self, cell: ScanCell) -> None:
         self.cell = cell
@@ -196,13 +197,10 @@ class ScanInferenceStep:
             self.b = None if cell.bias_ih is None else cell.bias_ih.contiguous()
 
     def __call__(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        cell, s = self.cell, as_tuple(state)
-        inp = torch.cat([s[2], x_t], dim=1) if cell.window == 2 else x_t
+        s = as_tuple(state)
+        inp = self.cell.windowed(x_t.unsqueeze(0), s)[0]  # (B, I k)
         pre = torch.mm(inp, self.w) if self.b is None else torch.addmm(self.b, inp, self.w)
-        co = cell.activate(pre)
-        c = torch.addcmul(co.b, co.a, s[cell.scanned])
-        new = cell.carried(x_t, c, co.o)
-        return new[0], from_tuple(cell, new)
+        return self.cell.advance(x_t, pre, s)
 
 
 for _cell_type in SCAN_CELLS:
