@@ -211,3 +211,28 @@ def test_word_level_defaults_are_the_benchmark_configuration():
     words = train_defaults(False, "word")
     assert (words.lr, words.warmup, words.clip, words.min_lr_ratio) == (2e-3, 100, 0.5, 0.02)
     assert train_defaults(False).clip == 1.0
+
+
+def test_qrnn_windows_per_layer_from_the_command_line(tmp_path, capsys):
+    """`--window 2,1`: AWD-LSTM's QRNN, window 2 in the first layer and 1 above; recorded in
+    the run, refused for another cell, a bad value or count, and a change on resume."""
+    (tmp_path / "train.txt").write_text(TRAIN, encoding="utf-8")
+    out = tmp_path / "qrnn"
+    small = [*SMALL, "--num-layers", "2", "--cell", "qrnn"]
+    assert main(["train", "lm", "--train", str(tmp_path / "train.txt"), "--max-steps", "3",
+                 "--out", str(out), "--sample-length", "5", "--window", "2,1", *small]) == 0
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["layer_cell_options"] == [{"window": 2}, {"window": 1}]
+    from rnnkit.tasks import lm
+    loaded, _, _ = lm.load_lm(out)
+    assert [layer.cell.window for layer in loaded.rnn.layers] == [2, 1]
+    capsys.readouterr()
+    train = ["train", "lm", "--train", str(tmp_path / "train.txt"), "--max-steps", "3"]
+    one_line_error(capsys, [*train, "--out", str(tmp_path / "a"), *SMALL, "--window", "1"],
+                   "--window 1", "only the qrnn cell")
+    one_line_error(capsys, [*train, "--out", str(tmp_path / "b"), *small, "--window", "3"],
+                   "--window", "'3'")
+    one_line_error(capsys, [*train, "--out", str(tmp_path / "c"), *small, "--window",
+                            "2,1,1"], "one per layer (2 layers)")
+    one_line_error(capsys, ["train", "lm", "--resume", "--out", str(out), "--window", "1"],
+                   "--window 1 (the run has 2,1)")

@@ -34,6 +34,8 @@ def tiny(**overrides) -> LanguageModel:
     dict(cell="rnn", engine="reference"),
     dict(cell="lstm", cell_options={"layer_norm": True}),
     dict(cell="lstm", adaptive_cutoffs=[6, 12], adaptive_div_value=2.0),
+    dict(cell="qrnn", num_layers=3, cell_options={"window": 1},
+         layer_cell_options=[{"window": 2}, {}, {"window": 1}]),  # windows 2, 1, 1
 ])
 def test_step_by_step_equals_the_full_forward(options):
     model = tiny(**options).eval()
@@ -169,3 +171,19 @@ def test_temperature_top_k_and_top_p_shape_the_distribution():
     for bad in (dict(temperature=-1), dict(top_k=0), dict(top_p=0.0)):
         with pytest.raises(ValueError):
             sample(logits, **bad)
+
+
+def test_layer_cell_options_reach_each_layer_and_survive_the_config():
+    model = tiny(cell="qrnn", num_layers=3, layer_cell_options=[{"window": 2}, {"window": 1},
+                                                                 {"window": 1}])
+    assert [layer.cell.window for layer in model.rnn.layers] == [2, 1, 1]
+    # a window-2 layer reads [x<t-1>, x<t>]: twice the first layer's input columns
+    assert model.rnn.layers[0].cell.weight_ih.shape == (24, 16)
+    assert model.rnn.layers[1].cell.weight_ih.shape == (24, 8)
+    again = LMConfig.from_dict(model.config.to_dict())
+    assert again.layer_cell_options == [{"window": 2}, {"window": 1}, {"window": 1}]
+    # a config written before the field existed loads with no per-layer options
+    old = {k: v for k, v in model.config.to_dict().items() if k != "layer_cell_options"}
+    assert LMConfig.from_dict(old).layer_cell_options == []
+    with pytest.raises(ValueError, match="one mapping per layer"):
+        tiny(cell="qrnn", num_layers=3, layer_cell_options=[{"window": 1}])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -351,30 +351,38 @@ def stack(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
           bidirectional: bool = False, merge: str = "concat", connection: str = "none",
           dropout: float = 0.0, variational: bool = False, batch_first: bool = True,
           engine: str = "auto", input_dropout: float = 0.0, output_dropout: float = 0.0,
-          dropconnect: float = 0.0, learn_init: bool = False, **cell_options: object
+          dropconnect: float = 0.0, learn_init: bool = False,
+          layer_options: Sequence[Mapping[str, object]] | None = None, **cell_options: object
           ) -> Stacked:
     """Build a :class:`Stacked` of ``num_layers`` layers of the named cell.
 
     ``cell``: ``"rnn"``, ``"rnn-relu"``, ``"lstm"``, ``"peephole"``, ``"gru"``,
     ``"gru-before"``, ``"gru-simple"``, ``"scan-gru"``, ``"scan-lstm"`` or ``"qrnn"``;
-    ``cell_options`` go to every cell (``layer_norm=True``, ``forget_bias=1.0``, ...). Layer
-    options as :class:`Recurrent`, stack options as :class:`Stacked`. Input (B, T,
-    input_size); output (B, T, H or 2H when bidirectional and concatenated).
+    ``cell_options`` go to every cell (``layer_norm=True``, ``forget_bias=1.0``, ...), and
+    ``layer_options`` (one mapping per layer) over them to that layer's cells: AWD-LSTM's
+    QRNN, ``[{"window": 2}, {"window": 1}, ...]``. Layer options as :class:`Recurrent`, stack
+    options as :class:`Stacked`. Input (B, T, input_size); output (B, T, H or 2H when
+    bidirectional and concatenated).
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
     check_choice("connection", connection, CONNECTIONS)
+    per_layer = [{}] * num_layers if layer_options is None else [dict(o) for o in layer_options]
+    if len(per_layer) != num_layers:
+        raise ValueError(f"layer_options must hold one mapping per layer ({num_layers}), got "
+                         f"{len(per_layer)}")
     layer_opts = dict(batch_first=batch_first, engine=engine, input_dropout=input_dropout,
                       output_dropout=output_dropout, dropconnect=dropconnect,
                       learn_init=learn_init)
     layers: list[nn.Module] = []
     size = input_size
     total = input_size
-    for _ in range(num_layers):
-        fwd = Recurrent(make_cell(cell, size, hidden_size, **cell_options), reverse=False,
+    for options in per_layer:
+        options = {**cell_options, **options}
+        fwd = Recurrent(make_cell(cell, size, hidden_size, **options), reverse=False,
                         **layer_opts)
         if bidirectional:
-            bwd = Recurrent(make_cell(cell, size, hidden_size, **cell_options), reverse=True,
+            bwd = Recurrent(make_cell(cell, size, hidden_size, **options), reverse=True,
                             **layer_opts)
             layer: nn.Module = Bidirectional(fwd, bwd, merge=merge)
         else:

@@ -65,6 +65,8 @@ class LMConfig:
         dropconnect: DropConnect on the recurrent weights (AWD-LSTM's weight drop).
         learn_init: learn the initial state.
         cell_options: keyword options of every cell, e.g. ``{"layer_norm": True}``.
+        layer_cell_options: one mapping per layer over ``cell_options`` (empty: none), e.g.
+            AWD-LSTM's QRNN windows ``[{"window": 2}, {"window": 1}]``.
         tie_weights: share the embedding and the decoder weight.
         adaptive_cutoffs: cutoffs of an adaptive softmax (``None``: a full softmax).
         adaptive_div_value: its ``div_value``.
@@ -86,6 +88,7 @@ class LMConfig:
     dropconnect: float = 0.0
     learn_init: bool = False
     cell_options: dict = field(default_factory=dict)
+    layer_cell_options: list[dict] = field(default_factory=list)
     tie_weights: bool = False
     adaptive_cutoffs: list[int] | None = None
     adaptive_div_value: float = 4.0
@@ -132,7 +135,8 @@ class LanguageModel(nn.Module):
                          connection=c.connection, dropout=c.dropout, variational=c.variational,
                          engine=c.engine, input_dropout=c.layer_input_dropout,
                          output_dropout=c.layer_output_dropout, dropconnect=c.dropconnect,
-                         learn_init=c.learn_init, **c.cell_options)
+                         learn_init=c.learn_init, layer_options=c.layer_cell_options or None,
+                         **c.cell_options)
         out = self.rnn.output_size
         self.proj = (nn.Linear(out, c.embedding_size)
                      if c.tie_weights and out != c.embedding_size else None)
