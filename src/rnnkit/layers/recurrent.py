@@ -12,12 +12,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import engines
 from rnnkit.cells.base import RecurrentCell, State, as_tuple, check_state, from_tuple
+from rnnkit.layers.dropout import dropout, dropout_mask
 
 
 class RecurrentOutput(NamedTuple):
@@ -80,7 +80,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
 
 def variational_mask(p: float, batch: int, size: int, like: Tensor) -> Tensor:
     """A dropout mask (B, size), scaled by 1 / (1 - p), to be shared by every time step."""
-    return F.dropout(like.new_ones(batch, size), p, training=True)
+    return dropout_mask(p, (batch, size), like)
 
 
 def unpack_input(x: Tensor | PackedSequence, batch_first: bool
@@ -213,7 +213,7 @@ class Recurrent(nn.Module):
         params = self.cell.params()
         if self.training and self.dropconnect:
             for name in self.cell.recurrent_weights:
-                params[name] = F.dropout(params[name], self.dropconnect, training=True)
+                params[name] = dropout(params[name], self.dropconnect)
         engine = self.engine_for(x.device, need_states, B)
         res = engines.run(engine, self.cell, params, x, state_t, run_lengths, need_states)
         out, states = res.output, res.states

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -14,6 +13,7 @@ from rnnkit.cells.base import as_tuple, check_choice, check_state, from_tuple
 from rnnkit.engines.kernels import inference_step
 from rnnkit.engines.native import call_native, flat_weights
 from rnnkit.layers.bidirectional import Bidirectional, cell_states, finish
+from rnnkit.layers.dropout import dropout
 from rnnkit.layers.recurrent import (
     Recurrent,
     RecurrentOutput,
@@ -268,7 +268,7 @@ class Stacked(nn.Module):
             return x
         if self.variational:
             return x * variational_mask(self.dropout, x.shape[1], x.shape[2], x)
-        return F.dropout(x, self.dropout, training=True)
+        return dropout(x, self.dropout)
 
     def forward_time_major(self, x: Tensor, states: Sequence | None, lengths: Tensor | None,
                            need_states: bool = False) -> _TimeMajor:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rnnkit import gemm
 from rnnkit.data.features import FeatureConfig
 from rnnkit.layers import stack
+from rnnkit.layers.dropout import Dropout
 
 BLANK = 0
 
@@ -98,7 +99,7 @@ class AcousticModel(nn.Module):
         if config.delay < 0 or (config.delay and config.bidirectional):
             raise ValueError(f"delay must be 0 for a bidirectional model and >= 0 for a "
                              f"unidirectional one, got {config.delay}")
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.rnn = stack(config.cell, k * mels, config.hidden_size, config.num_layers,
                          bidirectional=config.bidirectional, dropout=config.dropout)
         self.output = nn.Linear(self.rnn.output_size, config.vocab_size)

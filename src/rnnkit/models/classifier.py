@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from rnnkit import gemm
 from rnnkit.cells.base import check_choice
 from rnnkit.layers import stack
+from rnnkit.layers.dropout import Dropout
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -63,7 +64,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.num_words, config.embed_dim,
                                       padding_idx=config.pad_id)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.rnn = stack(config.cell, config.embed_dim, config.hidden_size, config.num_layers,
                          bidirectional=config.bidirectional, connection=config.connection,
                          dropout=config.dropout)
@@ -106,7 +107,7 @@ class Classifier(nn.Module):
             raise ValueError(f"num_labels must be at least 2, got {config.num_labels}")
         self.config = config
         self.encoder = Encoder(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(self.encoder.output_size, config.num_labels)
         gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 

@@ -34,6 +34,7 @@ from rnnkit import gemm
 from rnnkit.cells.base import from_tuple
 from rnnkit.data.lm import IGNORE
 from rnnkit.generation.sampling import check_sampling, sample
+from rnnkit.layers.dropout import Dropout
 from rnnkit.layers.recurrent import map_states
 from rnnkit.layers.stacking import stack
 from rnnkit.losses import adaptive_cross_entropy, linear_cross_entropy
@@ -141,8 +142,8 @@ class LanguageModel(nn.Module):
         self.proj = (nn.Linear(out, c.embedding_size)
                      if c.tie_weights and out != c.embedding_size else None)
         dec_in = c.embedding_size if c.tie_weights else out
-        self.emb_drop = nn.Dropout(c.embedding_dropout)
-        self.out_drop = nn.Dropout(c.output_dropout)
+        self.emb_drop = Dropout(c.embedding_dropout)
+        self.out_drop = Dropout(c.output_dropout)
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
         self.decoder: nn.Linear | None = None
         if c.adaptive_cutoffs:

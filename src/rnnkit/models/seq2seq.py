@@ -35,6 +35,7 @@ from rnnkit import gemm
 from rnnkit.cells.base import check_choice
 from rnnkit.layers import map_states, stack
 from rnnkit.layers.attention import ATTENTIONS, Attention, length_mask
+from rnnkit.layers.dropout import Dropout
 
 BRIDGES = ("linear", "none")
 
@@ -132,7 +133,7 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(out_size, c.tgt_vocab_size)
         if c.tie_embeddings:
             self.out.weight = self.tgt_embed.weight
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 
     # -- encoding ------------------------------------------------------------------------------

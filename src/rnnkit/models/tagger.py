@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rnnkit import gemm
 from rnnkit.cells.base import check_choice
 from rnnkit.layers import CRF, scheme_constraints, stack
+from rnnkit.layers.dropout import Dropout
 from rnnkit.models.chars import CharEncoder
 
 CHAR_KINDS = ("lstm", "cnn", "none")
@@ -106,7 +107,7 @@ class Tagger(nn.Module):
             self.chars = CharEncoder(config.num_chars, config.char_dim, config.char_hidden,
                                      config.char_encoder, pad=config.char_pad_id)
             size += self.chars.output_size
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.rnn = stack(config.cell, size, config.hidden_size, config.num_layers,
                          bidirectional=True, connection=config.connection,
                          dropout=config.dropout)
