@@ -48,12 +48,14 @@ def _tokens(n: int, vocab: int):
     if DATA.is_file():
         from collections import Counter
 
+        from rnnkit.data.vocab import Vocabulary
+
         words: list[str] = []
         with DATA.open(encoding="utf-8") as f:
             for line in f:
                 words += [*line.split(), "<eos>"]
-        rank = {w: i for i, (w, _) in enumerate(Counter(words).most_common())}
-        return torch.tensor([rank[w] for w in words[:n]]).clamp(max=vocab - 1), "WikiText-2"
+        ids = Vocabulary.build(Counter(words)).encode(words[:n])  # ids by frequency
+        return ids.clamp(max=vocab - 1), "WikiText-2"
     g = torch.Generator().manual_seed(0)
     weights = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
     return torch.multinomial(weights, n, replacement=True, generator=g), "Zipf draws"

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.layers import dropout as dropout_module
-from rnnkit.layers.dropout import BITS, Dropout, dropout, dropout_mask, keep_mask, use_backend
+from rnnkit.layers.dropout import BITS, Dropout, dropout, keep_mask, use_backend
+from rnnkit.layers.recurrent import variational_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
 
 
@@ -74,7 +75,7 @@ def test_edge_cases():
     assert dropout(torch.empty(0, 4), 0.5).shape == (0, 4)
     with pytest.raises(ValueError, match="between 0 and 1"):
         dropout(x, 1.5)
-    m = dropout_mask(0.25, (6, 10), x)
+    m = variational_mask(0.25, 6, 10, x)
     assert m.dtype == x.dtype and m.shape == (6, 10)
     scale = torch.tensor(1 / 0.75, dtype=x.dtype).item()
     assert set(m.unique().tolist()) <= {0.0, scale}

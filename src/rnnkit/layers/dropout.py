@@ -25,6 +25,7 @@ reproducible; they are not the masks ``F.dropout`` draws for the same seed.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,9 +76,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     keep = round((1.0 - p) * (1 << BITS))
     words = torch.empty((n + 1) // 2, dtype=torch.int32, device=device)
     words.random_(generator=generator)  # 31 uniform bits a word: two elements' 15 each
@@ -105,16 +104,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True,
     return torch.ops.aten.native_dropout_backward(x, mask, scale)
 
 
-def dropout_mask(p: float, shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
-    """A mask to multiply by: 0 where dropped, ``1 / (1 - p)`` where kept
-    (:func:`keep_mask`), of ``like``'s dtype and device; for variational dropout (one mask
-    shared by every step)."""
-    if not _fast(like):
-        return F.dropout(like.new_ones(shape), p, training=True)
-    mask, scale = keep_mask(shape, p, like.device)
-    return mask.to(like.dtype).mul_(scale)
-
-
 class Dropout(nn.Dropout):
     """``torch.nn.Dropout`` through :func:`dropout`: the same module (``p``, train and eval
     modes, no parameters), its masks drawn faster on the CPU. ``inplace=True`` keeps
@@ -126,5 +115,4 @@ class Dropout(nn.Dropout):
         return dropout(input, self.p, self.training)
 
 
-__all__ = ["BACKENDS", "BITS", "Dropout", "backend", "dropout", "dropout_mask", "keep_mask",
-           "use_backend"]
+__all__ = ["BACKENDS", "BITS", "Dropout", "backend", "dropout", "keep_mask", "use_backend"]

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit import engines
 from rnnkit.cells.base import RecurrentCell, State, as_tuple, check_state, from_tuple
-from rnnkit.layers.dropout import dropout, dropout_mask
+from rnnkit.layers.dropout import dropout
 
 
 class RecurrentOutput(NamedTuple):
@@ -80,7 +80,7 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
 
 def variational_mask(p: float, batch: int, size: int, like: Tensor) -> Tensor:
     """A dropout mask (B, size), scaled by 1 / (1 - p), to be shared by every time step."""
-    return dropout_mask(p, (batch, size), like)
+    return dropout(like.new_ones(batch, size), p)
 
 
 def unpack_input(x: Tensor | PackedSequence, batch_first: bool
