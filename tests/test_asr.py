@@ -528,11 +528,15 @@ class _Recorder:
         return []
 
 
-def test_a_delayed_streaming_model_streams_its_whole_file_log_probs(digit_sets, tmp_path):
+@pytest.mark.parametrize("cell", [(), ("--cell", "qrnn", "--num-layers", "2", "--window", "2,1")],
+                         ids=["lstm", "qrnn-2,1"])
+def test_a_delayed_streaming_model_streams_its_whole_file_log_probs(digit_sets, tmp_path, cell):
+    """Chunk by chunk, a streaming model gives the whole file's log-probabilities: the state
+    carried across chunks holds everything (for a window-2 QRNN, its last input too)."""
     from rnnkit.tasks import asr
 
     run = tmp_path / "delayed"
-    _train(digit_sets, run, "--unidirectional", "--delay", "4")
+    _train(digit_sets, run, "--unidirectional", "--delay", "4", *cell)
     model, config = asr.load(run)
     assert config["model"]["delay"] == 4 and not config["model"]["bidirectional"]
     wav = str(sorted((digit_sets / "dev").iterdir())[0])
@@ -603,3 +607,35 @@ def test_the_acoustic_model_takes_any_cell(digit_sets, tmp_path, cell):
     model, config = asr.load(run)
     assert config["model"]["cell"] == cell
     assert len(asr.transcribe(model, [str(sorted((digit_sets / "dev").iterdir())[0])]).texts) == 1
+
+
+def test_window_sets_the_qrnn_acoustic_models_convolution_per_layer(digit_sets, tmp_path,
+                                                                     capsys):
+    """`rnnkit train asr --cell qrnn --window 2,1` (the flag of `train lm`): recorded in the
+    run, both directions of each layer built with it, refused for another cell and as a
+    change on resume; a run without the option loads with the cell's default window."""
+    from rnnkit.tasks import asr
+
+    run = tmp_path / "qrnn"
+    _train(digit_sets, run, "--cell", "qrnn", "--num-layers", "2", "--window", "2,1")
+    model, config = asr.load(run)
+    assert config["model"]["layer_cell_options"] == [{"window": 2}, {"window": 1}]
+    assert [(layer.fwd.cell.window, layer.bwd.cell.window) for layer in model.rnn.layers] == [
+        (2, 2), (1, 1)]
+    capsys.readouterr()
+    base = ["train", "asr", "--train", str(digit_sets / "train.tsv"), "--max-steps", "7",
+            "--hidden-size", "16", "--num-layers", "2", "--batch-size", "8", "--no-progress"]
+    assert main([*base, "--cell", "qrnn", "--window", "1", "--out", str(run), "--resume"]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main([*base, "--cell", "lstm", "--window", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "only the qrnn cell" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    _train(digit_sets, plain, "--cell", "qrnn")
+    model, config = asr.load(plain)
+    assert config["model"]["cell_options"] == {} and model.rnn.layers[0].fwd.cell.window == 2
+    written = json.loads((plain / "config.json").read_text())  # as written before the option
+    for key in ("cell_options", "layer_cell_options"):
+        del written["model"][key]
+    (plain / "config.json").write_text(json.dumps(written))
+    model, _ = asr.load(plain)
+    assert model.rnn.layers[0].fwd.cell.window == 2

@@ -31,7 +31,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev", metavar="M", help="dev manifest (best checkpoint by WER)")
     m = parser.add_argument_group("model")
     common.add_model_arguments(m, {"cell": _OPTS.cell, "hidden_size": _OPTS.hidden_size,
-                                   "num_layers": _OPTS.num_layers, "dropout": _OPTS.dropout})
+                                   "num_layers": _OPTS.num_layers, "dropout": _OPTS.dropout,
+                                   "window": 2})
     m.add_argument("--unidirectional", action="store_true",
                    help="a streaming model (one direction; global feature statistics)")
     m.add_argument("--delay", type=int, metavar="D",

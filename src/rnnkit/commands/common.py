@@ -3,7 +3,8 @@ one-line errors, and turning parsed arguments into the calls of ``rnnkit.tasks``
 
 The flag vocabulary (the same concept has the same flag in every ``rnnkit train TASK``):
 ``--train`` / ``--dev`` (data), ``--hidden-size``, ``--num-layers``, ``--embedding-size``,
-``--cell``, ``--dropout``, ``--min-freq``, ``--batch-size`` and the training options below.
+``--cell``, ``--window`` (the qrnn's), ``--dropout``, ``--min-freq``, ``--batch-size`` and the
+training options below.
 Earlier spellings are accepted as deprecated aliases (:func:`renamed`): hidden from
 ``--help``, they print a one-line warning naming the new flag (CHANGELOG.md lists them).
 """
@@ -71,13 +72,16 @@ _MODEL_FLAGS = {"cell": ("recurrent cell", {"choices": CELL_NAMES, "type": canon
                 "num_layers": ("recurrent layers", {"type": int, "metavar": "N"}),
                 "dropout": ("dropout", {"type": float}),
                 "min_freq": ("tokens seen fewer times become <unk>",
-                             {"type": int, "metavar": "N"})}
+                             {"type": int, "metavar": "N"}),
+                "window": ("the qrnn cell's convolution window, 1 or 2: one for every layer or "
+                           "one per layer, e.g. 2,1 as AWD-LSTM's QRNN", {"metavar": "K[,K...]"})}
 
 
 def add_model_arguments(group: argparse._ActionsContainer, defaults: Mapping | object,
                         help: dict[str, str] | None = None) -> None:
     """The model flags the tasks share, under their one name each: ``--cell``,
-    ``--embedding-size``, ``--hidden-size``, ``--num-layers``, ``--dropout`` and ``--min-freq``.
+    ``--embedding-size``, ``--hidden-size``, ``--num-layers``, ``--dropout``, ``--min-freq``
+    and ``--window``.
     ``defaults`` is the task's options object (every shared flag it has a field for is
     added) or a mapping of the flags to add; their values appear in the help, the defaults
     themselves stay with the task's options. ``help`` overrides a flag's description."""

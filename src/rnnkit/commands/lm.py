@@ -75,9 +75,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="one dropout mask per sequence between layers")
     m.add_argument("--dropconnect", type=float, help="DropConnect on recurrent weights")
     m.add_argument("--layer-norm", action="store_true", help="layer-normalised cells")
-    m.add_argument("--window", metavar="K[,K...]",
-                   help="the qrnn cell's convolution window, 1 or 2: one for every layer or "
-                        "one per layer, e.g. 2,1 as AWD-LSTM's QRNN (default 2)")
+    common.add_model_arguments(m, {"window": 2})
     m.add_argument("--tie-weights", action="store_true",
                    help="share embedding and decoder weights")
     m.add_argument("--adaptive", metavar="CUTOFFS",

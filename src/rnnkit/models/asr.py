@@ -45,6 +45,9 @@ class ASRConfig:
         delay: steps a unidirectional model hears past each output before emitting it (0
             for a bidirectional one; see the module docstring).
         dropout: on the stack's input, between layers and before the output layer.
+        cell_options: keyword options of every cell (the qrnn's ``{"window": 1}``), and
+            layer_cell_options one mapping per layer over them (empty: none), as
+            :class:`~rnnkit.models.lm.LMConfig`'s.
         mean, std: the training set's per-band statistics (``features.normalisation ==
             "global"``), else None.
     """
@@ -58,6 +61,8 @@ class ASRConfig:
     bidirectional: bool = True
     delay: int = 0
     dropout: float = 0.2
+    cell_options: dict = field(default_factory=dict)
+    layer_cell_options: list[dict] = field(default_factory=list)
     mean: list[float] | None = None
     std: list[float] | None = None
 
@@ -101,7 +106,9 @@ class AcousticModel(nn.Module):
                              f"unidirectional one, got {config.delay}")
         self.drop = Dropout(config.dropout)
         self.rnn = stack(config.cell, k * mels, config.hidden_size, config.num_layers,
-                         bidirectional=config.bidirectional, dropout=config.dropout)
+                         bidirectional=config.bidirectional, dropout=config.dropout,
+                         layer_options=config.layer_cell_options or None,
+                         **config.cell_options)
         self.output = nn.Linear(self.rnn.output_size, config.vocab_size)
         gemm.adopt(self)  # its nn.Linear products on the machine's fastest GEMM
 

@@ -40,7 +40,7 @@ from rnnkit.generation.ctc import (
 from rnnkit.metrics.wer import ErrorCounts, error_counts
 from rnnkit.models.asr import BLANK, AcousticModel, ASRConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -90,6 +90,7 @@ class ASROptions:
     subsample: int = 3
     n_mels: int = 40
     dropout: float = 0.2
+    window: str | None = None
     batch_size: int | None = None
     no_spec_augment: bool = False
     speed_perturb: list[float] | None = None
@@ -273,6 +274,8 @@ def train(opts: ASROptions, request: RunRequest) -> int:
                "delay": m.get("delay", 0),
                "subsample": m.get("subsample"), "n_mels": m.get("features", {}).get("n_mels"),
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
+               "window": window_option(m.get("cell"), m.get("cell_options", {}),
+                                       m.get("layer_cell_options", [])),
                "no_spec_augment": not d.get("spec_augment", True), "train": d.get("train"),
                "speed_perturb": d.get("speed_perturb", []),
                "dev": d.get("dev")}
@@ -284,11 +287,13 @@ def train(opts: ASROptions, request: RunRequest) -> int:
         alphabet = sorted({c for u in train_utts for c in u.text})
         features = FeatureConfig(rate=rate, n_mels=opts.n_mels,
                                  normalisation="global" if opts.unidirectional else "utterance")
+        options, layer_options = qrnn_windows(opts.window, opts.cell, opts.num_layers)
         model_config = ASRConfig(alphabet=alphabet, features=features, subsample=opts.subsample,
                                  cell=opts.cell, hidden_size=opts.hidden_size,
                                  num_layers=opts.num_layers,
                                  bidirectional=not opts.unidirectional,
-                                 delay=_delay(opts), dropout=opts.dropout)
+                                 delay=_delay(opts), dropout=opts.dropout,
+                                 cell_options=options, layer_cell_options=layer_options)
         data = ASRData(train=str(Path(opts.train).resolve()),
                        dev=str(Path(opts.dev).resolve()) if opts.dev else None,
                        batch_size=opts.batch_size or ASRData.batch_size,

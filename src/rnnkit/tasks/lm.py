@@ -48,7 +48,7 @@ from rnnkit.generation.sampling import check_sampling
 from rnnkit.layers.recurrent import detach_states
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.training.checkpoint import RunDir
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.loop import StepOutput, TrainConfig, Trainer, TrainingTask
 from rnnkit.training.options import (
     RunRequest,
@@ -272,42 +272,6 @@ def _pick(value: object, default: object) -> object:
     return default if value is None else value
 
 
-def qrnn_windows(window: str | None, cell: str, num_layers: int
-                 ) -> tuple[dict, list[dict]]:
-    """``--window``: the QRNN's convolution window (1 or 2), one value for every layer or one
-    per layer (AWD-LSTM's QRNN: 2 in the first layer, 1 above). Returns the cell options of
-    every layer and the per-layer ones (:class:`LMConfig`'s ``cell_options`` and
-    ``layer_cell_options``); RnnkitError naming the flag for another cell, a value outside
-    1-2, or a count that is neither 1 nor ``num_layers``."""
-    if window is None:
-        return {}, []
-    if cell != "qrnn":
-        raise RnnkitError(f"--window {window}: only the qrnn cell has a convolution window "
-                          f"(--cell is {cell})")
-    try:
-        sizes = [int(k) for k in window.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or any(k not in (1, 2) for k in sizes):
-        raise RnnkitError(f"--window: expected 1 or 2, or a comma-separated list of them, "
-                          f"got {window!r}")
-    if len(sizes) == 1:
-        return {"window": sizes[0]}, []
-    if len(sizes) != num_layers:
-        raise RnnkitError(f"--window {window}: one window for every layer or one per layer "
-                          f"({num_layers} layers), got {len(sizes)}")
-    return {}, [{"window": k} for k in sizes]
-
-
-def _window_option(model: LMConfig) -> str | None:
-    """The run's ``--window``, as :func:`qrnn_windows` reads it (None: not a QRNN)."""
-    if model.cell != "qrnn":
-        return None
-    if model.layer_cell_options:
-        return ",".join(str(o.get("window", 2)) for o in model.layer_cell_options)
-    return str(model.cell_options.get("window", 2))
-
-
 def model_config(opts: LMOptions, vocab_size: int, level: str) -> LMConfig:
     """The model options: those given, else :func:`model_defaults` of ``level``; a word
     vocabulary of :data:`ADAPTIVE_FROM` types or more gets an adaptive softmax unless
@@ -348,7 +312,7 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
     saved = {**asdict(model), **asdict(data), "dev": data.valid,
              "dev_fraction": data.valid_fraction,
              "layer_norm": bool(model.cell_options.get("layer_norm")),
-             "window": _window_option(model),
+             "window": window_option(model.cell, model.cell_options, model.layer_cell_options),
              "adaptive": ",".join(map(str, model.adaptive_cutoffs or [])) or None}
     paths = ("train", "dev") if data.train != BUNDLED else ("dev",)
     changes = option_changes(opts, saved, paths)

@@ -4,12 +4,13 @@ names the flag (``--hidden-size must be a positive int, got 0``).
 One table, :data:`RANGES`, says what every model and data option of every task may be; each
 task's options dataclass calls :func:`check_options` from its ``__post_init__``, so a program
 that builds the options object is checked as the command line is. :func:`check_device`
-checks a ``--device`` for every verb.
+checks a ``--device`` for every verb; :func:`qrnn_windows` reads the ``--window`` of every
+task that trains a QRNN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 
 import torch
@@ -125,3 +126,41 @@ def check_device(name: str | None, option: str = "--device") -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise RnnkitError(f"{option} {name}: rnnkit runs on cpu, cuda or mps")
     return device
+
+
+def qrnn_windows(window: str | None, cell: str, num_layers: int
+                 ) -> tuple[dict, list[dict]]:
+    """``--window``: the QRNN's convolution window (1 or 2), one value for every layer or one
+    per layer (AWD-LSTM's QRNN: 2 in the first layer, 1 above). Returns the cell options of
+    every layer and the per-layer ones (a model config's ``cell_options`` and
+    ``layer_cell_options``); RnnkitError naming the flag for another cell, a value outside
+    1-2, or a count that is neither 1 nor ``num_layers``."""
+    if window is None:
+        return {}, []
+    if cell != "qrnn":
+        raise RnnkitError(f"--window {window}: only the qrnn cell has a convolution window "
+                          f"(--cell is {cell})")
+    try:
+        sizes = [int(k) for k in window.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(k not in (1, 2) for k in sizes):
+        raise RnnkitError(f"--window: expected 1 or 2, or a comma-separated list of them, "
+                          f"got {window!r}")
+    if len(sizes) == 1:
+        return {"window": sizes[0]}, []
+    if len(sizes) != num_layers:
+        raise RnnkitError(f"--window {window}: one window for every layer or one per layer "
+                          f"({num_layers} layers), got {len(sizes)}")
+    return {}, [{"window": k} for k in sizes]
+
+
+def window_option(cell: str | None, cell_options: Mapping[str, object],
+                  layer_cell_options: Sequence[Mapping[str, object]]) -> str | None:
+    """A run's ``--window`` as :func:`qrnn_windows` reads it, from its model config's cell
+    options (None: not a QRNN; a QRNN's default window is 2)."""
+    if cell != "qrnn":
+        return None
+    if layer_cell_options:
+        return ",".join(str(o.get("window", 2)) for o in layer_cell_options)
+    return str(cell_options.get("window", 2))
