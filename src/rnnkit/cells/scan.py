@@ -181,6 +181,10 @@ class MinLSTMCell(_MinCell):
         return ScanCoefficients(f / total, i / total * self.candidate(h), None)
 
 
+#: the QRNN's convolution window when none is given (Bradbury et al.'s k = 2)
+QRNN_WINDOW = 2
+
+
 class QRNNCell(ScanCell):
     r"""The QRNN with fo-pooling (Bradbury et al. 2016), window ``k`` of 1 or 2.
 
@@ -198,7 +202,7 @@ class QRNNCell(ScanCell):
                                             "candidate": "tanh"}
 
     def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 window: int = 2) -> None:
+                 window: int = QRNN_WINDOW) -> None:
         if window not in (1, 2) or isinstance(window, bool):
             raise ValueError(f"window must be 1 or 2, got {window!r}")
         self.num_states = 2 if window == 1 else 3
@@ -225,4 +229,5 @@ class QRNNCell(ScanCell):
         return out + ((x,) if self.window == 2 else ())
 
 
-__all__ = ["MinGRUCell", "MinLSTMCell", "QRNNCell", "ScanCell", "ScanCoefficients"]
+__all__ = ["QRNN_WINDOW", "MinGRUCell", "MinLSTMCell", "QRNNCell", "ScanCell",
+           "ScanCoefficients"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rnnkit.cells.scan import QRNN_WINDOW
 from rnnkit.commands import common
 from rnnkit.data.audio import read_manifest
 from rnnkit.errors import RnnkitError, note
@@ -32,7 +33,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model")
     common.add_model_arguments(m, {"cell": _OPTS.cell, "hidden_size": _OPTS.hidden_size,
                                    "num_layers": _OPTS.num_layers, "dropout": _OPTS.dropout,
-                                   "window": 2})
+                                   "window": QRNN_WINDOW})
     m.add_argument("--unidirectional", action="store_true",
                    help="a streaming model (one direction; global feature statistics)")
     m.add_argument("--delay", type=int, metavar="D",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rnnkit.cells.scan import QRNN_WINDOW
 from rnnkit.commands import common
 from rnnkit.data.text import LEVELS
 from rnnkit.engines import ENGINES
@@ -75,7 +76,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                    help="one dropout mask per sequence between layers")
     m.add_argument("--dropconnect", type=float, help="DropConnect on recurrent weights")
     m.add_argument("--layer-norm", action="store_true", help="layer-normalised cells")
-    common.add_model_arguments(m, {"window": 2})
+    common.add_model_arguments(m, {"window": QRNN_WINDOW})
     m.add_argument("--tie-weights", action="store_true",
                    help="share embedding and decoder weights")
     m.add_argument("--adaptive", metavar="CUTOFFS",

@@ -15,6 +15,7 @@ from dataclasses import fields
 
 import torch
 
+from rnnkit.cells.scan import QRNN_WINDOW
 from rnnkit.errors import RnnkitError
 
 
@@ -158,9 +159,9 @@ def qrnn_windows(window: str | None, cell: str, num_layers: int
 def window_option(cell: str | None, cell_options: Mapping[str, object],
                   layer_cell_options: Sequence[Mapping[str, object]]) -> str | None:
     """A run's ``--window`` as :func:`qrnn_windows` reads it, from its model config's cell
-    options (None: not a QRNN; a QRNN's default window is 2)."""
+    options (None: not a QRNN; a QRNN's default window is :data:`QRNN_WINDOW`)."""
     if cell != "qrnn":
         return None
     if layer_cell_options:
-        return ",".join(str(o.get("window", 2)) for o in layer_cell_options)
-    return str(cell_options.get("window", 2))
+        return ",".join(str(o.get("window", QRNN_WINDOW)) for o in layer_cell_options)
+    return str(cell_options.get("window", QRNN_WINDOW))
