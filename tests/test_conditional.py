@@ -121,3 +121,31 @@ def test_commands(tmp_path, capsys):
     assert "of 3 tunes well-formed ABC" in err
     assert main(["generate", str(out), "--condition", "polkas"]) == 2
     assert "unknown condition 'polkas'" in capsys.readouterr().err
+
+
+def test_window_sets_the_qrnn_conditional_lms_convolution_per_layer(tmp_path, capsys):
+    """`rnnkit train conditional-lm --cell qrnn --window 2,1` (the flag of `train lm`):
+    recorded in the run's LM config, each layer built with it, generation runs on it; another
+    window on resume and the flag with another cell are refused."""
+    from rnnkit.tasks.conditional import load_run
+
+    d = tmp_path / "abc"
+    d.mkdir()
+    (d / "jigs.abc").write_text((JIG + "\n\n\n") * 6)
+    (d / "reels.abc").write_text((REEL + "\n\n") * 6)
+    out = tmp_path / "run"
+    base = ["train", "conditional-lm", "--train", str(d), "--hidden-size", "16",
+            "--embedding-size", "8", "--num-layers", "2", "--max-steps", "3", "--no-progress",
+            "--batch-size", "4"]
+    assert main([*base, "--cell", "qrnn", "--window", "2,1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["lm"]["layer_cell_options"] == [{"window": 2}, {"window": 1}]
+    model, _ = load_run(str(out))
+    assert [layer.cell.window for layer in model.lm.rnn.layers] == [2, 1]
+    capsys.readouterr()
+    assert main(["generate", str(out), "--condition", "reels", "--num", "2", "--max-len",
+                 "20"]) == 0
+    assert main([*base, "--cell", "qrnn", "--window", "1", "--out", str(out), "--resume"]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main([*base, "--window", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "only the qrnn cell" in capsys.readouterr().err

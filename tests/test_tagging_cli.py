@@ -163,3 +163,55 @@ def test_classifier_defaults_are_the_benchmark_configuration(tmp_path):
     assert config["data"]["batch_size"] == 64
     words = json.loads((run / "vocab.json").read_text())
     assert "w0" in str(words) and "lonely" not in str(words)  # seen once: <unk> (min-freq 2)
+
+
+@pytest.mark.parametrize("task", ["tagger", "classifier"])
+def test_window_sets_the_qrnn_encoders_convolution_per_layer(tmp_path, capsys, task):
+    """`rnnkit train tagger|classifier --cell qrnn --window 2,1` (the flag of `train lm` and
+    `train asr`): recorded in the run, both directions of each layer built with it, refused
+    for another cell and as a change on resume; a run written before the option (no cell
+    options in its config) loads with the cell's default window."""
+    from rnnkit.tasks import classification, tagging
+
+    if task == "tagger":
+        ner_file(tmp_path / "train.conll", random.Random(0), 20)
+        data = [str(tmp_path / "train.conll"), "--char-dim", "4", "--char-hidden", "4",
+                "--embedding-size", "8"]
+    else:
+        lines = ["sentence\tlabel"] + [f"w{i % 7} w{i % 3} x\t{'ab'[i % 2]}" for i in range(40)]
+        (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        data = [str(tmp_path / "train.tsv"), "--embedding-size", "8"]
+    base = ["train", task, "--train", *data, "--hidden-size", "8", "--max-steps", "2",
+            "--num-layers", "2", *COMMON]
+    load = tagging.load if task == "tagger" else classification.load
+
+    def layers(model):  # the recurrent stack's layers
+        return (model.rnn if task == "tagger" else model.encoder.rnn).layers
+
+    run = tmp_path / "qrnn"
+    assert main([*base, "--cell", "qrnn", "--window", "2,1", "--out", str(run)]) == 0
+    model, config = load(run)[:2]
+    assert config["model"]["layer_cell_options"] == [{"window": 2}, {"window": 1}]
+    assert [(layer.fwd.cell.window, layer.bwd.cell.window) for layer in layers(model)] == [
+        (2, 2), (1, 1)]
+    capsys.readouterr()
+    assert main([*base, "--cell", "qrnn", "--window", "1", "--out", str(run), "--resume"]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main([*base, "--cell", "lstm", "--window", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "only the qrnn cell" in capsys.readouterr().err
+    one = tmp_path / "one"
+    assert main([*base, "--cell", "qrnn", "--window", "1", "--out", str(one)]) == 0
+    model, config = load(one)[:2]
+    assert config["model"]["cell_options"] == {"window": 1}
+    assert {layer.fwd.cell.window for layer in layers(model)} == {1}
+    plain = tmp_path / "plain"
+    assert main([*base, "--cell", "qrnn", "--out", str(plain)]) == 0
+    model, config = load(plain)[:2]
+    assert (config["model"]["cell_options"], config["model"]["layer_cell_options"]) == ({}, [])
+    assert {layer.fwd.cell.window for layer in layers(model)} == {2}
+    written = json.loads((plain / "config.json").read_text())  # as written before the option
+    for key in ("cell_options", "layer_cell_options"):
+        del written["model"][key]
+    (plain / "config.json").write_text(json.dumps(written))
+    model = load(plain)[0]
+    assert {layer.fwd.cell.window for layer in layers(model)} == {2}

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 
 from rnnkit.cells import CELL_NAMES, canonical_cell
+from rnnkit.cells.scan import QRNN_WINDOW
 from rnnkit.errors import RnnkitError, warn
 from rnnkit.files import write_text_atomic
 from rnnkit.training.checks import check_device, flag
@@ -89,6 +90,8 @@ def add_model_arguments(group: argparse._ActionsContainer, defaults: Mapping | o
         defaults = {n: getattr(defaults, n) for n in _MODEL_FLAGS if hasattr(defaults, n)}
     for name, default in defaults.items():
         text, kind = _MODEL_FLAGS[name]
+        if name == "window" and default is None:  # an options field left to the cell
+            default = QRNN_WINDOW
         group.add_argument("--" + name.replace("_", "-"), **kind,
                            help=f"{(help or {}).get(name, text)} (default {default})")
 

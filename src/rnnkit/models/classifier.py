@@ -17,7 +17,7 @@ Padding never enters a pooled vector: ``lengths`` (B,) any order, every length a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,11 @@ POOLINGS = ("last", "mean", "max", "attention")
 
 @dataclass
 class EncoderConfig:
-    """Everything needed to rebuild an :class:`Encoder` / :class:`Classifier`."""
+    """Everything needed to rebuild an :class:`Encoder` / :class:`Classifier`.
+
+    ``cell_options`` are keyword options of every cell (the qrnn's ``{"window": 1}``), and
+    ``layer_cell_options`` one mapping per layer over them (empty: none), as
+    :class:`~rnnkit.models.lm.LMConfig`'s."""
 
     num_words: int
     num_labels: int = 0
@@ -46,6 +50,8 @@ class EncoderConfig:
     pooling: str = "max"
     dropout: float = 0.3
     pad_id: int = 0
+    cell_options: dict = field(default_factory=dict)
+    layer_cell_options: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +73,9 @@ class Encoder(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.rnn = stack(config.cell, config.embed_dim, config.hidden_size, config.num_layers,
                          bidirectional=config.bidirectional, connection=config.connection,
-                         dropout=config.dropout)
+                         dropout=config.dropout,
+                         layer_options=config.layer_cell_options or None,
+                         **config.cell_options)
         self.output_size = self.rnn.output_size
         if config.pooling == "attention":
             self.attend = nn.Linear(self.output_size, self.output_size)

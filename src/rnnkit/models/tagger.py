@@ -38,7 +38,9 @@ class TaggerConfig:
     """Everything needed to rebuild a :class:`Tagger` (saved in the run's config.json).
 
     ``tags`` (the tag names, in id order) and ``scheme`` give the CRF's transition constraints
-    when ``crf`` and ``constrained`` are set."""
+    when ``crf`` and ``constrained`` are set. ``cell_options`` are keyword options of every
+    cell (the qrnn's ``{"window": 1}``), and ``layer_cell_options`` one mapping per layer over
+    them (empty: none), as :class:`~rnnkit.models.lm.LMConfig`'s."""
 
     num_words: int
     num_tags: int
@@ -57,6 +59,8 @@ class TaggerConfig:
     constrained: bool = True
     scheme: str = "none"
     tags: list[str] = field(default_factory=list)
+    cell_options: dict = field(default_factory=dict)
+    layer_cell_options: list[dict] = field(default_factory=list)
     unk_id: int = 0
     pad_id: int = 0
     char_pad_id: int = 0
@@ -110,7 +114,9 @@ class Tagger(nn.Module):
         self.dropout = Dropout(config.dropout)
         self.rnn = stack(config.cell, size, config.hidden_size, config.num_layers,
                          bidirectional=True, connection=config.connection,
-                         dropout=config.dropout)
+                         dropout=config.dropout,
+                         layer_options=config.layer_cell_options or None,
+                         **config.cell_options)
         self.output = nn.Linear(self.rnn.output_size, config.num_tags)
         self.crf: CRF | None = None
         if config.crf:

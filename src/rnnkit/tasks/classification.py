@@ -26,7 +26,7 @@ from rnnkit.metrics.classification import ClassificationScores, classification_s
 from rnnkit.metrics.labels import check_labels
 from rnnkit.models.classifier import Classifier, EncoderConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -80,6 +80,8 @@ class ClassifierOptions:
     embedding_size: int = 128
     hidden_size: int = 128
     num_layers: int = 1
+    #: the qrnn's convolution window(s), ``--window`` (None: the cell's default)
+    window: str | None = None
     unidirectional: bool = False
     pooling: str = "max"
     dropout: float = 0.5
@@ -205,6 +207,8 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
                "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
                "unidirectional": not m.get("bidirectional", True), "pooling": m.get("pooling"),
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
+               "window": window_option(m.get("cell"), m.get("cell_options", {}),
+                                       m.get("layer_cell_options", [])),
                **{k: d.get(k) for k in ("train", "dev", "text_column", "label_column",
                                         "header", "lower")}}
         refuse_changed_options(run, option_changes(opts, was, ("train", "dev"), ("train",)))
@@ -219,11 +223,12 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
         if len(labels) < 2:
             raise DataError(f"only one label ({labels.itos[0]!r}) in the training data",
                             opts.train)
+        options, layer_options = qrnn_windows(opts.window, opts.cell, opts.num_layers)
         model_config = EncoderConfig(
             num_words=len(words), num_labels=len(labels), embed_dim=opts.embedding_size,
             cell=opts.cell, hidden_size=opts.hidden_size, num_layers=opts.num_layers,
             bidirectional=not opts.unidirectional, pooling=opts.pooling, dropout=opts.dropout,
-            pad_id=words.pad_id)
+            pad_id=words.pad_id, cell_options=options, layer_cell_options=layer_options)
         run.save_vocab(words)
         run.save_vocab(labels, "labels.json")
     batch_size = (opts.batch_size or (saved or {}).get("data", {}).get("batch_size")

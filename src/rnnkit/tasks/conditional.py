@@ -28,7 +28,7 @@ from rnnkit.generation.sampling import check_sampling
 from rnnkit.models.conditional import ConditionalLM, ConditionalLMConfig
 from rnnkit.models.lm import LMConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -73,6 +73,8 @@ class ConditionalOptions:
     embedding_size: int = 64
     hidden_size: int = 384
     num_layers: int = 2
+    #: the qrnn's convolution window(s), ``--window`` (None: the cell's default)
+    window: str | None = None
     label_size: int = 32
     dropout: float = 0.2
     engine: str = "auto"
@@ -157,6 +159,8 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
         lm = m.get("lm", {})
         was = {**{k: lm.get(k) for k in ("cell", "embedding_size", "hidden_size", "num_layers",
                                           "engine", "dropout")},
+               "window": window_option(lm.get("cell"), lm.get("cell_options", {}),
+                                       lm.get("layer_cell_options", [])),
                "label_size": m.get("label_size"), "train": data_cfg.data,
                "condition_from": data_cfg.condition_from, "field": data_cfg.field,
                "dev_fraction": data_cfg.valid_fraction, "batch_size": data_cfg.batch_size}
@@ -167,9 +171,11 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
         vocab = Vocabulary.build((c for t in tunes for c in t.text),
                                  specials=(UNK, EOS, PAD, BOS), meta={"level": "char"})
         labels = sorted({t.label for t in tunes})
+        options, layer_options = qrnn_windows(opts.window, opts.cell, opts.num_layers)
         lm = LMConfig(len(vocab), embedding_size=opts.embedding_size,
                       hidden_size=opts.hidden_size, num_layers=opts.num_layers, cell=opts.cell,
-                      engine=opts.engine, dropout=opts.dropout, output_dropout=opts.dropout)
+                      engine=opts.engine, dropout=opts.dropout, output_dropout=opts.dropout,
+                      cell_options=options, layer_cell_options=layer_options)
         model_cfg = ConditionalLMConfig(lm.to_dict(), labels, opts.label_size)
     else:
         vocab = run.load_vocab()

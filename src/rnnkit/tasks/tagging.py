@@ -28,7 +28,7 @@ from rnnkit.metrics.labels import check_labels
 from rnnkit.metrics.tagging import span_f1, token_accuracy
 from rnnkit.models.tagger import Tagger, TaggerBatch, TaggerConfig
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.options import (
     RunRequest,
     open_run,
@@ -90,6 +90,8 @@ class TaggerOptions:
     char_hidden: int = 50
     hidden_size: int = 128
     num_layers: int = 1
+    #: the qrnn's convolution window(s), ``--window`` (None: the cell's default)
+    window: str | None = None
     dropout: float = 0.33
     word_dropout: float = 0.05
     min_freq: int = 1
@@ -237,6 +239,8 @@ def _refuse_changes(run: RunDir, opts: TaggerOptions, data: dict, saved: dict) -
         "cell", "char_dim", "char_hidden", "char_encoder", "hidden_size", "num_layers",
         "dropout", "word_dropout", "crf")}}
     was = {n: model.get(m) for n, m in names.items()}
+    was["window"] = window_option(model.get("cell"), model.get("cell_options", {}),
+                                  model.get("layer_cell_options", []))
     was.update({k: was_data.get(k) for k in ("train", "dev", "batch_size")})
     changes.update(option_changes(opts, was, paths=("train", "dev"), required=("train",)))
     refuse_changed_options(run, changes)
@@ -281,13 +285,15 @@ def train(opts: TaggerOptions, request: RunRequest) -> int:
         chars = Vocabulary.build(Counter(c for w in counts for c in w), specials=(PAD, UNK))
         tags = Vocabulary.build(Counter(t for s in corpus.sentences for t in s.tags),
                                 specials=())
+        options, layer_options = qrnn_windows(opts.window, opts.cell, opts.num_layers)
         model_config = TaggerConfig(
             num_words=len(words), num_tags=len(tags), num_chars=len(chars),
             word_dim=opts.embedding_size, char_dim=opts.char_dim, char_hidden=opts.char_hidden,
             char_encoder=opts.char_encoder, cell=opts.cell, hidden_size=opts.hidden_size,
             num_layers=opts.num_layers, dropout=opts.dropout, word_dropout=opts.word_dropout,
             crf=opts.crf, constrained=not opts.no_constraints, scheme=corpus.scheme,
-            tags=list(tags.itos), unk_id=words.unk_id, pad_id=words.pad_id,
+            tags=list(tags.itos), cell_options=options, layer_cell_options=layer_options,
+            unk_id=words.unk_id, pad_id=words.pad_id,
             char_pad_id=chars.pad_id)
         run.save_vocab(words)
         run.save_vocab(chars, "chars.json")
