@@ -139,3 +139,35 @@ def test_plot_attention_writes_a_heat_map(run, tmp_path):
     assert torch.allclose(alpha.sum(-1), torch.ones(alpha.shape[0]), atol=1e-5)
     assert main(["translate", str(out), "--input", inp, "--plot-attention", str(png),
                  "--plot-line", "1"]) == 2  # an empty line has nothing to show
+
+
+def test_window_sets_the_qrnn_encoders_and_decoders_convolution(run, tmp_path, capsys):
+    """`rnnkit train seq2seq --cell qrnn --window 1`: every layer of the encoder (both
+    directions) and of the decoder built with it, recorded in the run; a per-layer list, the
+    flag with another cell and another window on resume are refused."""
+    from rnnkit.tasks.seq2seq import load_run
+
+    _, files = run
+    out = tmp_path / "qrnn"
+    base = ["train", "seq2seq", "--src", files["tr.de"], "--tgt", files["tr.en"],
+            "--vocab-size", "60", "--embedding-size", "8", "--encoder-hidden", "8",
+            "--decoder-hidden", "16", "--max-tokens", "400", "--max-steps", "2",
+            "--no-progress", "--out", str(out)]
+    assert main([*base, "--cell", "qrnn", "--window", "1"]) == 0
+    model, _, _, config = load_run(out)
+    assert config["model"]["cell_options"] == {"window": 1}
+    windows = [c.window for layer in model.encoder.layers for c in (layer.fwd.cell,
+                                                                    layer.bwd.cell)]
+    windows += [layer.cell.window for layer in model.decoder.layers]
+    assert windows == [1] * (2 * 2 + 1)  # 2 bidirectional encoder layers, 1 decoder layer
+    hyp = tmp_path / "hyp.en"
+    assert main(["translate", str(out), "--input", files["va.de"], "--beam", "3", "--output",
+                 str(hyp)]) == 0  # the decoder's step path on the QRNN
+    assert len(hyp.read_text().splitlines()) == 30
+    capsys.readouterr()
+    assert main([*base, "--cell", "qrnn", "--window", "2", "--resume"]) == 2
+    assert "--window" in capsys.readouterr().err
+    assert main([*base[:-1], str(tmp_path / "b"), "--cell", "qrnn", "--window", "2,1"]) == 2
+    assert "one window, for every layer" in capsys.readouterr().err
+    assert main([*base[:-1], str(tmp_path / "c"), "--window", "1"]) == 2
+    assert "only the qrnn cell" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from rnnkit.cells import CELL_NAMES
+from rnnkit.cells.scan import QRNN_WINDOW
 from rnnkit.commands import common
 from rnnkit.data.parallel import read_parallel
 from rnnkit.engines import ENGINES
@@ -48,6 +49,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     m = parser.add_argument_group("model")
     m.add_argument("--cell", choices=CELL_NAMES,
                    help="recurrent cell (default lstm)")
+    common.add_model_arguments(m, {"window": QRNN_WINDOW}, {
+        "window": "the qrnn cell's convolution window, 1 or 2, of every layer of the encoder "
+                  "and the decoder"})
     m.add_argument("--embedding-size", type=int, help="(default 256)")
     m.add_argument("--encoder-hidden", type=int,
                    help="encoder hidden size per direction (default 256)")

@@ -35,7 +35,7 @@ from rnnkit.data.parallel import (
 from rnnkit.errors import DataError, RnnkitError, note
 from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig, sequence_loss
 from rnnkit.training import RunDir, StepOutput, TrainConfig, Trainer, TrainingTask
-from rnnkit.training.checks import check_options
+from rnnkit.training.checks import check_options, qrnn_windows, window_option
 from rnnkit.training.distributed import info as dist_info
 from rnnkit.training.distributed import main_first
 from rnnkit.training.options import (
@@ -93,6 +93,8 @@ class Seq2SeqOptions:
     max_tgt_len: int = 100
     max_tokens: int = 3000
     cell: str = "lstm"
+    #: the qrnn's convolution window, ``--window`` (None: the cell's default), every layer's
+    window: str | None = None
     embedding_size: int = 256
     encoder_hidden: int = 256
     decoder_hidden: int = 512
@@ -198,7 +200,7 @@ def train(opts: Seq2SeqOptions, request: RunRequest) -> int:
             bidirectional=not opts.unidirectional, attention=opts.attention,
             input_feeding=not opts.no_input_feeding, tie_embeddings=not opts.no_tie,
             bridge=opts.bridge, dropout=opts.dropout, connection=opts.connection,
-            engine=opts.engine)
+            engine=opts.engine, cell_options=qrnn_windows(opts.window, opts.cell, None)[0])
         data_cfg = asdict(Seq2SeqData(opts.max_src_len, opts.max_tgt_len,
                                       not opts.separate_vocab, opts.vocab_size))
     else:
@@ -212,6 +214,7 @@ def train(opts: Seq2SeqOptions, request: RunRequest) -> int:
                "no_input_feeding": not m.input_feeding, "no_tie": not m.tie_embeddings,
                "bridge": m.bridge, "dropout": m.dropout, "connection": m.connection,
                "engine": m.engine, "separate_vocab": not data_cfg["joint_vocab"],
+               "window": window_option(m.cell, m.cell_options, []),
                **{k: data_cfg[k] for k in ("max_src_len", "max_tgt_len", "vocab_size")}}
         refuse_changed_options(run, option_changes(opts, was))
         src_vocab, tgt_vocab = load_vocabs(run.path)

@@ -129,13 +129,14 @@ def check_device(name: str | None, option: str = "--device") -> torch.device:
     return device
 
 
-def qrnn_windows(window: str | None, cell: str, num_layers: int
+def qrnn_windows(window: str | None, cell: str, num_layers: int | None
                  ) -> tuple[dict, list[dict]]:
     """``--window``: the QRNN's convolution window (1 or 2), one value for every layer or one
     per layer (AWD-LSTM's QRNN: 2 in the first layer, 1 above). Returns the cell options of
     every layer and the per-layer ones (a model config's ``cell_options`` and
     ``layer_cell_options``); RnnkitError naming the flag for another cell, a value outside
-    1-2, or a count that is neither 1 nor ``num_layers``."""
+    1-2, or a count that is neither 1 nor ``num_layers`` (None: the model's stacks take one
+    window for all their layers, as seq2seq's encoder and decoder)."""
     if window is None:
         return {}, []
     if cell != "qrnn":
@@ -150,6 +151,9 @@ def qrnn_windows(window: str | None, cell: str, num_layers: int
                           f"got {window!r}")
     if len(sizes) == 1:
         return {"window": sizes[0]}, []
+    if num_layers is None:
+        raise RnnkitError(f"--window {window}: one window, for every layer of the encoder and "
+                          f"the decoder")
     if len(sizes) != num_layers:
         raise RnnkitError(f"--window {window}: one window for every layer or one per layer "
                           f"({num_layers} layers), got {len(sizes)}")
