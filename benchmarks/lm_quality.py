@@ -17,7 +17,9 @@ Parts (``--parts``, comma-separated; default all), each on ``--threads`` threads
 - ``generation``: ms per token at batch 1 for a 2 x 650 LSTM with 10,000 words:
   ``LanguageModel.step`` against torch.nn.LSTM called one step at a time (target: <= 0.6x),
   and against the strongest plain loop a user would write: the LSTM's weights pre-transposed
-  once, one ``addmm`` per layer and token under ``torch.inference_mode()`` (target <= 1.0x).
+  once, one ``addmm`` per layer and token under ``torch.inference_mode()`` (target <= 1.0x);
+  and the scan cells' models of the same sizes (the QRNN with window 2 and with window 1)
+  against rnnkit's LSTM step (issue 17: <= 0.7x).
 
 Quality parts train through the command line (``--max-minutes``) and score the validation file
 with ``rnnkit evaluate --json``; their run directories go to ``--out`` (default
