@@ -274,8 +274,7 @@ def train(opts: ASROptions, request: RunRequest) -> int:
                "delay": m.get("delay", 0),
                "subsample": m.get("subsample"), "n_mels": m.get("features", {}).get("n_mels"),
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
-               "window": window_option(m.get("cell"), m.get("cell_options", {}),
-                                       m.get("layer_cell_options", [])),
+               "window": window_option(m),
                "no_spec_augment": not d.get("spec_augment", True), "train": d.get("train"),
                "speed_perturb": d.get("speed_perturb", []),
                "dev": d.get("dev")}

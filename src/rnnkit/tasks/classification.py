@@ -207,8 +207,7 @@ def train(opts: ClassifierOptions, request: RunRequest) -> int:
                "hidden_size": m.get("hidden_size"), "num_layers": m.get("num_layers"),
                "unidirectional": not m.get("bidirectional", True), "pooling": m.get("pooling"),
                "dropout": m.get("dropout"), "batch_size": d.get("batch_size"),
-               "window": window_option(m.get("cell"), m.get("cell_options", {}),
-                                       m.get("layer_cell_options", [])),
+               "window": window_option(m),
                **{k: d.get(k) for k in ("train", "dev", "text_column", "label_column",
                                         "header", "lower")}}
         refuse_changed_options(run, option_changes(opts, was, ("train", "dev"), ("train",)))

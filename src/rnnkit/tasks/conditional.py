@@ -159,8 +159,7 @@ def train(opts: ConditionalOptions, request: RunRequest) -> int:
         lm = m.get("lm", {})
         was = {**{k: lm.get(k) for k in ("cell", "embedding_size", "hidden_size", "num_layers",
                                           "engine", "dropout")},
-               "window": window_option(lm.get("cell"), lm.get("cell_options", {}),
-                                       lm.get("layer_cell_options", [])),
+               "window": window_option(lm),
                "label_size": m.get("label_size"), "train": data_cfg.data,
                "condition_from": data_cfg.condition_from, "field": data_cfg.field,
                "dev_fraction": data_cfg.valid_fraction, "batch_size": data_cfg.batch_size}

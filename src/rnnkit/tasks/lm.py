@@ -312,7 +312,7 @@ def _refuse_changes(run: RunDir, opts: LMOptions, data: LMData, model: LMConfig)
     saved = {**asdict(model), **asdict(data), "dev": data.valid,
              "dev_fraction": data.valid_fraction,
              "layer_norm": bool(model.cell_options.get("layer_norm")),
-             "window": window_option(model.cell, model.cell_options, model.layer_cell_options),
+             "window": window_option(asdict(model)),
              "adaptive": ",".join(map(str, model.adaptive_cutoffs or [])) or None}
     paths = ("train", "dev") if data.train != BUNDLED else ("dev",)
     changes = option_changes(opts, saved, paths)

@@ -214,7 +214,7 @@ def train(opts: Seq2SeqOptions, request: RunRequest) -> int:
                "no_input_feeding": not m.input_feeding, "no_tie": not m.tie_embeddings,
                "bridge": m.bridge, "dropout": m.dropout, "connection": m.connection,
                "engine": m.engine, "separate_vocab": not data_cfg["joint_vocab"],
-               "window": window_option(m.cell, m.cell_options, []),
+               "window": window_option(saved["model"]),
                **{k: data_cfg[k] for k in ("max_src_len", "max_tgt_len", "vocab_size")}}
         refuse_changed_options(run, option_changes(opts, was))
         src_vocab, tgt_vocab = load_vocabs(run.path)

@@ -239,8 +239,7 @@ def _refuse_changes(run: RunDir, opts: TaggerOptions, data: dict, saved: dict) -
         "cell", "char_dim", "char_hidden", "char_encoder", "hidden_size", "num_layers",
         "dropout", "word_dropout", "crf")}}
     was = {n: model.get(m) for n, m in names.items()}
-    was["window"] = window_option(model.get("cell"), model.get("cell_options", {}),
-                                  model.get("layer_cell_options", []))
+    was["window"] = window_option(model)
     was.update({k: was_data.get(k) for k in ("train", "dev", "batch_size")})
     changes.update(option_changes(opts, was, paths=("train", "dev"), required=("train",)))
     refuse_changed_options(run, changes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
+from typing import Any
 
 import torch
 
@@ -160,12 +161,14 @@ def qrnn_windows(window: str | None, cell: str, num_layers: int | None
     return {}, [{"window": k} for k in sizes]
 
 
-def window_option(cell: str | None, cell_options: Mapping[str, object],
-                  layer_cell_options: Sequence[Mapping[str, object]]) -> str | None:
-    """A run's ``--window`` as :func:`qrnn_windows` reads it, from its model config's cell
-    options (None: not a QRNN; a QRNN's default window is :data:`QRNN_WINDOW`)."""
-    if cell != "qrnn":
+def window_option(model: Mapping[str, Any]) -> str | None:
+    """A run's ``--window`` as :func:`qrnn_windows` reads it, from its model config (the
+    ``model`` section of config.json: ``cell``, ``cell_options``, ``layer_cell_options``,
+    either options missing in a run written before them). None: not a QRNN; a QRNN's
+    default window is :data:`QRNN_WINDOW`."""
+    if model.get("cell") != "qrnn":
         return None
-    if layer_cell_options:
-        return ",".join(str(o.get("window", QRNN_WINDOW)) for o in layer_cell_options)
-    return str(cell_options.get("window", QRNN_WINDOW))
+    layers: Sequence[Mapping[str, Any]] = model.get("layer_cell_options") or []
+    if layers:
+        return ",".join(str(o.get("window", QRNN_WINDOW)) for o in layers)
+    return str((model.get("cell_options") or {}).get("window", QRNN_WINDOW))
