@@ -42,18 +42,43 @@ def test_mm_layouts_bias_base_and_out(backend):
     with gemm.forced(backend):
         for a, b in [(torch.randn(7, 33), torch.randn(33, 21)),
                      (torch.randn(33, 7).t(), torch.randn(21, 33).t()),
-                     (torch.randn(33, 7).t(), torch.randn(33, 21))]:
-            base, bias = torch.randn(7, 21), torch.randn(21)
+                     (torch.randn(33, 7).t(), torch.randn(33, 21)),
+                     (torch.randn(33, 7).t(), torch.randn(33, 5))]:  # the transposed form
+            base, bias = torch.randn(7, b.shape[1]), torch.randn(b.shape[1])
             assert close(gemm.mm(a, b), a @ b)
             assert close(gemm.mm(a, b, base), base + a @ b)
             assert close(gemm.mm(a, b, bias=bias), a @ b + bias)
             assert close(gemm.mm(a, b, base, bias=bias), base + a @ b + bias)
-            out = torch.empty(7, 21)
+            out = torch.empty(7, b.shape[1])
             y = gemm.mm(a, b, base, out=out)
             assert y.data_ptr() == out.data_ptr() and close(out, base + a @ b)
             acc = base.clone()  # accumulate in place, as the weight gradients do
             gemm.mm(a, b, acc, out=acc)
             assert close(acc, base + a @ b)
+
+
+def test_a_weight_gradient_reads_dy_transposed_as_onednns_weight(monkeypatch):
+    """dY^T X (dY (rows, out) and X (rows, in) contiguous, in <= out) goes to oneDNN as
+    (X^T dY)^T: the transposed dY^T is oneDNN's weight, read as it lies, and the copy into
+    rows is of X^T, the smaller operand; otherwise the product goes in as it is."""
+    calls = []
+    real = gemm._onednn
+    monkeypatch.setattr(gemm, "_onednn", lambda a, w, base, bias=None: (
+        calls.append((tuple(a.shape), tuple(w.shape))), real(a, w, base, bias))[1])
+    dy, x = torch.randn(40, 12), torch.randn(40, 5)
+    with gemm.forced("onednn"):
+        assert close(gemm.mm(dy.t(), x, kind="wgrad"), dy.t() @ x)
+        assert calls == [((5, 40), (12, 40))]  # a = X^T, w = dY^T: (X^T dY) = (dY^T X)^T
+        calls.clear()
+        wide = torch.randn(40, 20)  # in > out: as it is
+        assert close(gemm.mm(dy.t(), wide, kind="wgrad"), dy.t() @ wide)
+        assert calls == [((12, 40), (20, 40))]
+        calls.clear()
+        w = torch.randn(12, 5, requires_grad=True)  # through the differentiable linear
+        xl = torch.randn(40, 5, requires_grad=True)
+        gemm.linear(xl, w).backward(dy)
+    assert close(w.grad, dy.t() @ xl.detach()) and close(xl.grad, dy @ w.detach())
+    assert ((5, 40), (12, 40)) in calls
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
