@@ -295,10 +295,11 @@ def mm(a: Tensor, b: Tensor, base: Tensor | None = None, *, bias: Tensor | None 
         return _aten(base, a, b, out, bias)
     transposed = _reads_transposed(a, b)
 
-    def run_onednn() -> Tensor:
+    def run_onednn(out: Tensor | None = None) -> Tensor:
         if transposed:
-            return _onednn_transposed(a, b, base, bias)
-        return _onednn(a, b.t(), base, bias)
+            return _onednn_transposed(a, b, base, bias, out)
+        y = _onednn(a, b.t(), base, bias)
+        return y if out is None else out.copy_(y)
 
     # the form is in the key: a choice measured against the other oneDNN form is not reused
     backend = choose(f"{kind}-t" if transposed else kind, m, k, n,
@@ -306,10 +307,7 @@ def mm(a: Tensor, b: Tensor, base: Tensor | None = None, *, bias: Tensor | None 
     if backend == "aten":
         return _aten(base, a, b, out, bias)
     _count("onednn")
-    if transposed and out is not None and base is out and bias is None:
-        return out.add_(_onednn(b.t(), a, None).t())  # accumulate: no sum made aside
-    y = run_onednn()
-    return y if out is None else out.copy_(y)
+    return run_onednn(out)
 
 
 def _reads_transposed(a: Tensor, b: Tensor) -> bool:
@@ -324,14 +322,19 @@ def _reads_transposed(a: Tensor, b: Tensor) -> bool:
             and b.shape[1] <= a.shape[0])
 
 
-def _onednn_transposed(a: Tensor, b: Tensor, base: Tensor | None, bias: Tensor | None
-                       ) -> Tensor:
-    """``base + a @ b + bias`` as ``(b^T a^T)^T`` by oneDNN (:func:`_reads_transposed`),
-    contiguous (m, n)."""
+def _onednn_transposed(a: Tensor, b: Tensor, base: Tensor | None, bias: Tensor | None,
+                       out: Tensor | None = None) -> Tensor:
+    """``base + a @ b + bias`` as ``(b^T a^T)^T`` by oneDNN (:func:`_reads_transposed`):
+    written into ``out`` when given (added to it in place when ``base`` is ``out``, as the
+    weight gradients accumulate), else a new contiguous (m, n) tensor."""
     y = _onednn(b.t(), a, None).t()
     if bias is not None:
         y = y + bias
-    return (y if base is None else base + y).contiguous()
+    if out is not None and base is out:
+        return out.add_(y)
+    if base is not None:
+        y = base + y
+    return y.contiguous() if out is None else out.copy_(y)
 
 
 def _aten(base: Tensor | None, a: Tensor, b: Tensor, out: Tensor | None,
