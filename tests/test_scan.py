@@ -30,6 +30,26 @@ def test_linear_scan_gradcheck_float64():
         assert torch.allclose(c[t], prev)
 
 
+def test_the_qrnn_window_equals_the_concatenation_and_its_gradient():
+    """[x<t-1>, x<t>] in one autograd node: the values and gradients of the plain
+    concatenation of a shifted copy, gradcheck in float64 (the last input too), T = 1 too."""
+    from rnnkit.cells.scan import _Window
+
+    g = torch.Generator().manual_seed(4)
+    for T in (5, 1):
+        x = torch.randn(T, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        last = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        got = _Window.apply(x, last)
+        want = torch.cat([torch.cat([last.unsqueeze(0), x[:-1]]), x], dim=-1)
+        assert torch.equal(got, want)
+        weight = torch.randn(got.shape, generator=g, dtype=torch.float64)
+        for a, b in zip(torch.autograd.grad((got * weight).sum(), [x, last]),
+                        torch.autograd.grad((want * weight).sum(), [x, last])):
+            assert torch.equal(a, b)
+        assert torch.autograd.gradcheck(_Window.apply, (x, last))
+        assert torch.autograd.gradgradcheck(_Window.apply, (x, last))
+
+
 def _offset(state, by=0.3):
     return tuple(s + by for s in state) if isinstance(state, tuple) else state + by
 

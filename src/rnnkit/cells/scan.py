@@ -181,6 +181,30 @@ class MinLSTMCell(_MinCell):
         return ScanCoefficients(f / total, i / total * self.candidate(h), None)
 
 
+class _Window(torch.autograd.Function):
+    """The QRNN's window of 2, ``[x<t-1>, x<t>]``: inputs x (T, B, I) and the input before
+    the first step ``last`` (B, I) -> (T, B, 2 I), the columns of x<t-1> first. One pass that
+    writes each input twice, and one back (dL/dx<t> = the x<t> half of step t's gradient +
+    the x<t-1> half of step t+1's): the same values as two ``torch.cat`` with a shifted
+    slice, without their intermediate copy and the zero-padded gradient of the slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, last: Tensor) -> Tensor:
+        size = x.shape[-1]
+        out = x.new_empty(*x.shape[:-1], 2 * size)
+        out[0, :, :size] = last
+        out[1:, :, :size] = x[:-1]
+        out[..., size:] = x
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        size = grad.shape[-1] // 2
+        dx = grad[..., size:].clone(memory_format=torch.contiguous_format)
+        dx[:-1] += grad[1:, :, :size]
+        return dx, grad[0, :, :size]
+
+
 #: the QRNN's convolution window when none is given (Bradbury et al.'s k = 2)
 QRNN_WINDOW = 2
 
@@ -215,9 +239,10 @@ class QRNNCell(ScanCell):
     def windowed(self, x, state):
         if self.window == 1:
             return x
-        # [x<t-1>, x<t>]: the state's last input before the first step
-        before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
-        return torch.cat([before, x], dim=-1)
+        if torch.jit.is_tracing():  # exports see plain ops
+            before = torch.cat([state[2].unsqueeze(0), x[:-1]], dim=0)
+            return torch.cat([before, x], dim=-1)
+        return _Window.apply(x, state[2])
 
     def activate(self, pre):
         z, f, o = pre.chunk(3, dim=-1)
