@@ -192,15 +192,52 @@ def test_the_choice_is_measured_once_per_machine_and_cached(tmp_path, monkeypatc
     assert saved["machine"] == gemm.machine()
     assert saved["choices"] == {"wgrad:64:128:96": "onednn", "linear:64:128:96": "onednn",
                                 "dgrad:128:128:96": "onednn", "dgrad:192:128:96": "onednn"}
+    assert saved["confirmed"] == []
     monkeypatch.setitem(gemm._state, "choices", None)  # a new process reads the file
     with gemm.forced(None):
         gemm.mm(a, b, kind="wgrad")
-    assert len(calls) == 4
+        gemm.mm(a, b, kind="wgrad")
+    assert len(calls) == 5  # measured once more, and the two agree: confirmed
+    assert json.loads(files[0].read_text())["confirmed"] == ["wgrad:64:128:96"]
+    monkeypatch.setitem(gemm._state, "choices", None)  # a third process
+    with gemm.forced(None):
+        gemm.mm(a, b, kind="wgrad")
+    assert len(calls) == 5  # a confirmed choice is never measured again
     files[0].write_text("{not json")  # a corrupt cache is measured again, not an error
     monkeypatch.setitem(gemm._state, "choices", None)
     with gemm.forced(None):
         gemm.mm(a, b, kind="wgrad")
-    assert len(calls) == 5
+    assert len(calls) == 6
+
+
+def test_a_choice_two_measurements_disagree_on_is_measured_until_they_agree(tmp_path,
+                                                                            monkeypatch):
+    """One measurement in a bad moment (ATen) does not stay: the next process measures
+    again, stores what it finds, and only two agreeing measurements confirm a choice. A cache
+    written before confirmations (no "confirmed") is measured once more."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    outcomes = iter(["aten", "onednn", "onednn"])
+    monkeypatch.setattr(gemm, "measure", lambda run_aten, run_onednn: next(outcomes))
+    a, b = torch.randn(64, 128), torch.randn(128, 96)
+
+    def new_process_uses() -> str:
+        monkeypatch.setitem(gemm._state, "choices", None)
+        before = gemm.usage()["onednn"]
+        with gemm.forced(None):
+            gemm.mm(a, b, kind="wgrad")
+        return "onednn" if gemm.usage()["onednn"] > before else "aten"
+
+    assert new_process_uses() == "aten"  # the first, wrong measurement
+    assert new_process_uses() == "onednn"  # disagrees: stored, not confirmed
+    assert new_process_uses() == "onednn"  # agrees: confirmed
+    assert new_process_uses() == "onednn"  # and never measured again
+    path = next((tmp_path / "rnnkit").glob("gemm-*.json"))
+    saved = json.loads(path.read_text())
+    assert saved["confirmed"] == ["wgrad:64:128:96"]
+    del saved["confirmed"]  # as written before confirmations
+    path.write_text(json.dumps(saved))
+    monkeypatch.setattr(gemm, "measure", lambda run_aten, run_onednn: "aten")
+    assert new_process_uses() == "aten"  # measured once more
 
 
 def test_a_measurement_leaves_the_random_state_as_it_was(tmp_path, monkeypatch):

@@ -15,12 +15,16 @@ Backends:
   checks), for other devices than the CPU and for anything that needs a second derivative;
 - ``"onednn"``: oneDNN's matmul; float32 on the CPU.
 
-Which one a product uses is measured, once per machine, product kind and shape (median of
+Which one a product uses is measured per machine, product kind and shape (median of
 interleaved repeats of both, on the product's own operands) and cached in
 ``~/.cache/rnnkit/gemm-<machine>.json`` (the machine: CPU model, torch version, threads), as
-the C++ loops are built once per machine. ``RNNKIT_GEMM=aten`` (or ``onednn``) in the
-environment forces one backend wherever it applies; :func:`forced` does the same inside a
-block.
+the C++ loops are built once per machine. A choice is measured again by the next process that
+needs it, until two measurements in different processes agree (then it is confirmed and never
+measured again), so that one measurement made in a bad moment (another job on the machine)
+cannot keep a product on the slower backend for good (seen: a QRNN's weight gradient stored
+as ATen's, 18.5 ms, against oneDNN's 10.8 ms on the quiet machine). ``RNNKIT_GEMM=aten``
+(or ``onednn``) in the environment forces one backend wherever it applies; :func:`forced`
+does the same inside a block.
 
 The products (``kind``):
 
@@ -59,6 +63,7 @@ MIN_MEASURED = 1 << 16
 _REPEATS = 5
 
 _state: dict[str, object] = {"forced": None, "choices": None, "path": None, "threads": None,
+                             "confirmed": set(), "checked": set(),
                              "used": {"aten": 0, "onednn": 0}}
 
 
@@ -138,27 +143,39 @@ def _cache_path() -> Path:
 
 def _choices() -> dict[str, str]:
     """The measured choices of this machine, read from its cache file once per thread
-    count."""
+    count (and which of them are confirmed: :func:`remembered`)."""
     threads = torch.get_num_threads()
     if _state["choices"] is None or _state["threads"] != threads:
         path = _cache_path()
         choices: dict[str, str] = {}
+        confirmed: set[str] = set()
         try:
             saved = json.loads(path.read_text())
             if saved.get("machine") == machine():
                 choices = {k: v for k, v in saved.get("choices", {}).items()
                            if isinstance(v, str)}
-        except (OSError, ValueError, AttributeError):
+                # a file written before confirmations has none: each choice is measured once more
+                confirmed = {k for k in saved.get("confirmed", []) if k in choices}
+        except (OSError, ValueError, AttributeError, TypeError):
             pass  # no cache yet, or an unreadable one: measure again
-        _state.update(choices=choices, path=path, threads=threads)
+        _state.update(choices=choices, path=path, threads=threads, confirmed=confirmed,
+                      checked=set())
     return _state["choices"]  # type: ignore[return-value]
+
+
+def _settled(key: str) -> bool:
+    """Whether the choice under ``key`` is not to be measured again in this process: confirmed
+    by two measurements in different processes, or measured in this one."""
+    return key in _state["confirmed"] or key in _state["checked"]  # type: ignore[operator]
 
 
 def _save() -> None:
     path = _state["path"]
     with contextlib.suppress(OSError):  # a read-only home: the choices hold for this process
-        write_text_atomic(path, json.dumps({"machine": machine(), "choices": _state["choices"]},
-                                           indent=1, sort_keys=True))
+        write_text_atomic(path, json.dumps(
+            {"machine": machine(), "choices": _state["choices"],
+             "confirmed": sorted(_state["confirmed"])},  # type: ignore[call-overload]
+            indent=1, sort_keys=True))
 
 
 def _time_once(fn: Callable[[], object]) -> float:
@@ -195,17 +212,24 @@ def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object]) ->
 
 def remembered(key: str, choose_now: Callable[[], str]) -> str:
     """The choice stored under ``key`` for this machine, else ``choose_now()``, stored (in
-    memory and in the machine's cache file) for next time. ``choose_now`` runs with torch's
-    CPU random state saved and restored: a measurement's random operands must not move the
-    dropout masks of the run that happens to measure (a first run on a machine trained
-    differently from the same run with the cache warm)."""
+    memory and in the machine's cache file) for next time. A stored choice not yet confirmed
+    is measured once more, once per process: when the new measurement agrees it is confirmed
+    (never measured again), else the new one is stored, to be confirmed by the next process.
+    ``choose_now`` runs with torch's CPU random state saved and restored: a measurement's
+    random operands must not move the dropout masks of the run that happens to measure (a
+    first run on a machine trained differently from the same run with the cache warm)."""
     choices = _choices()
     value = choices.get(key)
-    if value is None:
-        with torch.random.fork_rng(devices=[]):
-            value = choices[key] = choose_now()
-        _save()
-    return value
+    if value is not None and _settled(key):
+        return value
+    with torch.random.fork_rng(devices=[]):
+        now = choose_now()
+    _state["checked"].add(key)  # type: ignore[attr-defined]
+    if now == value:
+        _state["confirmed"].add(key)  # type: ignore[attr-defined]
+    choices[key] = now
+    _save()
+    return now
 
 
 def measuring() -> bool:
@@ -228,7 +252,8 @@ def size_class(x: int) -> int:
 def choose(kind: str, m: int, k: int, n: int, run_aten: Callable[[], object],
            run_onednn: Callable[[], object]) -> str:
     """The backend of an (m, k) x (k, n) product of ``kind``, whose operands suit oneDNN:
-    forced, or measured once per machine and size class (:func:`size_class`) and cached."""
+    forced, or measured per machine and size class (:func:`size_class`) and cached
+    (:func:`remembered`)."""
     known = _known(kind, m, k, n)
     if known is not None:
         return known
@@ -247,7 +272,9 @@ def _known(kind: str, m: int, k: int, n: int) -> str | None:
         return mode
     if m * k * n < MIN_MEASURED:
         return "aten"
-    return _choices().get(_key(kind, m, k, n))
+    key = _key(kind, m, k, n)
+    value = _choices().get(key)
+    return value if value is not None and _settled(key) else None
 
 
 def speeds(m: int = 700, k: int = 650, n: int = 2600, repeats: int = 7) -> dict[str, float]:
