@@ -71,8 +71,9 @@ def resolve_engine(engine: str, cell: RecurrentCell, device: torch.device,
     ``"auto"`` on the CPU, for a float32 cell that both ``native`` and ``bptt`` run, with
     ``batch_size`` known and choices measured (:func:`rnnkit.gemm.measuring`): the faster of
     the two at this batch and size, forward and backward over 16 steps, measured on the
-    machine and cached with the GEMM layer's choices (:func:`rnnkit.gemm.remembered`). Otherwise a fixed rule: ``native`` off
-    the CPU and for torch's fused LSTM on it, else ``bptt`` where a kernel is registered."""
+    machine and cached with the GEMM layer's choices (:func:`rnnkit.gemm.remembered`).
+    Otherwise a fixed rule: ``native`` off the CPU and for torch's fused LSTM on it, else
+    ``bptt`` where a kernel is registered."""
     check_choice("engine", engine, ENGINES)
     if engine != "auto":
         if not supports(engine, cell, need_states):
