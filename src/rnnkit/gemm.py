@@ -163,10 +163,14 @@ def _choices() -> dict[str, str]:
     return _state["choices"]  # type: ignore[return-value]
 
 
-def _settled(key: str) -> bool:
-    """Whether the choice under ``key`` is not to be measured again in this process: confirmed
-    by two measurements in different processes, or measured in this one."""
-    return key in _state["confirmed"] or key in _state["checked"]  # type: ignore[operator]
+def _settled(key: str) -> str | None:
+    """The choice stored under ``key`` where it is not to be measured again in this process
+    (confirmed by two measurements in different processes, or measured in this one), else
+    None."""
+    value = _choices().get(key)
+    if key in _state["confirmed"] or key in _state["checked"]:  # type: ignore[operator]
+        return value
+    return None
 
 
 def _save() -> None:
@@ -218,10 +222,11 @@ def remembered(key: str, choose_now: Callable[[], str]) -> str:
     ``choose_now`` runs with torch's CPU random state saved and restored: a measurement's
     random operands must not move the dropout masks of the run that happens to measure (a
     first run on a machine trained differently from the same run with the cache warm)."""
+    settled = _settled(key)
+    if settled is not None:
+        return settled
     choices = _choices()
     value = choices.get(key)
-    if value is not None and _settled(key):
-        return value
     with torch.random.fork_rng(devices=[]):
         now = choose_now()
     _state["checked"].add(key)  # type: ignore[attr-defined]
@@ -272,9 +277,7 @@ def _known(kind: str, m: int, k: int, n: int) -> str | None:
         return mode
     if m * k * n < MIN_MEASURED:
         return "aten"
-    key = _key(kind, m, k, n)
-    value = _choices().get(key)
-    return value if value is not None and _settled(key) else None
+    return _settled(_key(kind, m, k, n))
 
 
 def speeds(m: int = 700, k: int = 650, n: int = 2600, repeats: int = 7) -> dict[str, float]:
