@@ -81,6 +81,46 @@ def test_a_weight_gradient_reads_dy_transposed_as_onednns_weight(monkeypatch):
     assert ((5, 40), (12, 40)) in calls
 
 
+
+@pytest.mark.skipif(not gemm.onednn_available(), reason="torch was built without oneDNN")
+@pytest.mark.parametrize("form", ["aten", "onednn", "onednn-t"])
+def test_a_weight_gradient_is_measured_in_both_onednn_forms_and_aten(tmp_path, monkeypatch,
+                                                                      form):
+    """dY^T X, measured: ATen, oneDNN with dY^T copied into rows, and the transposed form are
+    all three timed on the product's operands (under their own key), and the one measured
+    fastest makes the product, with its base, bias and out."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setitem(gemm._state, "choices", None)
+    offered = []
+
+    def fake_measure(run_aten, run_onednn, **forms):
+        offered.append(sorted(forms))
+        for run in (run_aten, run_onednn, *forms.values()):
+            run()
+        return form
+
+    monkeypatch.setattr(gemm, "measure", fake_measure)
+    calls = []
+    real = gemm._onednn
+    monkeypatch.setattr(gemm, "_onednn", lambda a, w, base, bias=None: (
+        calls.append((tuple(a.shape), tuple(w.shape))), real(a, w, base, bias))[1])
+    dy, x, base = torch.randn(256, 96), torch.randn(256, 64), torch.randn(96, 64)
+    with gemm.forced(None):
+        gemm.mm(dy.t(), x, kind="wgrad")  # measured here
+        assert offered == [["onednn-t"]]
+        calls.clear()
+        before = dict(gemm.usage())
+        acc = base.clone()
+        gemm.mm(dy.t(), x, acc, out=acc)
+        assert close(acc, base + dy.t() @ x)
+    assert len(offered) == 1  # the choice is remembered
+    assert calls == {"aten": [], "onednn": [((96, 256), (64, 256))],
+                     "onednn-t": [((64, 256), (96, 256))]}[form]
+    used = "aten" if form == "aten" else "onednn"
+    assert gemm.usage()[used] == before[used] + 1
+    saved = json.loads(next((tmp_path / "rnnkit").glob("gemm-*.json")).read_text())
+    assert saved["choices"] == {"wgrad-forms:96:256:64": form}
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step_weight(backend):
     torch.manual_seed(1)

@@ -209,9 +209,11 @@ def fastest(runs: dict[str, Callable[[], object]]) -> str:
     return min(medians, key=medians.__getitem__)
 
 
-def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object]) -> str:
-    """The faster backend of two ways to make the same product (:func:`fastest`)."""
-    return fastest({"aten": run_aten, "onednn": run_onednn})
+def measure(run_aten: Callable[[], object], run_onednn: Callable[[], object],
+            **forms: Callable[[], object]) -> str:
+    """The fastest way to make the same product (:func:`fastest`): ``"aten"``, ``"onednn"``,
+    or one of the other oneDNN ``forms`` given by name."""
+    return fastest({"aten": run_aten, "onednn": run_onednn, **forms})
 
 
 def remembered(key: str, choose_now: Callable[[], str]) -> str:
@@ -255,14 +257,15 @@ def size_class(x: int) -> int:
 
 
 def choose(kind: str, m: int, k: int, n: int, run_aten: Callable[[], object],
-           run_onednn: Callable[[], object]) -> str:
+           run_onednn: Callable[[], object], **forms: Callable[[], object]) -> str:
     """The backend of an (m, k) x (k, n) product of ``kind``, whose operands suit oneDNN:
     forced, or measured per machine and size class (:func:`size_class`) and cached
-    (:func:`remembered`)."""
+    (:func:`remembered`); with other oneDNN ``forms`` by name, the fastest of them all (a
+    forced or unmeasured oneDNN is ``"onednn"``)."""
     known = _known(kind, m, k, n)
     if known is not None:
         return known
-    return remembered(_key(kind, m, k, n), lambda: measure(run_aten, run_onednn))
+    return remembered(_key(kind, m, k, n), lambda: measure(run_aten, run_onednn, **forms))
 
 
 def _key(kind: str, m: int, k: int, n: int) -> str:
@@ -323,38 +326,46 @@ def mm(a: Tensor, b: Tensor, base: Tensor | None = None, *, bias: Tensor | None 
     n = b.shape[1]
     if not applies(a, b):
         return _aten(base, a, b, out, bias)
-    transposed = _reads_transposed(a, b)
 
-    def run_onednn(out: Tensor | None = None) -> Tensor:
-        if transposed:
-            return _onednn_transposed(a, b, base, bias, out)
+    def rows(out: Tensor | None = None) -> Tensor:  # oneDNN copies a transposed ``a`` into rows
         y = _onednn(a, b.t(), base, bias)
         return y if out is None else out.copy_(y)
 
-    # the form is in the key: a choice measured against the other oneDNN form is not reused
-    backend = choose(f"{kind}-t" if transposed else kind, m, k, n,
-                     lambda: _aten(base, a, b, None, bias), run_onednn)
+    def transposed(out: Tensor | None = None) -> Tensor:
+        return _onednn_transposed(a, b, base, bias, out)
+
+    def aten() -> Tensor:
+        return _aten(base, a, b, None, bias)
+
+    if not _transposable(a, b):
+        backend = choose(kind, m, k, n, aten, rows)
+    else:  # both oneDNN forms, measured against each other and ATen (their own key)
+        backend = choose(f"{kind}-forms", m, k, n, aten, rows, **{"onednn-t": transposed})
+        if backend == "onednn" and not measuring() and n <= m:  # forced: the rule's form
+            backend = "onednn-t"
     if backend == "aten":
         return _aten(base, a, b, out, bias)
     _count("onednn")
-    return run_onednn(out)
+    return (transposed if backend == "onednn-t" else rows)(out)
 
 
-def _reads_transposed(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a @ b`` is better made as ``(b^T a^T)^T`` on oneDNN: ``a`` (m, k) the
-    transposed view of a contiguous (k, m) tensor (a weight gradient's ``dY^T``), ``b`` (k, n)
-    contiguous, n <= m. oneDNN copies a transposed input into rows before it multiplies, but
-    reads a transposed weight as it lies; so ``a`` goes in as the weight, and the copy is of
-    ``b^T``, the smaller operand. Measured (AMD EPYC with AVX-512, 2 threads; twenty-first
-    session, benchmarks/RESULTS.md): dY^T X at 3,200 rows x 1,024 -> 256 in 6.7 against 9.8 ms,
-    4,096 x 2,048 -> 512 in 30 against 67 ms, 2,048 x 33,278 -> 384 in 206 against 452 ms."""
-    return (not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous()
-            and b.shape[1] <= a.shape[0])
+def _transposable(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a @ b`` can also be made as ``(b^T a^T)^T`` on oneDNN without a copy of
+    ``a``: ``a`` (m, k) the transposed view of a contiguous (k, m) tensor (a weight
+    gradient's ``dY^T``), ``b`` (k, n) contiguous. oneDNN copies a transposed input into rows
+    before it multiplies, but reads a transposed weight as it lies; so in the transposed
+    form ``a`` goes in as the weight and the copy is of ``b^T``. Which form is faster depends
+    on the shape (AMD EPYC with AVX-512, 2 threads; benchmarks/RESULTS.md): dY^T X at 3,200
+    rows x 1,024 -> 256 transposed 6.0 against 9.4 ms, at 700 rows x 2,600 -> 650 in rows
+    7.6-8.2 against 8.7-10.8 ms; so both are measured, and ATen beside them. Forced to
+    oneDNN (``RNNKIT_GEMM=onednn``) without a measurement, the transposed form is taken
+    where n <= m (the smaller operand is copied)."""
+    return not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous()
 
 
 def _onednn_transposed(a: Tensor, b: Tensor, base: Tensor | None, bias: Tensor | None,
                        out: Tensor | None = None) -> Tensor:
-    """``base + a @ b + bias`` as ``(b^T a^T)^T`` by oneDNN (:func:`_reads_transposed`):
+    """``base + a @ b + bias`` as ``(b^T a^T)^T`` by oneDNN (:func:`_transposable`):
     written into ``out`` when given (added to it in place when ``base`` is ``out``, as the
     weight gradients accumulate), else a new contiguous (m, n) tensor."""
     y = _onednn(b.t(), a, None).t()
@@ -512,9 +523,8 @@ def _all_aten(m: int, k: int, n: int) -> bool:
     a Python autograd Function around them (measured: 80 us of a 680 us forward and
     backward at 256 x 128 -> 384). A choice not made yet is made by :class:`_Linear`, on the
     real operands."""
-    wgrad = "wgrad-t" if k <= n else "wgrad"  # dY^T X's form (:func:`_reads_transposed`)
-    return all(_known(kind, *dims) == "aten" for kind, dims in
-               (("linear", (m, k, n)), ("dgrad", (m, n, k)), (wgrad, (n, m, k))))
+    return all(_known(kind, *dims) == "aten" for kind, dims in  # dY^T X: :func:`_transposable`
+               (("linear", (m, k, n)), ("dgrad", (m, n, k)), ("wgrad-forms", (n, m, k))))
 
 
 class Linear(nn.Linear):
