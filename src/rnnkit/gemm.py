@@ -33,7 +33,9 @@ The products (``kind``):
   backward products are ``"dgrad"`` (``dY W``) and ``"wgrad"`` (``dY^T X``);
 - ``"step"``: one step's recurrent product, the same weight for every step of a sequence:
   :class:`StepWeight` (oneDNN keeps the weight in its own layout across the steps);
-- ``"wgrad"``: a weight gradient summed over all steps, :func:`mm`.
+- ``"wgrad"``: a weight gradient summed over all steps, :func:`mm`; ``dY^T X`` has two
+  oneDNN forms (:func:`_transposable`), measured against each other and ATen under the
+  key ``"wgrad-forms"``.
 """
 
 from __future__ import annotations
@@ -356,8 +358,9 @@ def _transposable(a: Tensor, b: Tensor) -> bool:
     before it multiplies, but reads a transposed weight as it lies; so in the transposed
     form ``a`` goes in as the weight and the copy is of ``b^T``. Which form is faster depends
     on the shape (AMD EPYC with AVX-512, 2 threads; benchmarks/RESULTS.md): dY^T X at 3,200
-    rows x 1,024 -> 256 transposed 6.0 against 9.4 ms, at 700 rows x 2,600 -> 650 in rows
-    7.6-8.2 against 8.7-10.8 ms; so both are measured, and ATen beside them. Forced to
+    rows x 1,024 -> 256 transposed 6.0 against 9.4 ms, at 8,192 rows x 1,536 -> 1,024 (a
+    QRNN's window of 2) in rows 102-104 against 125-129 ms (twenty-third session); so both
+    are measured, and ATen beside them. Forced to
     oneDNN (``RNNKIT_GEMM=onednn``) without a measurement, the transposed form is taken
     where n <= m (the smaller operand is copied)."""
     return not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous()
