@@ -200,8 +200,13 @@ class _Window(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         size = grad.shape[-1] // 2
-        dx = grad[..., size:].clone(memory_format=torch.contiguous_format)
-        dx[:-1] += grad[1:, :, :size]
+        if torch.is_grad_enabled():  # a differentiable backward (create_graph=True)
+            dx = grad[..., size:].clone(memory_format=torch.contiguous_format)
+            dx[:-1] += grad[1:, :, :size]
+        else:  # one pass over dx, not a copy and an add
+            dx = grad.new_empty(*grad.shape[:-1], size)
+            torch.add(grad[:-1, :, size:], grad[1:, :, :size], out=dx[:-1])
+            dx[-1] = grad[-1, :, size:]
         return dx, grad[0, :, :size]
 
 
