@@ -81,14 +81,13 @@ def test_a_weight_gradient_reads_dy_transposed_as_onednns_weight(monkeypatch):
     assert ((5, 40), (12, 40)) in calls
 
 
-
 @pytest.mark.skipif(not gemm.onednn_available(), reason="torch was built without oneDNN")
 @pytest.mark.parametrize("form", ["aten", "onednn", "onednn-t"])
 def test_a_weight_gradient_is_measured_in_both_onednn_forms_and_aten(tmp_path, monkeypatch,
                                                                       form):
     """dY^T X, measured: ATen, oneDNN with dY^T copied into rows, and the transposed form are
     all three timed on the product's operands (under their own key), and the one measured
-    fastest makes the product, with its base, bias and out."""
+    fastest makes the product, accumulated into ``out`` as ``base``."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setitem(gemm._state, "choices", None)
     offered = []
@@ -120,6 +119,7 @@ def test_a_weight_gradient_is_measured_in_both_onednn_forms_and_aten(tmp_path, m
     assert gemm.usage()[used] == before[used] + 1
     saved = json.loads(next((tmp_path / "rnnkit").glob("gemm-*.json")).read_text())
     assert saved["choices"] == {"wgrad-forms:96:256:64": form}
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step_weight(backend):

@@ -360,9 +360,9 @@ def _transposable(a: Tensor, b: Tensor) -> bool:
     on the shape (AMD EPYC with AVX-512, 2 threads; benchmarks/RESULTS.md): dY^T X at 3,200
     rows x 1,024 -> 256 transposed 6.0 against 9.4 ms, at 8,192 rows x 1,536 -> 1,024 (a
     QRNN's window of 2) in rows 102-104 against 125-129 ms (twenty-third session); so both
-    are measured, and ATen beside them. Forced to
-    oneDNN (``RNNKIT_GEMM=onednn``) without a measurement, the transposed form is taken
-    where n <= m (the smaller operand is copied)."""
+    are measured, and ATen beside them. Forced to oneDNN (``RNNKIT_GEMM=onednn``) without a
+    measurement, :func:`mm` takes the transposed form where n <= m (the smaller operand is
+    copied)."""
     return not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous()
 
 
